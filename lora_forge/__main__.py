@@ -1,0 +1,5 @@
+import sys
+
+from lora_forge.cli import main
+
+sys.exit(main())

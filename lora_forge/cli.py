@@ -1,0 +1,70 @@
+"""`python -m lora_forge <command>`: the headless face of every stage.
+
+Each command lives in the room that owns it and exposes `add_arguments(parser)` and
+`run(args) -> int`. Commands whose module is not there are not offered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+from lora_forge import __version__
+from lora_forge.errors import ForgeError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("lora_forge.inspect.cli", "say what a model file is (checkpoint, LoRA, VAE, embedding, ...)"),
+    "preprocess": ("lora_forge.dataset.cli", "ingest images, face-focus crop, buckets, face crops"),
+    "tag": ("lora_forge.tagger.cli", "caption a dataset with a WD14 tagger"),
+    "tags": ("lora_forge.dataset.editor_cli", "edit the captions of a dataset (add, remove, replace, ...)"),
+    "train": ("lora_forge.train.cli", "train a LoRA on a checkpoint file"),
+    "grid": ("lora_forge.grid.cli", "render the epoch x strength grid and recommend an epoch"),
+    "selftest": ("lora_forge.selftest", "build a tiny model and run every stage end to end on CPU"),
+}
+
+
+def module_exists(name: str) -> bool:
+    """True when `name` can be imported; a missing parent package counts as missing."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    return {k: v for k, v in COMMANDS.items() if module_exists(v[0])}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lora_forge", description="LoRA Forge (炼丹炉) command line")
+    parser.add_argument("--version", action="version", version=f"lora_forge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in available_commands().items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except ForgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

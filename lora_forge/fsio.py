@@ -1,0 +1,79 @@
+"""File I/O rules shared by every stage: atomic writes, never-overwrite names, tolerant caption reads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from lora_forge.errors import ForgeError
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    A crash at any moment leaves either the old file or the new one, never a half-written one.
+    The caller decides whether replacing an existing file is allowed.
+    """
+    path = Path(path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ForgeError("the file is read-only; make it writable or choose another folder", path=path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Captions and configs are always written as UTF-8 without BOM."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Read a caption or text file: UTF-8 (BOM tolerated), else GB18030 with a warning.
+
+    Chinese Windows tools still save captions in GBK; GB18030 is a superset that decodes them.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = raw.decode("gb18030")
+    except UnicodeDecodeError as e:
+        raise ForgeError("not UTF-8 or GBK text; re-save it as UTF-8", path=path) from e
+    log.warning("%s is not UTF-8; read it as GBK/GB18030 (it will be written back as UTF-8)", path)
+    return text
+
+
+def unused_path(path: str | os.PathLike[str]) -> Path:
+    """`path` if nothing is there, else `stem-2.ext`, `stem-3.ext`, ...: we never overwrite."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def is_within(child: str | os.PathLike[str], parent: str | os.PathLike[str]) -> bool:
+    """True when `child` resolves (links followed) to `parent` or somewhere below it."""
+    c = Path(child).resolve()
+    p = Path(parent).resolve()
+    return c == p or p in c.parents

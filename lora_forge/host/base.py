@@ -1,0 +1,87 @@
+"""What the stages need from whoever holds the model: the WebUI, or our standalone loader.
+
+Stages in model/, lora/, train/ and grid/ talk to a Host and to the model object it hands out,
+never to the WebUI directly, so the same code runs inside the WebUI and headless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_forge.events import Progress, ProgressFn, no_progress
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """A LoRA file applied at a strength for one render (`<lora:name:strength>`)."""
+
+    path: Path
+    strength: float = 1.0
+
+
+@dataclass
+class RenderRequest:
+    """One txt2img image. Hosts may batch requests that differ only in seed or LoRA strengths."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    sampler: str = "Euler a"
+    loras: list[LoraRef] = field(default_factory=list)
+
+
+class Host(ABC):
+    """The small interface every later stage is written against."""
+
+    name: str = "host"
+
+    @abstractmethod
+    def sd_model(self) -> Any:
+        """The loaded `ldm` LatentDiffusion / `sgm` DiffusionEngine; ForgeError when none is loaded."""
+
+    @property
+    @abstractmethod
+    def device(self) -> Any:
+        """torch.device the model computes on."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> Any:
+        """torch dtype of the UNet weights."""
+
+    @abstractmethod
+    def txt2img(self, requests: Sequence[RenderRequest], progress: ProgressFn = no_progress) -> list[Any]:
+        """Render each request to a PIL image, in order, with whatever LoRA modules are live plus
+        the files named in the request."""
+
+    @abstractmethod
+    def lora_dir(self) -> Path:
+        """Where the host's Lora loader looks for files (the WebUI: models/Lora or --lora-dir)."""
+
+    def refresh_loras(self) -> None:
+        """Make newly written LoRA files visible to the host's loader (no-op when it has none)."""
+
+    @abstractmethod
+    def exclusive(self, job: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the host's GPU lock for `job`, so generation and training never interleave."""
+
+    def interrupted(self) -> bool:
+        """True when the user pressed the host's own Interrupt button (besides our Stop)."""
+        return False
+
+    def report(self, event: Progress) -> None:
+        """Mirror a progress event into the host's own progress display."""
+
+    @contextlib.contextmanager
+    def job(self, job: str) -> Iterator[None]:
+        with self.exclusive(job):
+            yield
