@@ -1,0 +1,1 @@
+"""What we do to a loaded Stable Diffusion model object (family, LoRA targets, encoding, noise)."""
