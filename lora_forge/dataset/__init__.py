@@ -1,0 +1,1 @@
+"""Dataset room: image ingest, crops and buckets, caption files and tag editing."""

@@ -1,0 +1,305 @@
+"""Caption files: parse and join tags, read tolerantly, save safely with an on-disk history.
+
+Every stage that writes captions (the tagger, the editor, the CLI) goes through `save_captions`, so
+the rules hold everywhere: only files whose text really changes are written, each one atomically,
+and the bytes they held before are first copied into `<dataset>/.lora_forge/history/<id>/`. Any
+save can therefore be rolled back, also after a restart or a crash in the middle of a save.
+
+Caption syntax (decided here, used by every stage):
+- Tags are separated by commas. The full-width comma `，` that Chinese input methods type, and line
+  breaks (LF, CRLF, CR), separate tags too. Whitespace around a tag is dropped, runs of inner
+  whitespace become one space, empty tags (`a,,b`, trailing commas) vanish.
+- Nothing else splits a tag: free text such as `a girl standing in the rain` stays one tag, so
+  BLIP-style sentences survive a round trip unchanged; parentheses, escapes (`\\(`), underscores
+  and kaomoji (`^_^`) are kept exactly as written (a booru tag like `name_(series)` is never cut in
+  two, unlike BDTM #188).
+- Tags are written back joined with ", " and no trailing newline, as UTF-8 without BOM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_forge import fsio
+from lora_forge.errors import ForgeError
+
+log = logging.getLogger(__name__)
+
+CAPTION_EXT = ".txt"
+STATE_DIR = ".lora_forge"  # per-dataset folder for our own files; loaders must skip it
+HISTORY_DIR = "history"
+INDEX_NAME = "index.json"
+
+_SEPARATORS = re.compile(r"[,，\r\n]")
+_SPACES = re.compile(r"\s+")
+
+
+def split_tags(text: str | None) -> list[str]:
+    """Caption text → tags, tolerant of the separators and stray commas real datasets contain."""
+    if not text:
+        return []
+    tags = []
+    for part in _SEPARATORS.split(text.lstrip("\ufeff")):
+        tag = _SPACES.sub(" ", part).strip()
+        if tag:
+            tags.append(tag)
+    return tags
+
+
+def join_tags(tags: Iterable[str]) -> str:
+    return ", ".join(tags)
+
+
+def caption_path_for(image_path: str | os.PathLike[str], ext: str = CAPTION_EXT) -> Path:
+    """`img.png` → `img.txt` (kohya and the WebUI both pair files by stem in the same folder)."""
+    return Path(image_path).with_suffix(ext)
+
+
+def read_caption(path: str | os.PathLike[str]) -> str | None:
+    """The caption text, or None when there is no caption file (an untagged image is normal)."""
+    try:
+        return fsio.read_text(path)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError as e:
+        raise ForgeError("a folder has the name of a caption file; rename it", path=path) from e
+    except PermissionError as e:
+        raise ForgeError("cannot read this caption file; check its permissions", path=path) from e
+
+
+# ----------------------------------------------------------------------------------- history
+
+
+@dataclass
+class FileChange:
+    """One file of a saved batch. `backup` names the copy of the old bytes inside the entry folder."""
+
+    path: str  # relative to the dataset root, with forward slashes
+    old_exists: bool
+    new_exists: bool
+    backup: str | None = None
+
+
+@dataclass
+class HistoryEntry:
+    id: str
+    time: float
+    reason: str
+    files: list[FileChange] = field(default_factory=list)
+    # "writing" until every file is in place; an entry left in "writing" marks a save that was
+    # interrupted (crash, power loss) and can still be rolled back.
+    state: str = "writing"
+    folder: Path | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "reason": self.reason,
+            "state": self.state,
+            "files": [vars(f) for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping, folder: Path) -> HistoryEntry:
+        files = [FileChange(**f) for f in data.get("files", [])]
+        return cls(data["id"], float(data["time"]), data.get("reason", ""), files, data.get("state", "?"), folder)
+
+
+def history_root(dataset_root: str | os.PathLike[str]) -> Path:
+    return Path(dataset_root) / STATE_DIR / HISTORY_DIR
+
+
+def _new_entry_id() -> str:
+    """Sorts by time; the random tail keeps two saves in the same microsecond apart."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{stamp}-{int(now * 1e6) % 1_000_000:06d}-{secrets.token_hex(2)}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    if not fsio.is_within(path, root):
+        raise ForgeError(f"caption file is outside the dataset folder {root}", path=path)
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _is_read_only(path: Path) -> bool:
+    """os.access alone says "writable" to root (cloud containers run as root), so check the mode bits
+    too: they carry the Windows read-only attribute and `chmod a-w`."""
+    st = path.stat()
+    return not (st.st_mode & stat.S_IWUSR) or not os.access(path, os.W_OK)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ForgeError(f"cannot read it before saving ({e.strerror}); nothing was saved", path=path) from e
+
+
+def _write_index(entry: HistoryEntry) -> None:
+    assert entry.folder is not None
+    fsio.atomic_write_text(entry.folder / INDEX_NAME, json.dumps(entry.to_json(), ensure_ascii=False, indent=1))
+
+
+def _put(path: Path, data: bytes | None) -> None:
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        fsio.atomic_write_bytes(path, data)
+
+
+def _preflight(root: Path, targets: Iterable[Path]) -> None:
+    """Refuse the whole batch before the first write, so a save never stops half-way on a
+    problem we could have seen (a vanished folder, a read-only caption)."""
+    if not root.is_dir():
+        raise ForgeError("the dataset folder is gone (moved, renamed or unplugged?); nothing was saved", path=root)
+    read_only = [p for p in targets if p.exists() and _is_read_only(p)]
+    if read_only:
+        names = ", ".join(p.name for p in read_only[:5]) + (" …" if len(read_only) > 5 else "")
+        raise ForgeError(
+            f"{len(read_only)} caption file(s) are read-only ({names}); make them writable and save again; "
+            "nothing was saved"
+        )
+    missing_dirs = {p.parent for p in targets if not p.parent.is_dir()}
+    if missing_dirs:
+        raise ForgeError(f"folder {sorted(missing_dirs)[0]} is gone; nothing was saved")
+
+
+def _commit(root: Path, new_data: dict[Path, bytes | None], reason: str) -> HistoryEntry | None:
+    """Back up, then write. Shared by save and rollback so a rollback is itself undoable."""
+    old_data: dict[Path, bytes | None] = {}
+    for path, data in new_data.items():
+        old = _read_bytes(path)
+        if old != data:
+            old_data[path] = old
+    if not old_data:
+        return None
+    _preflight(root, old_data)
+
+    entry = HistoryEntry(_new_entry_id(), time.time(), reason)
+    entry.folder = history_root(root) / entry.id
+    try:
+        (entry.folder / "files").mkdir(parents=True)
+    except OSError as e:
+        raise ForgeError(f"cannot create the history folder ({e.strerror}); nothing was saved", path=root) from e
+    for n, (path, old) in enumerate(old_data.items()):
+        change = FileChange(_relative(path, root), old is not None, new_data[path] is not None)
+        if old is not None:
+            change.backup = f"files/{n:05d}{path.suffix}"
+            fsio.atomic_write_bytes(entry.folder / change.backup, old)
+        entry.files.append(change)
+    _write_index(entry)  # from here on the old bytes are safe on disk
+
+    written: list[Path] = []
+    try:
+        for path in old_data:
+            _put(path, new_data[path])
+            written.append(path)
+            if _read_bytes(path) != new_data[path]:  # read back: BDTM #104 lost tags silently
+                raise ForgeError("the file read back differs from what was written; check the disk", path=path)
+    except (OSError, ForgeError) as e:
+        for path in written:  # put the batch back as it was: all old, not half new
+            try:
+                _put(path, old_data[path])
+            except OSError:
+                log.exception("could not restore %s; its old text is in %s", path, entry.folder)
+        entry.state = "failed"
+        _write_index(entry)
+        detail = e.strerror if isinstance(e, OSError) else str(e)
+        raise ForgeError(f"saving stopped ({detail}); the files written were restored, nothing changed") from e
+    entry.state = "done"
+    _write_index(entry)
+    return entry
+
+
+def save_captions(
+    changes: Mapping[Path, str | None],
+    dataset_root: str | os.PathLike[str],
+    reason: str,
+    expected: Mapping[Path, str | None] | None = None,
+) -> HistoryEntry | None:
+    """Write caption texts (None deletes the caption) and record the previous bytes in the history.
+
+    Files whose bytes would not change are not touched; returns None when nothing changed.
+    `expected` is the text the caller loaded for those files; when a file on disk no longer holds it
+    (another tool, e.g. the tagger, rewrote it meanwhile) the save is refused instead of silently
+    overwriting that work.
+    """
+    root = Path(dataset_root)
+    paths = {Path(p): text for p, text in changes.items()}
+    for p in paths:
+        _relative(p, root)
+    if expected is not None:
+        stale = [Path(p) for p, text in expected.items() if Path(p) in paths and read_caption(p) != text]
+        if stale:
+            raise ForgeError(
+                f"{len(stale)} caption(s) changed on disk since they were loaded (first: {stale[0].name}); "
+                "reload the dataset and redo the edit; nothing was saved"
+            )
+    data = {p: None if text is None else text.encode("utf-8") for p, text in paths.items()}
+    return _commit(root, data, reason)
+
+
+def list_history(dataset_root: str | os.PathLike[str]) -> list[HistoryEntry]:
+    """Newest first. Entries whose index cannot be read are skipped with a warning, never deleted."""
+    folder = history_root(dataset_root)
+    if not folder.is_dir():
+        return []
+    entries = []
+    for sub in sorted(folder.iterdir(), reverse=True):
+        index = sub / INDEX_NAME
+        if not index.is_file():
+            continue
+        try:
+            entries.append(HistoryEntry.from_json(json.loads(index.read_text("utf-8")), sub))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("skipping unreadable history entry %s: %s", sub, e)
+    return entries
+
+
+def rollback(dataset_root: str | os.PathLike[str], entry_id: str) -> HistoryEntry | None:
+    """Put back the files of one save as they were before it; recorded as a new, undoable entry.
+
+    Files that were edited again after that save are rolled back too (to their state before
+    `entry_id`); the later entries still hold those later versions.
+    """
+    root = Path(dataset_root)
+    match = [e for e in list_history(root) if e.id == entry_id]
+    if not match:
+        raise ForgeError(f"no saved history entry {entry_id!r}; list them with `tags DIR --history`", path=root)
+    entry = match[0]
+    assert entry.folder is not None
+    data: dict[Path, bytes | None] = {}
+    for f in entry.files:
+        target = root / f.path
+        if f.backup is None:
+            data[target] = None
+            continue
+        try:
+            data[target] = (entry.folder / f.backup).read_bytes()
+        except OSError as e:
+            raise ForgeError(f"the backup of {f.path} is missing; nothing was rolled back", path=entry.folder) from e
+    return _commit(root, data, f"rollback of {entry.id} ({entry.reason})")
+
+
+def prune_history(dataset_root: str | os.PathLike[str], keep: int) -> int:
+    """Delete all but the newest `keep` entries; the user asks for this, we never do it on our own."""
+    removed = 0
+    for entry in list_history(dataset_root)[keep:]:
+        assert entry.folder is not None
+        shutil.rmtree(entry.folder)
+        removed += 1
+    return removed
