@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tags": ("lora_forge.dataset.editor_cli", "edit the captions of a dataset (add, remove, replace, ...)"),
     "train": ("lora_forge.train.cli", "train a LoRA on a checkpoint file"),
     "grid": ("lora_forge.grid.cli", "render the epoch x strength grid and recommend an epoch"),
+    "ui": ("lora_forge.ui.app", "open the 炼丹 tab in a browser without the WebUI (headless servers)"),
     "selftest": ("lora_forge.selftest", "build a tiny model and run every stage end to end on CPU"),
 }
 

@@ -25,7 +25,8 @@ def build(ctx: UiContext):
     """Return the gr.Blocks of the tab. Each section module has TITLE and build(ctx)."""
     import gradio as gr
 
-    with gr.Blocks(analytics_enabled=False, elem_id=CSS_ROOT_ID) as blocks:
+    # A Blocks rendered into the WebUI's tab loses its own elem_id, so the css/js root is a Column.
+    with gr.Blocks(analytics_enabled=False) as blocks, gr.Column(elem_id=CSS_ROOT_ID):
         ctx.shared["dataset_dir"] = gr.Textbox(
             label="Dataset folder", elem_id="lora_forge_dataset_dir", placeholder="folder of prepared images"
         )

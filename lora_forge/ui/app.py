@@ -1,0 +1,88 @@
+"""`python -m lora_forge ui`: the 炼丹 tab on its own page, without the WebUI.
+
+For headless servers (reach it through an SSH tunnel, or --listen) and for browser tests. The host
+is the standalone one over --ckpt; it is only built when a section starts work, so the page opens
+instantly and a missing checkpoint is reported where the user pressed the button.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.host.base import Host
+from lora_forge.settings import Settings
+
+EXTENSION_ROOT = Path(__file__).resolve().parents[2]
+TITLE = "LoRA Forge (炼丹炉)"
+
+
+def page_assets(root: Path = EXTENSION_ROOT) -> tuple[str, str]:
+    """The extension's style.css and javascript/*.js, which the WebUI would inject, as (css, js)."""
+    css_file = root / "style.css"
+    css = css_file.read_text(encoding="utf-8") if css_file.is_file() else ""
+    js_dir = root / "javascript"
+    js = "\n".join(p.read_text(encoding="utf-8") for p in sorted(js_dir.glob("*.js"))) if js_dir.is_dir() else ""
+    return css, js
+
+
+def standalone_host_factory(ckpt: Path | None, vae: Path | None = None) -> Callable[[], Host]:
+    """A callable that loads the checkpoint on first use and then keeps returning the same host."""
+    cache: dict[str, Host] = {}
+
+    def host() -> Host:
+        if "host" not in cache:
+            if ckpt is None:
+                raise ForgeError("no model loaded: start the UI with --ckpt FILE (a .safetensors checkpoint)")
+            from lora_forge.host.standalone import StandaloneHost
+
+            cache["host"] = StandaloneHost.from_checkpoint(ckpt, vae=vae)
+        return cache["host"]
+
+    return host
+
+
+def build_app(ckpt: Path | None, vae: Path | None = None, settings: Callable[[], Settings] = Settings.from_env) -> Any:
+    """The page: the same tab the WebUI shows, plus the extension's css and js."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+
+    css, js = page_assets()
+    ctx = UiContext(host=standalone_host_factory(ckpt, vae), settings=settings)
+    tab_blocks = tab.build(ctx)
+    with gr.Blocks(title=TITLE, css=css, analytics_enabled=False) as demo:
+        tab_blocks.render()
+        if js:
+            # gradio 3.41 has no <head> hook: run the scripts once the page has loaded, as the
+            # WebUI's <script> tags would have.
+            demo.load(None, None, None, _js=f"() => {{ {js}\n}}")
+    return demo
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", type=Path, help="checkpoint (.safetensors) to train on and render with")
+    parser.add_argument("--vae", type=Path, help="a separate VAE file")
+    parser.add_argument("--port", type=int, default=7870, help="port (default 7870)")
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="listen on all interfaces instead of 127.0.0.1 (anyone who can reach the port can use it)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    for label, path in (("--ckpt", args.ckpt), ("--vae", args.vae)):
+        if path is not None and not path.is_file():
+            raise ForgeError(f"{label} {path}: no such file")
+    demo = build_app(args.ckpt, args.vae)
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
+    demo.queue(concurrency_count=4).launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)
+    return 0
