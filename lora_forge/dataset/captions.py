@@ -239,6 +239,8 @@ def save_captions(
     overwriting that work.
     """
     root = Path(dataset_root)
+    if not root.is_dir():
+        raise ForgeError("the dataset folder is gone (moved, renamed or unplugged?); nothing was saved", path=root)
     paths = {Path(p): text for p, text in changes.items()}
     for p in paths:
         _relative(p, root)
