@@ -2,5 +2,27 @@
 
 from __future__ import annotations
 
+import pytest
+
 # Browser harness (tests/browser.py): serve_blocks, browser, page, tab_url.
 from tests.browser import browser, page, serve_blocks, tab_url  # noqa: F401
+
+# Tiny real models (lora_forge/host/tiny.py): tiny_files, tiny_host. Built once per session.
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny SD1.5-layout checkpoint + its yaml + CLIP tokenizer folder (seed 0), in a session tmp dir.
+    Treat as read-only: copy it (tmp_path) before writing beside it."""
+    from lora_forge.host.tiny import build_tiny_sd1
+
+    return build_tiny_sd1(tmp_path_factory.mktemp("tiny-sd1"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_host(tiny_files, tmp_path_factory: pytest.TempPathFactory):
+    """StandaloneHost over `tiny_files` on CPU; its lora_dir() is a fresh session tmp folder.
+    Shared by the session: undo anything you do to its model (LoRA injection, requires_grad, ...)."""
+    from lora_forge.host.standalone import StandaloneHost
+
+    return StandaloneHost(tiny_files.checkpoint, lora_dir=tmp_path_factory.mktemp("tiny-lora"))

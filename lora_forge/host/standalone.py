@@ -1,0 +1,238 @@
+"""The host for headless use: one checkpoint file, loaded into the same `ldm` classes as the WebUI.
+
+Later stages only ever see the LatentDiffusion object and the Host interface, so this file's job
+is to make that object look like the WebUI's (the `is_sd1/is_sd2/is_sdxl` flags, an fp32
+`alphas_cumprod_original`, checkpoint identity fields) and to render txt2img for the grid and
+training samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.events import Progress, ProgressFn, no_progress
+from lora_forge.host.base import Host, RenderRequest
+
+MAX_BATCH = 8  # images per UNet batch; CFG doubles it
+
+
+@dataclass
+class CheckpointInfo:
+    """The identity fields of the WebUI's `sd_models.CheckpointInfo` that our stages read
+    (LoRA metadata records the base model's name and hashes)."""
+
+    filename: str
+    name: str
+    name_for_extra: str
+    model_name: str
+    hash: str  # the WebUI's old 8-hex "model hash" (64 KiB at offset 1 MiB)
+    sha256: str
+    shorthash: str
+    title: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def calculate_shorthash(self) -> str:
+        return self.shorthash
+
+
+def _file_hashes(path: Path) -> tuple[str, str]:
+    """(old 8-hex model hash, full sha256) in one read of the file."""
+    old = hashlib.sha256()
+    full = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        old.update(f.read(0x10000))
+        f.seek(0)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            full.update(chunk)
+    return old.hexdigest()[:8], full.hexdigest()
+
+
+def _checkpoint_info(path: Path) -> CheckpointInfo:
+    old, sha = _file_hashes(path)
+    metadata: dict[str, str] = {}
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+    return CheckpointInfo(
+        filename=str(path),
+        name=path.name,
+        name_for_extra=path.stem,
+        model_name=path.stem,
+        hash=old,
+        sha256=sha,
+        shorthash=sha[:10],
+        title=f"{path.name} [{sha[:10]}]",
+        metadata=metadata,
+    )
+
+
+def _batch_key(r: RenderRequest) -> tuple[Any, ...]:
+    """Requests alike in everything but seed and LoRA strengths share one UNet batch."""
+    files = tuple(sorted(str(lo.path) for lo in r.loras))
+    return (r.prompt, r.negative_prompt, r.steps, r.cfg_scale, r.width, r.height, r.sampler, files)
+
+
+class StandaloneHost(Host):
+    """Loads `ckpt` (+ optional separate VAE) on `device`; `config` overrides the yaml choice and
+    `clip_folder` names the CLIP tokenizer/config folder when it is not in the HF cache."""
+
+    name = "standalone"
+
+    def __init__(
+        self,
+        ckpt: Path | str,
+        vae: Path | str | None = None,
+        config: Path | str | None = None,
+        clip_folder: Path | str | None = None,
+        device: str = "cpu",
+        dtype: Any = None,
+        lora_dir: Path | str | None = None,
+    ) -> None:
+        import torch
+
+        from lora_forge.host import ldm_build
+
+        self.ckpt = Path(ckpt)
+        self._device = torch.device(device)
+        self._dtype = dtype or (torch.float16 if self._device.type == "cuda" else torch.float32)
+        self._lock = threading.Lock()
+        self._lora_dir = Path(lora_dir) if lora_dir else self.ckpt.parent / "Lora"
+        state_dict = ldm_build.read_state_dict(self.ckpt)
+        config_path, family = ldm_build.choose_config(self.ckpt, state_dict, Path(config) if config else None)
+        self.config_path = config_path
+        cfg = ldm_build.load_config(config_path)
+        cond_cfg = cfg.model.params.cond_stage_config
+        if str(cond_cfg.target).endswith("FrozenOpenCLIPEmbedder"):
+            arch = str(cond_cfg.get("params", {}).get("arch", "ViT-H-14"))
+            ldm_build.register_open_clip_configs(arch, [self.ckpt.parent, config_path.parent])
+        model = ldm_build.instantiate(cfg, Path(clip_folder) if clip_folder else None)
+        ldm_build.load_weights(model, state_dict, self._dtype, self.ckpt)
+        del state_dict
+        self.vae_path = Path(vae) if vae else None
+        if self.vae_path is not None:
+            ldm_build.load_vae(model, self.vae_path)
+        self._model = self._finish(model, family)
+
+    def _finish(self, model: Any, family: str) -> Any:
+        """Set what the WebUI's load_model_weights sets, and move to the device."""
+        import torch
+
+        model.eval()
+        model.to(self._device)
+        model.cond_stage_model.device = self._device  # ldm embedders move tokens to this
+        model.is_sd1 = family.startswith("sd1")
+        model.is_sd2 = family.startswith("sd2")
+        model.is_sdxl = False
+        model.is_ssd = False
+        model.is_sd3 = False
+        model.is_sdxl_inpaint = False
+        model.latent_channels = 4
+        model.alphas_cumprod = model.alphas_cumprod.to(torch.float32)
+        model.alphas_cumprod_original = model.alphas_cumprod.detach().clone()
+        info = _checkpoint_info(self.ckpt)
+        model.sd_checkpoint_info = info
+        model.sd_model_checkpoint = info.filename
+        model.sd_model_hash = info.shorthash
+        model.loaded_vae_file = str(self.vae_path) if self.vae_path else None
+        return model
+
+    # -- Host interface -------------------------------------------------------------------------
+
+    def sd_model(self) -> Any:
+        return self._model
+
+    @property
+    def device(self) -> Any:
+        return self._device
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    def lora_dir(self) -> Path:
+        return self._lora_dir
+
+    @contextlib.contextmanager
+    def exclusive(self, job: str) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def txt2img(self, requests: Sequence[RenderRequest], progress: ProgressFn = no_progress) -> list[Any]:
+        """Render every request; alike requests go through the UNet together (see `_batch_key`)."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            self._check(r)
+            groups.setdefault(_batch_key(r), []).append(i)
+        batches = [idx[k : k + MAX_BATCH] for idx in groups.values() for k in range(0, len(idx), MAX_BATCH)]
+        total = sum(requests[b[0]].steps for b in batches)
+        images: list[Any] = [None] * len(requests)
+        done = 0
+        for batch in batches:
+            first = requests[batch[0]]
+
+            def on_step(step: int, first: RenderRequest = first, base: int = done) -> None:
+                progress(Progress(base + step, total, f"sampling {first.width}x{first.height}"))
+
+            for i, image in zip(batch, self._render([requests[i] for i in batch], on_step), strict=True):
+                images[i] = image
+            done += first.steps
+        return images
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check(r: RenderRequest) -> None:
+        from lora_forge.host.sampling import SAMPLERS
+
+        if r.width % 8 or r.height % 8 or r.width < 8 or r.height < 8:
+            raise ForgeError(f"image size {r.width}x{r.height} must be a positive multiple of 8")
+        if r.steps < 1:
+            raise ForgeError("sampling steps must be at least 1")
+        if r.sampler not in SAMPLERS:
+            raise ForgeError(f"the standalone host has no sampler {r.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        for lora in r.loras:
+            if not Path(lora.path).is_file():
+                raise ForgeError("LoRA file not found", path=lora.path)
+
+    def _render(self, batch: list[RenderRequest], on_step: Any) -> list[Any]:
+        import torch
+
+        from lora_forge.host import sampling
+
+        r = batch[0]
+        model = self._model
+        with torch.no_grad(), self._loras_applied(batch):
+            cond = model.get_learned_conditioning([r.prompt]).expand(len(batch), -1, -1)
+            uncond = model.get_learned_conditioning([r.negative_prompt]).expand(len(batch), -1, -1)
+            timesteps, sigmas = sampling.schedule(model.alphas_cumprod_original, r.steps, r.sampler)
+            noise, generators = sampling.seeded_noise([q.seed for q in batch], (4, r.height // 8, r.width // 8))
+            denoise = sampling.make_denoiser(model, cond, uncond, r.cfg_scale, self._dtype)
+            latent = sampling.sample(denoise, noise.to(self._device), generators, timesteps, sigmas, r.sampler, on_step)
+            pixels = model.decode_first_stage(latent.float())
+        return _to_pil(pixels)
+
+    @contextlib.contextmanager
+    def _loras_applied(self, batch: list[RenderRequest]) -> Iterator[None]:
+        """LoRA files named by the requests, live for this batch only (per-sample strengths)."""
+        if not any(r.loras for r in batch):
+            yield
+            return
+        raise ForgeError("the standalone host cannot apply LoRA files yet (the LoRA loader is not installed)")
+
+
+def _to_pil(pixels: Any) -> list[Any]:
+    import torch
+    from PIL import Image
+
+    arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to("cpu", dtype=torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
