@@ -55,20 +55,37 @@ def remove_tags(tags: Tags, remove: Iterable[str]) -> Tags:
 def replace_tag(tags: Tags, old: str, new: str | Iterable[str]) -> Tags:
     """`old` → `new` in place; `new` may be several tags ("a, b") or none (delete).
 
-    Replacing a tag with itself changes nothing (BDTM #100 deleted it); when `new` is already in
-    the caption the first occurrence stays, so no duplicate appears.
+    Replacing a tag with itself changes nothing (BDTM #100 deleted it). A replacement the caption
+    already has elsewhere is not inserted again; other tags, even repeated ones, are left as they are.
     """
     if old not in tags:
         return tags
     repl = parse_tag_list(new)
+    if repl == [old]:
+        return tags
+    return _splice(tags, {old: repl})
+
+
+def _splice(tags: Tags, replacements: Mapping[str, list[str]]) -> Tags:
+    """Swap each tag that has an entry for its replacement pieces, skipping pieces that would
+    duplicate a tag the caption keeps or a piece already placed."""
+    kept = {t for t in tags if t not in replacements}
     out: list[str] = []
+    placed: set[str] = set()
     for t in tags:
-        out.extend(repl if t == old else (t,))
-    return dedupe(tuple(out))
+        if t not in replacements:
+            out.append(t)
+            continue
+        for piece in replacements[t]:
+            if piece not in kept and piece not in placed:
+                out.append(piece)
+                placed.add(piece)
+    return tuple(out)
 
 
 def move_to_front(tags: Tags, front: Iterable[str]) -> Tags:
-    """The named tags that the caption has go first, in the order given; the rest keep their order."""
+    """The named tags that the caption has go first, once each, in the order given; the rest keep
+    their order."""
     first = [t for t in dict.fromkeys(front) if t in tags]
     return (*first, *(t for t in tags if t not in first))
 
@@ -96,17 +113,24 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
 
 def regex_replace(tags: Tags, pattern: re.Pattern[str], repl: str, scope: str = "tag") -> Tags:
     """re.sub on each tag, or on the whole caption text; the result is re-split, so a replacement
-    that yields "" deletes the tag and one that yields "a, b" makes two tags."""
+    that yields "" deletes the tag and one that yields "a, b" makes two tags. Per tag, a result the
+    caption already has is not added twice; on the whole caption the user gets exactly the text the
+    expression makes."""
     try:
         if scope == "tag":
-            out = [piece for t in tags for piece in split_tags(pattern.sub(repl, t))]
-        elif scope == "caption":
-            out = split_tags(pattern.sub(repl, join_tags(tags)))
-        else:
-            raise ForgeError(f"unknown regex scope {scope!r}; use 'tag' or 'caption'")
+            changed = {}
+            for t in tags:
+                pieces = split_tags(pattern.sub(repl, t))
+                if pieces != [t]:
+                    changed[t] = pieces
+            return _splice(tags, changed) if changed else tags
+        if scope == "caption":
+            text = join_tags(tags)
+            new_text = pattern.sub(repl, text)
+            return tags if new_text == text else tuple(split_tags(new_text))
     except (re.error, IndexError) as e:  # a bad group reference in the replacement shows up only here
         raise ForgeError(f"the replacement {repl!r} does not fit the pattern ({e}); fix it") from e
-    return dedupe(tuple(out))
+    raise ForgeError(f"unknown regex scope {scope!r}; use 'tag' or 'caption'")
 
 
 _LETTER_PAIR = re.compile(r"[^\W\d_]{2}")
@@ -115,7 +139,8 @@ _LETTER_PAIR = re.compile(r"[^\W\d_]{2}")
 def underscores_to_spaces(tags: Tags) -> Tags:
     """`long_hair` → `long hair` as WebUI prompts write it; kaomoji such as `^_^`, `o_o`, `>_<` keep
     their underscore (a tag without two letters in a row is taken for a face, not words)."""
-    return dedupe(tuple(t.replace("_", " ") if _LETTER_PAIR.search(t) else t for t in tags))
+    changed = {t: [t.replace("_", " ")] for t in tags if "_" in t and _LETTER_PAIR.search(t)}
+    return _splice(tags, changed) if changed else tags
 
 
 def trigger_first(tags: Tags, trigger: str | None) -> Tags:
