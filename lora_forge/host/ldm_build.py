@@ -208,17 +208,27 @@ def register_open_clip_configs(arch: str, folders: list[Path]) -> None:
 
 
 def instantiate(config: Any, clip_folder: Path | None = None, on_meta: bool = True) -> Any:
-    """Build the LatentDiffusion a config describes; with `on_meta` its layers hold no memory yet."""
+    """Build the LatentDiffusion a config describes; with `on_meta` its layers hold no memory yet.
+
+    ldm prints parameter counts and pytorch_lightning warns about its own deprecations on import;
+    neither means anything to our users, so both are kept quiet here.
+    """
     import io
+    import warnings
 
-    from ldm.util import instantiate_from_config
+    with warnings.catch_warnings():
+        import pytorch_lightning  # noqa: F401  (it installs its own warning filters on import; ours go on top)
 
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        _text_encoders_from_config(clip_folder, on_meta),
-        _layers_on_meta(on_meta),
-    ):
-        return instantiate_from_config(config.model)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        from ldm.util import instantiate_from_config
+
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            _text_encoders_from_config(clip_folder, on_meta),
+            _layers_on_meta(on_meta),
+        ):
+            return instantiate_from_config(config.model)
 
 
 def load_weights(model: Any, state_dict: Mapping[str, Any], dtype: Any, path: Path) -> None:
@@ -252,6 +262,10 @@ def load_weights(model: Any, state_dict: Mapping[str, Any], dtype: Any, path: Pa
             "put the right yaml beside the checkpoint",
             path=path,
         ) from e
+    text_model = getattr(model.cond_stage_model, "model", None)
+    mask = getattr(text_model, "attn_mask", None)
+    if mask is not None and mask.is_meta:  # open_clip's causal mask is not saved in checkpoints
+        text_model.attn_mask = torch.full(tuple(mask.shape), float("-inf")).triu_(1)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_meta:
             raise ForgeError(f"the checkpoint does not provide {name}", path=path)

@@ -27,12 +27,12 @@ TINY_OPEN_CLIP = "lf-tiny-openclip"
 class TinyModelFiles:
     checkpoint: Path  # tiny-<family>.safetensors, WebUI key names
     config: Path  # the yaml beside it (the WebUI loads that config for this file)
-    clip_folder: Path  # tokenizer + config.json of the text encoder (SD1); empty marker for SD2
+    clip_folder: Path | None  # tokenizer + config.json of the SD1 text encoder; None for SD2 (OpenCLIP)
     family: str  # "sd1", "sd2" or "sd2-v"
     seed: int
 
 
-def _tiny_config(family: str, clip_folder: Path) -> Any:
+def _tiny_config(family: str, clip_folder: Path | None) -> Any:
     """Our built-in config for the family with every width shrunk; the structure is untouched."""
     config = load_config(CONFIG_DIR / {"sd1": "sd1.yaml", "sd2": "sd2.yaml", "sd2-v": "sd2-v.yaml"}[family])
     p = config.model.params
@@ -40,7 +40,7 @@ def _tiny_config(family: str, clip_folder: Path) -> Any:
     unet = p.unet_config.params
     unet.model_channels = 32  # GroupNorm(32) sets the floor
     unet.context_dim = TEXT_WIDTH
-    if family == "sd1":
+    if clip_folder is not None:
         unet.num_heads = 8
         p.cond_stage_config.params.version = str(clip_folder.resolve())
     else:
@@ -87,12 +87,11 @@ def build_tiny(out_dir: Path, family: str = "sd1", seed: int = 0) -> TinyModelFi
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clip_folder = out_dir / f"tiny-{family}-clip"
+    clip_folder = None
     if family == "sd1":
-        write_clip_tokenizer(clip_folder)
+        clip_folder = write_clip_tokenizer(out_dir / "tiny-sd1-clip")
         write_clip_text_config(clip_folder, width=TEXT_WIDTH, layers=TEXT_LAYERS, heads=4, ffn=4 * TEXT_WIDTH)
     else:
-        clip_folder.mkdir(exist_ok=True)
         register_open_clip_configs(TINY_OPEN_CLIP, [_write_open_clip_config(out_dir).parent])
     config = _tiny_config(family, clip_folder)
 
