@@ -1,0 +1,84 @@
+"""Model inspector (模型识别): say what a model file is without trusting it.
+
+`inspect_file` never raises for a bad file: every problem becomes the report's one-line `error`,
+so one broken download in a folder does not hide what the other files are. It reads headers and
+shapes, never whole tensors, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from lora_forge.errors import ForgeError
+from lora_forge.inspect import kinds
+from lora_forge.inspect.lora import analyse_lora, looks_like_lora
+from lora_forge.inspect.readers import Opened, display_path, open_model_file
+from lora_forge.inspect.report import Report, render_markdown, render_text
+
+__all__ = ["Report", "inspect_file", "inspect_paths", "render_markdown", "render_text"]
+
+
+def inspect_file(path: str | os.PathLike[str]) -> Report:
+    path = Path(path)
+    report = Report(path=display_path(path))
+    try:
+        report.size = path.stat().st_size if path.is_file() else None
+        opened = open_model_file(path)
+    except ForgeError as e:
+        message = str(e)
+        report.kind = "error"
+        report.error = message.removeprefix(f"{e.path}: ") if e.path is not None else message
+        return report
+    report.container = opened.container
+    report.tensors = len(opened.table.shapes)
+    if display_path(path) != os.fsdecode(path):
+        report.notes.append("the file name is not valid UTF-8; undecodable bytes are shown as \\xNN")
+    report.kind, report.title, report.details, notes = _classify(opened, path)
+    report.notes.extend(notes)
+    return report
+
+
+def inspect_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Report]:
+    return [inspect_file(p) for p in paths]
+
+
+def _classify(opened: Opened, path: Path) -> tuple[str, str, dict, list[str]]:
+    table = opened.table
+    if opened.container == "torchscript":
+        return (
+            "torchscript",
+            "TorchScript archive (contains code; not loaded)",
+            {"archive_files": opened.extras.get("archive_files")},
+            ["the WebUI does not load TorchScript files as models, LoRAs or embeddings"],
+        )
+    if opened.raw is not None:
+        for kind, found in (
+            ("embedding", kinds.embedding_from_pickle(opened.raw)),
+            ("hypernetwork", kinds.hypernetwork(opened.raw)),
+        ):
+            if found:
+                return kind, *found
+    keys = list(table.shapes)
+    found = kinds.embedding_from_table(table)
+    if found:
+        return "embedding", *found
+    if keys and looks_like_lora(keys):
+        return "lora", *analyse_lora(table)
+    for kind, recognise in (
+        ("checkpoint", lambda: kinds.checkpoint(table, path, opened.extras)),
+        ("controlnet", lambda: kinds.controlnet(table)),
+        ("vae", lambda: kinds.vae(table, path)),
+        ("upscaler", lambda: kinds.upscaler(table)),
+    ):
+        found = recognise()
+        if found:
+            return kind, *found
+    if keys:
+        hint = {"first_keys": keys[:5]}
+    elif isinstance(opened.raw, dict):
+        hint = {"first_keys": [str(k) for k in list(opened.raw)[:5]]}
+    else:
+        hint = {"python_type": type(opened.raw).__name__}
+    return "unknown", "Unknown model type", hint, ["not a layout the inspector knows; the first keys may hint at it"]
