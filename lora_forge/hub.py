@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from lora_forge.errors import ForgeError
@@ -13,24 +15,68 @@ def local_folder(settings: Settings, repo_id: str) -> Path:
     return settings.models_dir / repo_id.replace("/", "--")
 
 
-def download(settings: Settings, repo_id: str, filename: str, revision: str | None = None) -> Path:
+# huggingface_hub keeps an interrupted transfer here (inside local_dir) and resumes it next time.
+PARTIAL_GLOB = ".cache/huggingface/download/**/*.incomplete"
+
+# (bytes_done, bytes_total or None when the server did not say)
+DownloadProgress = Callable[[int, "int | None"], None]
+
+
+def partial_files(folder: Path) -> list[Path]:
+    """Interrupted downloads waiting in `folder`, so the UI can say "partial" instead of "absent"."""
+    return sorted(folder.glob(PARTIAL_GLOB)) if folder.is_dir() else []
+
+
+def _watch_partial(folder: Path, total: int | None, progress: DownloadProgress, done: threading.Event) -> None:
+    """hf_hub_download takes no progress callback: poll the size of its .incomplete file instead."""
+    last = -1
+    while not done.wait(0.25):
+        size = sum(p.stat().st_size for p in partial_files(folder) if p.exists())
+        if size != last:
+            last = size
+            progress(size, total)
+
+
+def _remote_size(repo_id: str, filename: str, revision: str | None, endpoint: str | None) -> int | None:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        return get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)).size
+    except Exception:  # the download itself reports network problems properly; a bar without total is fine
+        return None
+
+
+def download(
+    settings: Settings,
+    repo_id: str,
+    filename: str,
+    revision: str | None = None,
+    progress: DownloadProgress | None = None,
+) -> Path:
     """Fetch one file into our models folder (resuming a partial download) and return its path.
 
     The endpoint is passed explicitly rather than through HF_ENDPOINT, because huggingface_hub
     reads that variable once at import time and the user may change the mirror while running.
+    `progress`, when given, is called a few times a second with the bytes received so far.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError
 
     target = local_folder(settings, repo_id)
     target.mkdir(parents=True, exist_ok=True)
+    endpoint = settings.hf_endpoint or None
+    finished = threading.Event()
+    if progress is not None:
+        total = _remote_size(repo_id, filename, revision, endpoint)
+        progress(0, total)
+        threading.Thread(target=_watch_partial, args=(target, total, progress, finished), daemon=True).start()
     try:
         path = hf_hub_download(
             repo_id,
             filename,
             revision=revision,
             local_dir=target,
-            endpoint=settings.hf_endpoint or None,
+            endpoint=endpoint,
         )
     except HfHubHTTPError as e:
         raise ForgeError(
@@ -43,4 +89,9 @@ def download(settings: Settings, repo_id: str, filename: str, revision: str | No
             f"could not download {filename} from {repo_id}: {e}; check the network or the mirror endpoint, "
             f"or place the file by hand in {target}"
         ) from e
+    finally:
+        finished.set()
+    if progress is not None:
+        size = Path(path).stat().st_size
+        progress(size, size)
     return Path(path)
