@@ -32,7 +32,7 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
         report.error = message.removeprefix(f"{e.path}: ") if e.path is not None else message
         return report
     report.container = opened.container
-    report.tensors = len(opened.table.shapes)
+    report.tensors = opened.extras.get("tensor_count", len(opened.table.shapes))
     if display_path(path) != os.fsdecode(path):
         report.notes.append("the file name is not valid UTF-8; undecodable bytes are shown as \\xNN")
     report.kind, report.title, report.details, notes = _classify(opened, path)

@@ -183,7 +183,14 @@ def read_safetensors(path: Path, file_size: int) -> TensorTable:
         raise _bad(path, "__metadata__ is not an object")
     entries: dict[str, _Entry] = {}
     for key, info in header.items():
-        entries[key] = _check_entry(path, key, info, data_size)
+        entries[key] = _check_entry(path, key, info)
+    needed = max((e.end for e in entries.values()), default=0)
+    if needed > data_size:
+        raise _fail(
+            path,
+            f"is truncated: its header lists {_human_bytes(needed)} of tensors but the file holds "
+            f"{_human_bytes(data_size)}; the download did not finish, get the file again",
+        )
     data_start = 8 + n
 
     def values(key: str) -> list[float] | None:
@@ -208,7 +215,7 @@ def read_safetensors(path: Path, file_size: int) -> TensorTable:
     )
 
 
-def _check_entry(path: Path, key: str, info: Any, data_size: int) -> _Entry:
+def _check_entry(path: Path, key: str, info: Any) -> _Entry:
     if not isinstance(info, dict):
         raise _bad(path, f"entry {key!r} is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -221,12 +228,6 @@ def _check_entry(path: Path, key: str, info: Any, data_size: int) -> _Entry:
     begin, end = offsets
     if not 0 <= begin <= end or end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]:
         raise _bad(path, f"tensor {key!r} has offsets that do not match its shape")
-    if end > data_size:
-        raise _fail(
-            path,
-            f"is truncated: tensor {key!r} ends at byte {end} of the data but the file holds only {data_size}; "
-            "the download did not finish, get the file again",
-        )
     return _Entry(dtype, tuple(shape), begin, end)
 
 
@@ -285,7 +286,21 @@ def _open_pickle(path: Path, *, zip_format: bool) -> Opened:
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
         values=lambda key: _tensor_values(tensors.get(key)),
     )
-    return Opened(container, table, raw=obj, extras=extras)
+    return Opened(container, table, raw=obj, extras=extras | {"tensor_count": _count_tensors(obj)})
+
+
+def _count_tensors(obj: Any, depth: int = 0) -> int:
+    if is_tensor(obj):
+        return 1
+    if depth > 6:  # embeddings and hypernetworks nest two or three levels; nothing real goes deeper
+        return 0
+    if isinstance(obj, InertObject):
+        obj = vars(obj)
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_count_tensors(v, depth + 1) for v in obj)
+    return 0
 
 
 def _tensor_values(t: Any) -> list[float] | None:

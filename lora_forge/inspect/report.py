@@ -137,8 +137,8 @@ def render_text(report: Report) -> str:
     if report.error:
         return f"{report.path}: error: {report.error}"
     lines = [f"{report.path}: {report.title}"]
-    lines.append(f"  {'File':<18} {report.container}, {_size(report.size)}, {report.tensors} tensors")
-    lines += [f"  {label:<18} {value}" for label, value in _rows(report)]
+    lines.append(f"  {'File':<24} {report.container}, {_size(report.size)}, {report.tensors} tensors")
+    lines += [f"  {label:<24} {value}" for label, value in _rows(report)]
     lines += [f"  note: {n}" for n in report.notes]
     return "\n".join(lines)
 
