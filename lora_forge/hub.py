@@ -40,10 +40,7 @@ def _watch_partial(folder: Path, total: int | None, progress: DownloadProgress, 
 def _remote_size(repo_id: str, filename: str, revision: str | None, endpoint: str | None) -> int | None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    try:
-        return get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)).size
-    except Exception:  # the download itself reports network problems properly; a bar without total is fine
-        return None
+    return get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)).size
 
 
 def download(
@@ -66,11 +63,12 @@ def download(
     target.mkdir(parents=True, exist_ok=True)
     endpoint = settings.hf_endpoint or None
     finished = threading.Event()
-    if progress is not None:
-        total = _remote_size(repo_id, filename, revision, endpoint)
-        progress(0, total)
-        threading.Thread(target=_watch_partial, args=(target, total, progress, finished), daemon=True).start()
     try:
+        if progress is not None:
+            # One HEAD for the total; its network errors are reported below like the download's own.
+            total = _remote_size(repo_id, filename, revision, endpoint)
+            progress(0, total)
+            threading.Thread(target=_watch_partial, args=(target, total, progress, finished), daemon=True).start()
         path = hf_hub_download(
             repo_id,
             filename,
@@ -86,8 +84,8 @@ def download(
         ) from e
     except OSError as e:
         raise ForgeError(
-            f"could not download {filename} from {repo_id}: {e}; check the network or the mirror endpoint, "
-            f"or place the file by hand in {target}"
+            f"could not download {filename} from {repo_id}: {e}; check the network or the mirror endpoint and "
+            f"download again (what arrived is kept and the download resumes), or place the file by hand in {target}"
         ) from e
     finally:
         finished.set()
