@@ -86,10 +86,12 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def wait_gradio(page: Any, timeout_ms: int = 30000) -> None:
-    """Wait until gradio has rendered its app (the root container exists and the loader is gone)."""
+    """Wait until gradio has rendered its app (the root container exists and no loader is showing;
+    every component keeps a hidden `.wrap.default.full.hide` status box, which does not count)."""
     page.wait_for_selector("gradio-app .gradio-container", state="attached", timeout=timeout_ms)
     page.wait_for_function(
-        "() => !document.querySelector('gradio-app .gradio-container .wrap.default.full')", timeout=timeout_ms
+        "() => !document.querySelector('gradio-app .gradio-container .wrap.default.full:not(.hide)')",
+        timeout=timeout_ms,
     )
 
 
