@@ -22,9 +22,14 @@ from lora_forge.settings import Settings
 
 YUNET_REPO = "opencv/face_detection_yunet"
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
-# Long side of the copy YuNet sees. 640 is YuNet's comfortable maximum; 480 keeps faces down to
-# ~2 % of the long side (which are too small to crop around anyway) and costs half as much.
-DETECT_SIDE = 480
+# Long side of the copies YuNet sees. First 320 px: it finds every face bigger than ~6 % of the
+# long side (portraits, half-body shots: the training pictures) at a third of the cost of 640
+# (5 ms vs 15 ms CPU, measured). When that finds nothing, or only faces near YuNet's limit (so
+# others of that size may have been missed), a second look at 640 px catches faces down to ~2 %
+# (full-body shots, groups). Face-less pictures pay for both looks.
+FIRST_SIDE = 320
+DETECT_SIDE = 640
+SMALL_FACE_PX = 20
 SCORE_THRESHOLD = 0.6
 NMS_THRESHOLD = 0.3
 _MIN_MODEL_BYTES = 10_000  # a Git-LFS pointer (131 bytes) is not a model
@@ -103,6 +108,20 @@ class FaceDetector:
         self._local.detector = det
         return det
 
+    def find(self, image: Any, first: Any = None) -> list[Face]:
+        """Faces in a PIL image, in its pixels: a look at FIRST_SIDE, then at DETECT_SIDE if none was found.
+
+        `first` may be the FIRST_SIDE copy the caller already made (see detection_copy).
+        """
+        small, s = first if first is not None else detection_copy(image, FIRST_SIDE)
+        seen = self.detect(small)
+        found = [f.scaled(1 / s) for f in seen]
+        near_limit = any(f.h < SMALL_FACE_PX for f in seen)
+        if (not found or near_limit) and max(image.size) > FIRST_SIDE * 1.25:
+            big, s = detection_copy(image, DETECT_SIDE)
+            found = [f.scaled(1 / s) for f in self.detect(big)]
+        return found
+
     def detect(self, rgb: Any) -> list[Face]:
         """Faces in an RGB uint8 array (at most DETECT_SIDE on the long side), in its pixel coordinates."""
         import numpy as np
@@ -117,14 +136,19 @@ class FaceDetector:
         return sorted(faces, key=lambda f: -f.score)
 
 
-def detection_copy(image: Any) -> tuple[Any, float]:
-    """A small RGB array of `image` for detection and saliency, and its scale relative to `image`."""
+def detection_copy(image: Any, side: int = FIRST_SIDE) -> tuple[Any, float]:
+    """A small RGB array of `image` (long side <= `side`) and its scale relative to `image`."""
     import numpy as np
     from PIL import Image
 
     w, h = image.size
-    s = min(1.0, DETECT_SIDE / max(w, h))
-    small = image if s == 1.0 else image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    small = image
+    factor = -(-max(w, h) // side)
+    if factor > 1:  # a box reduce is 5x cheaper than resampling the whole decode
+        small = small.reduce(factor)
+    if max(small.size) > side:
+        s = side / max(small.size)
+        small = small.resize((max(1, round(small.size[0] * s)), max(1, round(small.size[1] * s))), Image.BILINEAR)
     return np.asarray(small), small.size[0] / w
 
 
@@ -141,6 +165,7 @@ def saliency_map(rgb: Any) -> Any:
     h, w = rgb.shape[:2]
     gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
     small = cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA)
+    small -= small.mean()  # without this the mean's huge residual drowns the map in a constant
     spectrum = np.fft.fft2(small)
     log_amp = np.log(np.abs(spectrum) + 1e-6)
     residual = log_amp - cv2.blur(log_amp, (3, 3))

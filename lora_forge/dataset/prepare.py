@@ -34,8 +34,12 @@ from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
 from lora_forge.settings import Settings
 
 PREVIOUS_DIR = "previous"  # <dataset>/.lora_forge/previous/<time>/: outputs replaced or dropped
-OUTPUT_EXT = ".png"
-PNG_LEVEL = 1  # zlib level 1: 3x faster than the default 6 for files ~15 % larger; disk is cheaper than waiting
+# Output formats. JPEG at quality 95 without chroma subsampling is the default: the sources are
+# mostly JPEGs already, its error is far below what the VAE's 8x latent keeps, and it encodes 10x
+# faster than PNG (2.6 ms vs 27-56 ms for a noisy 512 px photo, measured). PNG is there for whoever
+# wants lossless files (zlib level 1: 2x faster than 6 for ~7 % more bytes).
+FORMATS = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}
+OUTPUT_EXTS = tuple(FORMATS.values())
 _BAD_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 
 
@@ -46,6 +50,7 @@ class PrepareOptions:
     min_side: int = 256
     max_side: int = 1024
     face_crops: bool = False
+    format: str = "jpg"  # "jpg", "png" or "webp" (lossless)
     detect_faces: bool = True
     download: bool = True  # fetch the face model if it is not there
     max_pixels: int = ingest.MAX_PIXELS
@@ -130,11 +135,11 @@ class _Stage:
         data = job.item.read()
         dec = ingest.decode(data, job.item.label, min_scale=_cover_scale(rule), max_pixels=options.max_pixels)
         width, height = dec.size
-        small, det_scale = faces.detection_copy(dec.image)
-        det_scale *= dec.scale  # detection pixels per original pixel
+        first = faces.detection_copy(dec.image)
+        small = first[0]
         found: list[faces.Face] = []
         if self.detector is not None:
-            found = [f.scaled(1 / det_scale) for f in self.detector.detect(small)]
+            found = [f.scaled(1 / dec.scale) for f in self.detector.find(dec.image, first)]
         saliency = None
         focal = {"centre": "centre", "whole": "whole"}.get(job.action, "faces" if found else "saliency")
         if focal == "saliency":
@@ -165,14 +170,14 @@ class _Stage:
         face_no = 0
         for kind, p in plans:
             if kind == "main":
-                name = f"{job.stem}{OUTPUT_EXT}"
+                name = f"{job.stem}{FORMATS[options.format]}"
             else:
                 face_no += 1
-                name = f"{job.stem}{FACE_SUFFIX}{'' if face_no == 1 else face_no}{OUTPUT_EXT}"
+                name = f"{job.stem}{FACE_SUFFIX}{'' if face_no == 1 else face_no}{FORMATS[options.format]}"
             target = self.out / name
             if target.exists():  # not ours (ours were put away above): never overwrite it
                 target = fsio.unused_path(target)
-            encoded = _png(crop.render(dec.image, dec.scale, p))
+            encoded = encode(crop.render(dec.image, dec.scale, p), options.format)
             fsio.atomic_write_bytes(target, encoded)
             if caption_text is not None and not target.with_suffix(".txt").exists():
                 fsio.atomic_write_text(target.with_suffix(".txt"), caption_text)
@@ -224,9 +229,14 @@ def _pil(arr: Any) -> Any:
     return Image.fromarray(arr)
 
 
-def _png(image: Any) -> bytes:
+def encode(image: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, "PNG", compress_level=PNG_LEVEL)
+    if fmt == "jpg":
+        image.save(buf, "JPEG", quality=95, subsampling=0)
+    elif fmt == "png":
+        image.save(buf, "PNG", compress_level=1)
+    else:
+        image.save(buf, "WEBP", lossless=True, method=2)
     return buf.getvalue()
 
 
@@ -238,7 +248,7 @@ def _stem_for(item: ingest.SourceItem, taken: set[str], out: Path) -> str:
     base = _BAD_NAME.sub("_", Path(item.member or item.path).stem).strip(" .") or "image"
     base = base.replace(FACE_SUFFIX, "_face")
     stem, n = base, 2
-    while stem in taken or any((out / f"{stem}{ext}").exists() for ext in (OUTPUT_EXT, ".txt")):
+    while stem in taken or any((out / f"{stem}{ext}").exists() for ext in (*OUTPUT_EXTS, ".txt")):
         stem, n = f"{base}-{n}", n + 1
     taken.add(stem)
     return stem
@@ -264,6 +274,8 @@ def prepare(
         options.rule()
     except ValueError as e:
         raise ForgeError(f"bad size options: {e}") from e
+    if options.format not in FORMATS:
+        raise ForgeError(f"unknown output format {options.format!r}; use one of {', '.join(FORMATS)}")
     settings = settings or Settings.from_env()
     out = Path(out)
     try:
