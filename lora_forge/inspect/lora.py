@@ -172,8 +172,9 @@ def _ranks(table: TensorTable, modules: dict[str, dict[str, str]]) -> tuple[list
     """(rank, alpha) per module, split into linear/1×1 modules and k×k conv modules."""
     linear: list[tuple] = []
     conv: list[tuple] = []
+    alphas = table.values([params["alpha"] for params in modules.values() if "alpha" in params])
     for params in modules.values():
-        alpha = _alpha(table, params.get("alpha"))
+        alpha = _alpha(alphas.get(params.get("alpha", "")))
         down = next((params[p] for p in _DOWN if p in params), None)
         if down is not None:
             shape = table.shapes[down]
@@ -193,10 +194,7 @@ def _ranks(table: TensorTable, modules: dict[str, dict[str, str]]) -> tuple[list
     return linear, conv
 
 
-def _alpha(table: TensorTable, key: str | None) -> float | int | None:
-    if key is None:
-        return None
-    values = table.values(key)
+def _alpha(values: list[float] | None) -> float | int | None:
     if not values:
         return None
     v = values[0]

@@ -72,8 +72,8 @@ class TensorTable:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]
     metadata: dict[str, str] = field(default_factory=dict)
-    # reads a small tensor's values (alpha, scale); None when it is not a small numeric tensor
-    values: Callable[[str], list[float] | None] = lambda _key: None
+    # the values of small tensors (alpha, scale) by key; keys that are not small numeric tensors are left out
+    values: Callable[[list[str]], dict[str, list[float]]] = lambda _keys: {}
 
 
 @dataclass
@@ -193,19 +193,18 @@ def read_safetensors(path: Path, file_size: int) -> TensorTable:
         )
     data_start = 8 + n
 
-    def values(key: str) -> list[float] | None:
-        e = entries.get(key)
-        if e is None or (e.dtype not in _STRUCT_CODES and e.dtype != "BF16"):
-            return None
-        count = math.prod(e.shape)
-        if count > MAX_VALUE_ELEMENTS:
-            return None
-        with open(path, "rb") as f:
-            f.seek(data_start + e.begin)
-            buf = f.read(e.end - e.begin)
-        if e.dtype == "BF16":  # the upper half of a float32
-            return [struct.unpack("<f", b"\x00\x00" + buf[i : i + 2])[0] for i in range(0, len(buf), 2)]
-        return [float(v) for v in struct.unpack(f"<{count}{_STRUCT_CODES[e.dtype]}", buf)]
+    def values(keys: list[str]) -> dict[str, list[float]]:
+        wanted = {}
+        for key in keys:
+            e = entries.get(key)
+            if e and (e.dtype in _STRUCT_CODES or e.dtype == "BF16") and math.prod(e.shape) <= MAX_VALUE_ELEMENTS:
+                wanted[key] = e
+        out = {}
+        with open(path, "rb", buffering=0) as f:  # unbuffered: read the few bytes asked for, not 8 KB each
+            for key, e in sorted(wanted.items(), key=lambda kv: kv[1].begin):
+                f.seek(data_start + e.begin)
+                out[key] = _decode(e.dtype, f.read(e.end - e.begin))
+        return out
 
     return TensorTable(
         shapes={k: e.shape for k, e in entries.items()},
@@ -213,6 +212,13 @@ def read_safetensors(path: Path, file_size: int) -> TensorTable:
         metadata={str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
         values=values,
     )
+
+
+def _decode(dtype: str, buf: bytes) -> list[float]:
+    if dtype == "BF16":  # the upper half of a float32
+        return [struct.unpack("<f", b"\x00\x00" + buf[i : i + 2])[0] for i in range(0, len(buf), 2)]
+    code = _STRUCT_CODES[dtype]
+    return [float(v) for v in struct.unpack(f"<{len(buf) // struct.calcsize(code)}{code}", buf)]
 
 
 def _check_entry(path: Path, key: str, info: Any) -> _Entry:
@@ -284,7 +290,7 @@ def _open_pickle(path: Path, *, zip_format: bool) -> Opened:
     table = TensorTable(
         shapes={k: tuple(v.shape) for k, v in tensors.items()},
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
-        values=lambda key: _tensor_values(tensors.get(key)),
+        values=lambda keys: {k: v for k in keys if (v := _tensor_values(tensors.get(k))) is not None},
     )
     return Opened(container, table, raw=obj, extras=extras | {"tensor_count": _count_tensors(obj)})
 
