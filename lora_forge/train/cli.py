@@ -1,0 +1,127 @@
+"""Train a LoRA on a checkpoint file: `python -m lora_forge train --ckpt M --data D --name N --out O`.
+
+Config layering, lowest first: the preset, a config file (ours, or a kohya / kohya_ss /
+lora-scripts TOML or JSON), then each `--set key=value`. With `--resume RUN`, the run's own
+config.toml is the base. The dataset and config are checked before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lora_forge.train.presets import PRESETS
+
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file (.safetensors / .ckpt), SD1.x or SD2.x")
+    p.add_argument("--vae", type=Path, help="a separate VAE file to encode the images with")
+    p.add_argument("--clip-folder", type=Path, help="CLIP tokenizer/config folder when not in the HF cache")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (images + .txt captions, N_name folders)")
+    p.add_argument("--name", required=True, help="output name: files are NAME-000001.safetensors … NAME.safetensors")
+    p.add_argument("--out", type=Path, required=True, help="folder for the run folder (never overwritten)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="custom", help="defaults by subject")
+    p.add_argument("--config", type=Path, help="a config file: ours, kohya sd-scripts, kohya_ss or lora-scripts")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
+    p.add_argument("--trigger", help="trigger word (kept as the first tag of every caption)")
+    p.add_argument("--resume", type=Path, help="continue a stopped run from its folder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the plan, do not train")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ForgeError(f"--set needs KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[str]]:
+    """(config, keys the user set, warnings from importing a foreign config)."""
+    from lora_forge.train.config import read_config_file
+    from lora_forge.train.importer import import_config
+    from lora_forge.train.presets import preset_config
+
+    warnings: list[str] = []
+    layered: dict[str, Any] = {}
+    if args.resume:
+        from lora_forge.train.state import find_state
+
+        run_dir = find_state(args.resume).parent
+        layered.update(read_config_file(run_dir / "config.toml"))
+        layered["resume"] = str(args.resume)
+    if args.config:
+        imported, warnings = import_config(args.config)
+        layered.update(imported)
+    layered.update(parse_sets(args.set))
+    if args.trigger is not None:
+        layered["trigger_word"] = args.trigger
+    layered["output_name"] = args.name
+    if args.resume:
+        layered["resume"] = str(args.resume)
+    config = preset_config(str(layered.get("preset", args.preset)), layered)
+    return config, frozenset(layered) - {"output_name", "resume", "preset"}, warnings
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora_forge.events import cli_progress
+    from lora_forge.train.loop import prepare, train
+
+    config, user_keys, warnings = build_config(args)
+    for w in warnings:
+        log.warning("config: %s", w)
+    prepared = prepare(config, args.data, user_keys)
+    print(f"plan: {prepared.plan.note}; {prepared.plan.total_steps} steps", flush=True)
+    if not args.ckpt.is_file():
+        raise ForgeError("checkpoint file not found", path=args.ckpt)
+    from lora_forge.host.standalone import StandaloneHost
+
+    host = StandaloneHost(args.ckpt, vae=args.vae, clip_folder=args.clip_folder, device=args.device)
+    if args.dry_run:
+        from lora_forge.train import memory
+        from lora_forge.train.session import open_session
+
+        session = open_session(host.sd_model(), prepared.config)
+        try:
+            est = memory.estimate(host.sd_model(), session.network, prepared.config, prepared.dataset)
+        finally:
+            session.close()
+        print("memory plan:", est.summary())
+        if args.json:
+            print(json.dumps({"plan": prepared.plan.__dict__, "memory": est.as_dict()}))
+        return 0
+    bar, close = cli_progress("train", disable=args.json)
+
+    def progress(event: Any) -> None:
+        if event.step == 0 and event.message:
+            print(event.message, flush=True)
+        bar(event)
+
+    try:
+        result = train(host, prepared, args.out, progress=progress)
+    finally:
+        close()
+    summary = {
+        "run_dir": str(result.run_dir),
+        "final": str(result.final_file),
+        "epoch_files": [str(p) for p in result.epoch_files],
+        **result.report,
+    }
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(f"saved {result.final_file} ({result.steps} steps, {result.seconds:.1f} s)")
+        if result.stopped:
+            print(f"stopped: {result.stopped}; continue with --resume {result.run_dir}")
+    return 0

@@ -1,0 +1,358 @@
+"""One validated training config, with kohya sd-scripts' key names, in and out of TOML.
+
+Keys are kohya's wherever kohya has one, so a user's knowledge (and their old configs, through
+`import_config`) carries over. Everything is checked in `validate()` before any work starts:
+a bad combination is a ForgeError that says which key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
+PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # kohya says "float", our file format "fp32"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs besides the model and the dataset folder."""
+
+    output_name: str = "lora"
+    trigger_word: str = ""  # ours: first tag of every caption (kept first when shuffling), default samples
+    # data
+    resolution: str = "512"  # "512" or "w,h"
+    train_batch_size: int = 1
+    max_train_epochs: int = 10
+    max_train_steps: int = 0  # 0: epochs decide
+    num_repeats: int = 0  # repeats of folders without an `N_` prefix; 0: the preset plans them
+    caption_extension: str = ".txt"
+    shuffle_caption: bool = True
+    keep_tokens: int = 1
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
+    flip_aug: bool = False
+    enable_bucket: bool = True
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = True
+    cache_latents: bool = True
+    cache_latents_to_disk: bool = True
+    cache_text_encoder_outputs: bool = True  # when the TE is frozen and captions are fixed (see data.py)
+    max_token_length: int = 75
+    clip_skip: int = 1
+    # network
+    network_dim: int = 32
+    network_alpha: float = 16.0
+    conv_dim: int = 0
+    conv_alpha: float = 1.0
+    network_dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    network_train_unet_only: bool = False
+    network_weights: str = ""  # continue from this LoRA file
+    # optimiser
+    optimizer_type: str = "AdamW"
+    learning_rate: float = 1e-4
+    unet_lr: float = 0.0  # 0: learning_rate
+    text_encoder_lr: float = 1e-5  # 0: learning_rate
+    lr_scheduler: str = "cosine_with_restarts"
+    lr_warmup_steps: float = 0.0  # steps, or a fraction of the total when < 1
+    lr_scheduler_num_cycles: int = 1
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    # precision and memory
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = True
+    sdpa: bool = True
+    # loss
+    noise_offset: float = 0.0
+    min_snr_gamma: float = 5.0
+    min_timestep: int = 0
+    max_timestep: int = 1000
+    # outputs
+    save_every_n_epochs: int = 1
+    save_precision: str = "fp16"
+    save_state: bool = True  # keep a resumable state beside the final file
+    seed: int = 1337
+    sample_every_n_steps: int = 50
+    sample_prompts: list[str] = field(default_factory=list)  # empty: trigger word, + a generalisation probe
+    sample_steps: int = 20
+    sample_cfg_scale: float = 7.0
+    sample_sampler: str = "Euler a"
+    training_comment: str = ""
+    resume: str = ""  # a run folder or its state file
+    preset: str = "custom"
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def resolution_wh(self) -> tuple[int, int]:
+        return parse_resolution(self.resolution)
+
+    @property
+    def unet_learning_rate(self) -> float:
+        return self.unet_lr or self.learning_rate
+
+    @property
+    def te_learning_rate(self) -> float:
+        return self.text_encoder_lr or self.learning_rate
+
+    @property
+    def train_text_encoder(self) -> bool:
+        return not self.network_train_unet_only and self.te_learning_rate > 0
+
+    def warmup_steps(self, total: int) -> int:
+        w = self.lr_warmup_steps
+        return round(w * total) if 0 < w < 1 else int(w)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> TrainConfig:
+        """Reject what cannot work, naming the key; returns self for chaining."""
+        w, h = self.resolution_wh
+        step = self.bucket_reso_steps
+        _check(bool(self.output_name.strip()), "output_name", "must not be empty")
+        _check(not any(c in self.output_name for c in '/\\:*?"<>|'), "output_name", "must be a plain file name")
+        _check(step in (8, 16, 32, 64), "bucket_reso_steps", "must be 8, 16, 32 or 64")
+        _check(w % 8 == 0 and h % 8 == 0 and min(w, h) >= 64, "resolution", "must be multiples of 8, at least 64")
+        _check(self.train_batch_size >= 1, "train_batch_size", "must be at least 1")
+        _check(self.max_train_epochs >= 1 or self.max_train_steps >= 1, "max_train_epochs", "must be at least 1")
+        _check(self.max_train_steps >= 0 and self.num_repeats >= 0, "max_train_steps", "must not be negative")
+        _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1")
+        _check(self.keep_tokens >= 0, "keep_tokens", "must not be negative")
+        for key in ("caption_dropout_rate", "caption_tag_dropout_rate", "network_dropout", "rank_dropout"):
+            _check(0 <= getattr(self, key) < 1, key, "must be in [0, 1)")
+        _check(0 <= self.module_dropout < 1, "module_dropout", "must be in [0, 1)")
+        _check(self.max_token_length in (75, 150, 225), "max_token_length", "must be 75, 150 or 225")
+        _check(1 <= self.clip_skip <= 12, "clip_skip", "must be between 1 and 12")
+        _check(self.network_dim >= 1, "network_dim", "must be at least 1")
+        _check(self.network_alpha > 0, "network_alpha", "must be positive (try network_dim or half of it)")
+        _check(self.conv_dim >= 0 and self.conv_alpha > 0, "conv_dim", "conv_dim ≥ 0 and conv_alpha > 0")
+        _check(self.optimizer_type in OPTIMIZERS, "optimizer_type", f"must be one of {', '.join(OPTIMIZERS)}")
+        _check(self.lr_scheduler in SCHEDULERS, "lr_scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        _check(self.mixed_precision in PRECISIONS, "mixed_precision", "must be no, fp16 or bf16")
+        _check(self.save_precision in SAVE_PRECISIONS, "save_precision", "must be fp16, bf16 or float")
+        for key in ("learning_rate", "unet_lr", "text_encoder_lr"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and 0 <= value <= 10, key, "must be between 0 and 10")
+        _check(self.unet_learning_rate > 0, "learning_rate", "must be positive")
+        if self.optimizer_type != "Prodigy":
+            _check(self.unet_learning_rate < 0.1, "unet_lr", "is far too high for LoRA (typical: 1e-4)")
+        _check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must not be negative")
+        _check(self.lr_scheduler_num_cycles >= 1, "lr_scheduler_num_cycles", "must be at least 1")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", "must not be negative (0 turns clipping off)")
+        _check(0 <= self.noise_offset < 1, "noise_offset", "must be in [0, 1) (0.05-0.1 is usual)")
+        _check(self.min_snr_gamma >= 0, "min_snr_gamma", "must not be negative (0 turns it off, 5 is usual)")
+        _check(0 <= self.min_timestep < self.max_timestep <= 1000, "min_timestep", "need 0 ≤ min < max ≤ 1000")
+        _check(self.save_every_n_epochs >= 0, "save_every_n_epochs", "must not be negative")
+        _check(self.sample_every_n_steps >= 0, "sample_every_n_steps", "must not be negative (0: no samples)")
+        _check(1 <= self.sample_steps <= 150, "sample_steps", "must be between 1 and 150")
+        _check(self.min_bucket_reso >= 64, "min_bucket_reso", "must be at least 64")
+        if self.enable_bucket:
+            _check(self.min_bucket_reso <= min(w, h), "min_bucket_reso", "must not exceed the resolution")
+            _check(self.max_bucket_reso >= max(w, h), "max_bucket_reso", "must be at least the resolution")
+        _check(self.seed >= 0, "seed", "must not be negative")
+        if self.caption_dropout_rate or self.caption_tag_dropout_rate or self.shuffle_caption:
+            _check(self.keep_tokens >= 0, "keep_tokens", "must not be negative")
+        return self
+
+    # ------------------------------------------------------------------ TOML
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines = ["# LoRA Forge training config (kohya sd-scripts key names)"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in self.to_dict().items()]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """Overlay `data` on `base` (or the defaults), coercing types; unknown keys are an error."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ForgeError(f"unknown config key(s): {', '.join(unknown)}")
+        values = dataclasses.asdict(base or cls())
+        for key, raw in data.items():
+            values[key] = coerce(key, raw, values[key])
+        return cls(**values)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ForgeError(f"config: {key} {message}")
+
+
+def parse_resolution(text: str | int) -> tuple[int, int]:
+    parts = [p.strip() for p in str(text).replace("x", ",").split(",") if p.strip()]
+    try:
+        nums = [int(float(p)) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) == 1:
+        return nums[0], nums[0]
+    if len(nums) == 2:
+        return nums[0], nums[1]
+    raise ForgeError(f'config: resolution must be like "512" or "512,768", not {text!r}')
+
+
+def coerce(key: str, raw: Any, default: Any) -> Any:
+    """`raw` (TOML value or a `--set` string) as the type of the key's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, str):
+                low = raw.strip().lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off", ""):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if isinstance(default, int):
+            value = float(raw)
+            if value != int(value):
+                raise ValueError(raw)
+            return int(value)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, list):
+            if isinstance(raw, str):
+                return [p for p in (s.strip() for s in raw.split("|")) if p]
+            return [str(x) for x in raw]
+        if isinstance(raw, list) and key == "resolution":
+            return ",".join(str(int(x)) for x in raw)
+        return str(raw)
+    except (TypeError, ValueError) as e:
+        kind = type(default).__name__
+        raise ForgeError(f"config: {key} must be {kind}, not {raw!r}") from e
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+# ---------------------------------------------------------------------- reading TOML / JSON files
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML or JSON file as a flat dict (TOML tables are flattened, as kohya does)."""
+    from lora_forge.fsio import read_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise ForgeError("config file not found", path=path)
+    text = read_text(path)
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else parse_toml(text)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ForgeError(f"cannot read the config: {e}", path=path) from e
+    if not isinstance(data, dict):
+        raise ForgeError("the config must be a table of key = value", path=path)
+    return _flatten(data)
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v))
+        else:
+            flat[k] = v
+    return flat
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """tomllib when the Python has it (3.11+); else a reader for the flat subset configs use.
+
+    The WebUI's Python 3.10 has neither tomllib nor the `toml` package, and kohya / lora-scripts
+    configs only use `[tables]`, `key = value` with strings, numbers, booleans and one-line arrays.
+    """
+    try:
+        import tomllib
+    except ImportError:
+        return _parse_toml_subset(text)
+    return tomllib.loads(text)
+
+
+def _parse_toml_subset(text: str) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    table = root
+    for n, line in enumerate(text.splitlines(), 1):
+        line = _strip_comment(line).strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or line.startswith("[["):
+                raise ValueError(f"line {n}: unsupported table header {line!r}")
+            table = root
+            for part in line.strip("[]").split("."):
+                table = table.setdefault(part.strip().strip('"'), {})
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"line {n}: expected key = value")
+        table[key.strip().strip('"')] = _toml_scalar(value.strip(), n)
+    return root
+
+
+def _strip_comment(line: str) -> str:
+    quote = ""
+    for i, c in enumerate(line):
+        if quote:
+            if c == quote and line[i - 1] != "\\":
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return line[:i]
+    return line
+
+
+def _toml_scalar(value: str, n: int) -> Any:
+    if value.startswith("["):
+        inner = value[1:-1].strip().rstrip(",")
+        return [_toml_scalar(v.strip(), n) for v in _split_array(inner)] if inner else []
+    if value.startswith('"'):
+        return json.loads(value)
+    if value.startswith("'"):
+        return value[1:-1]
+    if value in ("true", "false"):
+        return value == "true"
+    try:
+        return int(value.replace("_", ""))
+    except ValueError:
+        pass
+    try:
+        return float(value.replace("_", ""))
+    except ValueError as e:
+        raise ValueError(f"line {n}: cannot read value {value!r}") from e
+
+
+def _split_array(inner: str) -> list[str]:
+    parts, quote, start = [], "", 0
+    for i, c in enumerate(inner):
+        if quote:
+            if c == quote and inner[i - 1] != "\\":
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == ",":
+            parts.append(inner[start:i])
+            start = i + 1
+    parts.append(inner[start:])
+    return [p for p in parts if p.strip()]

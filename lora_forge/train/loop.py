@@ -1,0 +1,423 @@
+"""The training loop: read it top to bottom in `train()`; everything else is a named helper.
+
+Randomness: every micro-step draws its noise, timesteps, caption shuffle, flip and LoRA dropout
+from generators seeded by (seed, micro-step). A CPU run is therefore reproducible bit for bit, and
+a resumed run continues with exactly the draws the uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
+from lora_forge.train import data, outputs
+from lora_forge.train.config import TrainConfig
+from lora_forge.train.presets import StepPlan, plan_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Checked before any heavy work: config, dataset, step plan."""
+
+    config: TrainConfig
+    dataset: data.Dataset
+    plan: StepPlan
+    resume_from: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_file: Path
+    epoch_files: list[Path]
+    steps: int
+    total_steps: int
+    seconds: float
+    stopped: str = ""
+    losses: list[float] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(config: TrainConfig, data_dir: str | Path, user_keys: frozenset[str] = frozenset()) -> Prepared:
+    """Validate the config and the dataset and plan the steps; no model, no torch needed."""
+    config.validate()
+    dataset = data.scan_dataset(data_dir, config)
+    folders = [(n, r) for _, n, r in dataset.folders]
+    plan = plan_steps(config, folders, user_keys)
+    data.apply_repeats(dataset, plan.repeats_for_plain)
+    batches = len(data.epoch_batches(dataset, config.train_batch_size, 0, 0))
+    per_epoch = -(-batches // config.gradient_accumulation_steps)
+    total = config.max_train_steps or per_epoch * plan.epochs
+    epochs = -(-total // per_epoch)
+    plan = StepPlan(plan.repeats_for_plain, epochs, per_epoch, total, plan.note)
+    resume = None
+    if config.resume:
+        from lora_forge.train.state import find_state
+
+        resume = find_state(config.resume)
+    return Prepared(config.replace(max_train_epochs=epochs, num_repeats=plan.repeats_for_plain), dataset, plan, resume)
+
+
+def _config_hash(config: TrainConfig) -> str:
+    """What must not change between a run and its resume (samples and saving may)."""
+    free = {"resume", "output_name", "sample_every_n_steps", "sample_prompts", "save_every_n_epochs"}
+    keys = {k: v for k, v in config.to_dict().items() if k not in free and not k.startswith("sample_")}
+    return hashlib.sha256(repr(sorted(keys.items())).encode()).hexdigest()[:16]
+
+
+def train(
+    host: Any,
+    prepared: Prepared,
+    out_dir: str | Path,
+    progress: ProgressFn = no_progress,
+    stop: StopFlag | None = None,
+) -> TrainResult:
+    """Train a LoRA on the host's loaded model; returns where the files went."""
+    import torch
+
+    from lora_forge.model.schedule import schedule_from_model
+    from lora_forge.train import memory, state
+    from lora_forge.train.optim import check_optimizer, make_optimizer, make_scheduler
+    from lora_forge.train.session import offloaded, open_session, precision_for
+
+    config, dataset, plan = prepared.config, prepared.dataset, prepared.plan
+    stop = stop or StopFlag()
+    device = host.device
+    check_optimizer(config.optimizer_type, device.type)
+    with host.job("train"), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        sd_model = host.sd_model()
+        precision = precision_for(config, device, next(sd_model.model.diffusion_model.parameters()).dtype)
+        if int(getattr(sd_model.model.diffusion_model, "in_channels", 4)) != 4:
+            raise ForgeError("inpainting / instruct-pix2pix checkpoints cannot be trained; load a normal model")
+        session = open_session(sd_model, config)
+        try:
+            estimate = memory.estimate(sd_model, session.network, config, dataset)
+            progress(Progress(0, plan.total_steps, "memory plan: " + estimate.summary(), data=estimate.as_dict()))
+            run_dir = outputs.new_run_dir(out_dir, config.output_name)
+            outputs.write_config(run_dir, config)
+            conds = _Conditioner(sd_model, session.network, config, dataset, device, precision)
+            latents = _cache_latents(sd_model, dataset, config, device, progress, stop, conds)
+            # Their outputs are cached: the VAE and a frozen text encoder leave the accelerator.
+            idle = [sd_model.first_stage_model] + ([conds.encoder.module] if conds.cache else [])
+            for module in idle:
+                session.stack.enter_context(offloaded(module, device))
+            schedule = schedule_from_model(sd_model, device)
+            groups = session.network.param_groups(config.unet_learning_rate, config.te_learning_rate)
+            if not config.train_text_encoder:
+                groups = [g for g in groups if g["name"] != "text_encoder"]
+            optimizer = make_optimizer(config.optimizer_type, groups)
+            scheduler = make_scheduler(optimizer, config, plan.total_steps)
+            pos = state.Position(0, 0, 0, plan.total_steps, time.time(), _config_hash(config))
+            if prepared.resume_from is not None:
+                saved = state.load_position(prepared.resume_from)
+                if saved.config_hash != pos.config_hash or saved.total_steps != plan.total_steps:
+                    raise ForgeError("the config differs from the saved run's; resume with its config.toml")
+                pos = state.load_state(prepared.resume_from, session.network, optimizer, scheduler)
+            loop = _Loop(host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir)
+            loop.offloaded = idle
+            return loop.run(optimizer, scheduler, pos, progress, stop, estimate)
+        finally:
+            session.close()
+
+
+class _Conditioner:
+    """Caption → conditioning: cached per item when the text encoder is frozen and captions fixed."""
+
+    def __init__(self, sd_model: Any, network: Any, config: TrainConfig, dataset: Any, device: Any, precision: Any):
+        from lora_forge.model.encode import TextEncoder
+
+        self.encoder = TextEncoder(sd_model, config.clip_skip, config.max_token_length)
+        self.trained = config.train_text_encoder
+        self.cacheable = config.cache_text_encoder_outputs and not self.trained and not data.captions_vary(config)
+        self.cache: dict[int, Any] = {}
+        self.precision = precision
+        self.device = device
+
+    def fill_cache(self, dataset: Any) -> None:
+        import torch
+
+        if not self.cacheable:
+            return
+        with torch.no_grad(), self.precision.autocast():
+            for i, item in enumerate(dataset.items):
+                self.cache[i] = self.encoder([item.caption])[0].to(self.device)
+
+    def __call__(self, ids: list[int], captions: list[str]) -> Any:
+        import torch
+
+        if self.cache:
+            return torch.stack([self.cache[i] for i in ids])
+        if self.trained:
+            return self.encoder(captions)
+        with torch.no_grad():
+            return self.encoder(captions)
+
+
+def _cache_latents(
+    sd_model: Any, dataset: Any, config: TrainConfig, device: Any, progress: ProgressFn, stop: StopFlag, conds: Any
+) -> Any:
+    """Encode every image (and every fixed caption) once, before the first step."""
+    from lora_forge.model.encode import encode_images
+
+    vae_id = data.module_fingerprint(sd_model.first_stage_model)
+    cache = data.cache_latents(
+        dataset, lambda px: encode_images(sd_model, px.to(device)), vae_id, config, progress, stop
+    )
+    conds.fill_cache(dataset)
+    return cache
+
+
+class _Loop:
+    def __init__(self, host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir) -> None:
+        self.host, self.config, self.dataset, self.plan = host, config, dataset, plan
+        self.session, self.conds, self.latents = session, conds, latents
+        self.schedule, self.precision, self.run_dir = schedule, precision, run_dir
+        self.device = host.device
+        self.epoch_files: list[Path] = []
+        first_tags = [c.split(",")[0].strip() for c in (it.caption for it in dataset.items) if c]
+        self.prompts = outputs.default_prompts(config, first_tags)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def micro_step(self, ids: list[int], micro: int) -> Any:
+        """Forward + backward of one batch; returns the (unscaled) loss tensor."""
+        import torch
+        import torch.nn.functional as F
+
+        from lora_forge.model.schedule import sample_noise, sample_timesteps
+        from lora_forge.model.unet import predict
+
+        c = self.config
+        seed = c.seed * 1_000_003 + micro
+        rng = random.Random(seed)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # LoRA dropout draws from the global generator
+        flips = [c.flip_aug and rng.random() < 0.5 for _ in ids]
+        x0 = torch.stack([self.latents.memory[(i, f)] for i, f in zip(ids, flips, strict=True)]).to(self.device)
+        captions = [data.caption_for_step(self.dataset.items[i].caption, c, rng) for i in ids]
+        noise = sample_noise(x0, gen, c.noise_offset)
+        t = sample_timesteps(len(ids), gen, c.min_timestep, c.max_timestep, self.device)
+        noisy = self.schedule.add_noise(x0, noise, t)
+        with self.precision.autocast():
+            cond = self.conds(ids, captions)
+            pred = predict(self.session.unet, noisy, t, cond)
+        loss = F.mse_loss(pred.float(), self.schedule.target(x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
+        if c.min_snr_gamma:
+            loss = loss * self.schedule.min_snr_weight(t, c.min_snr_gamma)
+        loss = loss.mean()
+        if not torch.isfinite(loss):
+            raise _NonFinite()
+        scaled = loss / c.gradient_accumulation_steps
+        (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
+        return loss.detach()
+
+    def optimizer_step(self, optimizer: Any, scheduler: Any, params: list[Any]) -> None:
+        import torch
+
+        scaler = self.precision.scaler
+        if self.config.max_grad_norm:
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm, foreach=True)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, optimizer: Any, scheduler: Any, pos: Any, progress: ProgressFn, stop: StopFlag, estimate: Any):
+        from lora_forge.train import memory
+
+        c, plan = self.config, self.plan
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        log_file = outputs.LossLog(self.run_dir)
+        smoother, clock = outputs.Smoother(plan.steps_per_epoch), outputs.Clock()
+        losses: list[float] = []
+        stopped, start, first_step = "", time.perf_counter(), pos.step
+        self.started_at = pos.started_at
+        accum = c.gradient_accumulation_steps
+        try:
+            for epoch in range(pos.epoch, plan.epochs):
+                batches = data.epoch_batches(self.dataset, c.train_batch_size, c.seed, epoch)
+                batches = batches[: plan.steps_per_epoch * accum]
+                k = pos.batch if epoch == pos.epoch else 0
+                while k < len(batches) and pos.step < plan.total_steps and not stopped:
+                    group = batches[k : k + accum]
+                    loss = sum(float(self.micro_step(ids, pos.step * accum + j)) for j, ids in enumerate(group))
+                    self.optimizer_step(optimizer, scheduler, params)
+                    k += len(group)
+                    pos.step, pos.epoch, pos.batch = pos.step + 1, epoch, k
+                    losses.append(loss / len(group))
+                    clock.tick()
+                    self._report(progress, log_file, pos, epoch, losses[-1], smoother.add(losses[-1]), scheduler, clock)
+                    if c.sample_every_n_steps and pos.step % c.sample_every_n_steps == 0:
+                        self._samples(pos.step, progress)
+                    if stop.requested or self.host.interrupted():
+                        stopped = stop.reason or "interrupted"
+                if k >= len(batches):
+                    pos.epoch, pos.batch = epoch + 1, 0
+                    every = c.save_every_n_epochs
+                    if every and ((epoch + 1) % every == 0 or epoch + 1 == plan.epochs):
+                        self._save_epoch(epoch + 1)
+                if stopped or pos.step >= plan.total_steps:
+                    break
+        except _NonFinite:
+            stopped = self._nan_message(pos.step)
+            log.error(stopped)
+        finally:
+            log_file.close()
+        seconds = time.perf_counter() - start
+        final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step)
+        if c.save_state:
+            from lora_forge.train.state import save_state
+
+            save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
+        done = pos.step - first_step
+        report = {
+            "steps": pos.step,
+            "steps_this_run": done,
+            "total_steps": plan.total_steps,
+            "epochs": plan.epochs,
+            "seconds": round(seconds, 2),
+            "it_per_s": round(done / seconds, 4) if seconds else 0.0,
+            "peak_memory_bytes": memory.peak_bytes(self.device),
+            "estimated_peak_bytes": estimate.total,
+            "final_loss_avg": round(smoother.add(losses[-1]), 6) if losses else None,
+            "stopped": stopped,
+            "files": [p.name for p in [*self.epoch_files, final]],
+        }
+        outputs.write_report(self.run_dir, report)
+        if stopped.startswith("loss became"):
+            raise ForgeError(stopped + f" (the last good weights are in {final})")
+        return TrainResult(
+            self.run_dir, final, self.epoch_files, pos.step, plan.total_steps, seconds, stopped, losses, report
+        )
+
+    def _report(
+        self,
+        progress: ProgressFn,
+        log_file: Any,
+        pos: Any,
+        epoch: int,
+        loss: float,
+        avg: float,
+        scheduler: Any,
+        clock: Any,
+    ) -> None:  # noqa: E501
+        from lora_forge.train import memory
+
+        lr = scheduler.get_last_lr()[-1]
+        rate = clock.rate()
+        eta = clock.eta(self.plan.total_steps - pos.step)
+        mem = memory.current_bytes(self.device)
+        row = {"step": pos.step, "epoch": epoch + 1, "loss": loss, "loss_avg": avg, "lr": lr, "it_s": rate}
+        log_file.write(row)
+        message = (
+            f"epoch {epoch + 1}/{self.plan.epochs} loss {loss:.4f} avg {avg:.4f} lr {lr:.2e} "
+            f"{rate:.2f} it/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        )
+        event = Progress(
+            pos.step,
+            self.plan.total_steps,
+            message,
+            data={**row, "total": self.plan.total_steps, "epochs": self.plan.epochs, "eta_s": eta, "memory": mem},
+        )
+        progress(event)
+        self.host.report(event)
+
+    def _samples(self, step: int, progress: ProgressFn) -> None:
+        import torch
+
+        from lora_forge.train.session import onloaded
+
+        net = self.session.network
+        net.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), onloaded(self.offloaded, self.device):
+                images = outputs.render_samples(self.host, self.prompts, self.config, step, self.run_dir)
+        finally:
+            net.train()
+        if images:
+            progress(Progress(step, self.plan.total_steps, f"sample at step {step}", image=images[0]))
+
+    def _save(self, path: Path, step: int) -> Path:
+        from lora_forge.lora.fileformat import lora_metadata, save_dtype, save_lora
+
+        c = self.config
+        net = self.session.network
+        sd_model = self.session.sd_model
+        info = getattr(sd_model, "sd_checkpoint_info", None)
+        dtype = save_dtype("fp32" if c.save_precision == "float" else c.save_precision)
+        training = {
+            "num_train_images": len(self.dataset.items),
+            "num_epochs": self.plan.epochs,
+            "steps": step,
+            "max_train_steps": self.plan.total_steps,
+            "learning_rate": c.learning_rate,
+            "unet_lr": c.unet_learning_rate,
+            "text_encoder_lr": c.te_learning_rate if c.train_text_encoder else 0.0,
+            "optimizer": c.optimizer_type,
+            "lr_scheduler": c.lr_scheduler,
+            "batch_size_per_device": c.train_batch_size,
+            "gradient_accumulation_steps": c.gradient_accumulation_steps,
+            "max_grad_norm": c.max_grad_norm,
+            "mixed_precision": c.mixed_precision,
+            "noise_offset": c.noise_offset,
+            "min_snr_gamma": c.min_snr_gamma,
+            "seed": c.seed,
+            "shuffle_caption": c.shuffle_caption,
+            "keep_tokens": c.keep_tokens,
+            "flip_aug": c.flip_aug,
+            "enable_bucket": c.enable_bucket,
+            "training_comment": c.training_comment,
+            "network_train_unet_only": not c.train_text_encoder,
+        }
+        dirs = {f: {"n_repeats": r or 0, "img_count": n} for f, n, r in self.dataset.folders}
+        meta = lora_metadata(
+            net,
+            output_name=c.output_name,
+            training=training,
+            tag_frequency=self.dataset.tag_frequency(),
+            dataset_dirs=dirs,
+            bucket_info={
+                "buckets": {
+                    str(i): {"resolution": list(b), "count": n}
+                    for i, (b, n) in enumerate(self.dataset.bucket_counts().items())
+                }
+            },
+            sd_model_name=getattr(info, "model_name", None),
+            sd_model_hash=getattr(info, "hash", None),
+            new_sd_model_hash=getattr(info, "sha256", None),
+            resolution=c.resolution_wh,
+            clip_skip=c.clip_skip,
+            trigger_phrase=c.trigger_word or None,
+            timestamp=self.started_at,
+        )
+        return save_lora(path, net.kohya_state_dict(dtype), meta)
+
+    def _save_epoch(self, epoch: int) -> None:
+        path = outputs.epoch_file(self.run_dir, self.config.output_name, epoch)
+        self.epoch_files.append(self._save(path, epoch))
+
+    def _nan_message(self, step: int) -> str:
+        c = self.config
+        causes = [f"the learning rate ({c.unet_learning_rate:g}) is too high"]
+        if c.mixed_precision == "fp16":
+            causes.insert(0, "fp16 overflow (use bf16, or no mixed precision)")
+        causes.append("an fp16 VAE gave NaN latents (start the WebUI with --no-half-vae)")
+        return f"loss became NaN/inf at step {step + 1}; likely causes: " + "; ".join(causes)
+
+
+class _NonFinite(Exception):
+    """The loss of a micro-step was NaN/inf: stop before the optimizer spreads it into the weights."""

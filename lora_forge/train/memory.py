@@ -1,0 +1,225 @@
+"""The memory plan: an estimate of peak accelerator memory before training, and measurements.
+
+Activations are not guessed from a table: the UNet (with the LoRA injected) runs three small
+probe forwards (latents 8², 16², 24²) under a saved-tensors hook that adds up, per UNet block,
+what autograd keeps for backward and each block's input. A quadratic fit per block in the token
+count carries that to the training size (linear with SDP attention; the einsum attention's N²
+matrix shows up as the quadratic term). With gradient checkpointing, backward holds every block's
+input plus one block's recomputed activations at a time; without it, everything at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lora_forge.train.config import TrainConfig
+
+GIB = 1024**3
+PROBE_SIDES = (8, 16, 24)
+CUDA_CONTEXT = 400 * 1024**2  # the CUDA context and kernels; not in torch's allocator counters
+
+
+@dataclass
+class Estimate:
+    frozen_weights: int
+    trainable: int  # LoRA weights + grads + optimizer state
+    activations: int
+    runtime: int  # process / CUDA context overhead
+    total: int
+
+    def summary(self) -> str:
+        parts = (
+            f"frozen weights {self.frozen_weights / GIB:.2f}",
+            f"LoRA+grads+optimizer {self.trainable / GIB:.2f}",
+            f"activations {self.activations / GIB:.2f}",
+            f"runtime {self.runtime / GIB:.2f}",
+        )
+        return f"≈ {self.total / GIB:.2f} GiB peak (" + ", ".join(parts) + " GiB)"
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+OPTIMIZER_STATE = {"AdamW": 2.0, "AdamW8bit": 0.5, "Lion": 1.0, "Prodigy": 4.0}
+
+
+def _bytes(params: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def _on(device: Any, module: Any) -> bool:
+    p = next(module.parameters(), None)
+    return p is not None and p.device.type == device.type
+
+
+def estimate(sd_model: Any, network: Any, config: TrainConfig, dataset: Any, device: Any = None) -> Estimate:
+    """Peak memory of training this config on this model and dataset (see the module docstring)."""
+    from lora_forge.model.unet import unet_of
+
+    unet = unet_of(sd_model)
+    device = device or next(unet.parameters()).device
+    on_cpu = device.type == "cpu"
+    from lora_forge.train.data import captions_vary
+
+    te = sd_model.cond_stage_model
+    te_stays = config.train_text_encoder or captions_vary(config) or not config.cache_text_encoder_outputs
+    frozen = _bytes(unet.parameters())
+    if on_cpu or te_stays:
+        frozen += _bytes(te.parameters())
+    if on_cpu:
+        frozen += _bytes(sd_model.first_stage_model.parameters())
+    lora = [p for m in network.loras if config.train_text_encoder or m.target.part == "unet" for p in m.parameters()]
+    lora_bytes = _bytes(lora)
+    trainable = int(lora_bytes * (2 + OPTIMIZER_STATE.get(config.optimizer_type, 2.0)))
+    trainable += _bytes(p for m in network.loras if m not in lora for p in m.parameters())
+    buckets = dataset.bucket_counts() if dataset is not None else {config.resolution_wh: 1}
+    tokens = max(w * h for w, h in buckets) // 64
+    acts = activation_bytes(unet, tokens, config)
+    # On CPU the process itself (Python, torch, the rest of the model) is part of the resident set.
+    runtime = max(0, current_bytes(device) - frozen - _bytes(network.parameters())) if on_cpu else CUDA_CONTEXT
+    total = frozen + trainable + acts + runtime
+    return Estimate(frozen, trainable, acts, runtime, total)
+
+
+def _fit(xs: list[float], ys: list[float]) -> Any:
+    """Quadratic through three points, as coefficients (c0, c1, c2)."""
+    import numpy as np
+
+    return np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 2)
+
+
+def activation_bytes(unet: Any, tokens: int, config: TrainConfig) -> int:
+    """Peak activation bytes of one training step at `tokens` latent pixels (see module docstring)."""
+    import numpy as np
+
+    probes = [_probe(unet, side, config) for side in PROBE_SIDES]
+    names = list(probes[0]["saved"])
+    xs = [side * side for side in PROBE_SIDES]
+    b = config.train_batch_size
+
+    def at(kind: str, name: str) -> float:
+        return max(0.0, float(np.polyval(_fit(xs, [p[kind][name] for p in probes]), tokens)))
+
+    saved = {n: at("saved", n) for n in names}
+    inputs = {n: at("inputs", n) for n in names}
+    out_bytes = 4 * tokens * 4.0  # the fp32 prediction, target and their grads
+    if config.gradient_checkpointing:
+        peak = sum(inputs.values()) + max(saved[n] + 2 * inputs[n] for n in names)
+    else:
+        peak = sum(saved.values()) + 2 * max(inputs.values())
+    return int(b * (peak + 4 * out_bytes))
+
+
+def _probe(unet: Any, side: int, config: TrainConfig) -> dict[str, dict[str, float]]:
+    """Bytes autograd saves per UNet block, and each block's input, for one forward at side²."""
+    import torch
+
+    from lora_forge.model.unet import unet_blocks
+
+    blocks = unet_blocks(unet)
+    names = [f"block{i}" for i in range(len(blocks))] + ["outside"]
+    saved = dict.fromkeys(names, 0.0)
+    inputs = dict.fromkeys(names, 0.0)
+    seen: set[int] = set()
+    params = {p.data_ptr() for p in unet.parameters()}
+    current = ["outside"]
+
+    def pack(t: Any) -> Any:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen and ptr not in params:
+            seen.add(ptr)
+            saved[current[0]] += t.untyped_storage().nbytes()
+        return t
+
+    hooks = []
+    for name, block in zip(names, blocks, strict=False):
+
+        def pre(_m: Any, args: Any, name: str = name) -> None:
+            current[0] = name
+            inputs[name] += args[0].numel() * args[0].element_size()
+
+        def post(_m: Any, _a: Any, _o: Any) -> None:
+            current[0] = "outside"
+
+        hooks += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
+    wrappers = {id(b): b.__dict__.pop("forward") for b in blocks if "forward" in b.__dict__}
+    dtype = next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
+    ctx_dim = _context_dim(unet)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16)
+        if config.mixed_precision != "no"
+        else contextlib.nullcontext()
+    )
+    try:
+        x = torch.zeros(1, 4, side, side, device=device, dtype=torch.float32, requires_grad=True)
+        t = torch.full((1,), 500, device=device)
+        cond = torch.zeros(1, 77 * (config.max_token_length // 75), ctx_dim, device=device, dtype=dtype)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            out = unet(x, timesteps=t, context=cond)
+        del out
+    finally:
+        for h in hooks:
+            h.remove()
+        for b in blocks:
+            if id(b) in wrappers:
+                b.forward = wrappers[id(b)]
+    return {"saved": saved, "inputs": inputs}
+
+
+def _context_dim(unet: Any) -> int:
+    for name, m in unet.named_modules():
+        if name.endswith("attn2.to_k"):
+            return int(m.in_features)
+    return 768
+
+
+# ------------------------------------------------------------------------------- measurements
+def current_bytes(device: Any) -> int:
+    """Memory in use now: the CUDA allocator's count, or this process's resident set on CPU."""
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return int(torch.cuda.memory_allocated(device))
+    return _proc_status("VmRSS") or _psutil_rss()
+
+
+def peak_bytes(device: Any) -> int:
+    """Peak memory so far (CUDA allocator peak, or the process's high-water RSS on CPU)."""
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    value = _proc_status("VmHWM")
+    if value:
+        return value
+    try:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+    except ImportError:  # Windows
+        return _psutil_rss()
+
+
+def _proc_status(field: str) -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _psutil_rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return 0
