@@ -296,15 +296,12 @@ def decode(
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
             notes.append(f"animated: used the first of {frames} frames")
-        try:
-            orientation = int(im.getexif().get(0x0112, 1) or 1)
-        except Exception:
-            orientation = 1
         scale = min_scale(w, h) if callable(min_scale) else min_scale
         if scale < 1.0 and fmt == "JPEG":
             im.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
         try:
-            im.load()
+            im.load()  # before getexif(), which loads PNGs itself and hides a failed load
+            orientation = _orientation(im)
             rgb = _to_rgb(im, notes)
             if orientation in _EXIF_TRANSPOSE:
                 rgb = rgb.transpose(_EXIF_TRANSPOSE[orientation])
@@ -316,6 +313,13 @@ def decode(
             raise ForgeError(f"{reason} image ({e.__class__.__name__}: {e}); skipped", path=label) from e
     size = (h, w) if orientation in _EXIF_SWAPS else (w, h)
     return Decoded(rgb, size, fmt, notes)
+
+
+def _orientation(im: Any) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a damaged EXIF block must not cost the picture
+        return 1
 
 
 def _to_rgb(im: Any, notes: list[str]) -> Any:

@@ -305,7 +305,7 @@ def prepare(
             done += 1
             result = fut.result()
             if isinstance(result, ForgeError):
-                report.skipped.append(ingest.Skipped(job.item.label, str(result).split(": ", 1)[-1]))
+                report.skipped.append(ingest.Skipped(job.item.label, _reason(result)))
             elif result is None:
                 report.stopped = True
                 continue
@@ -317,6 +317,7 @@ def prepare(
             if time.monotonic() - last_save > 2.0:
                 manifest.save()
                 last_save = time.monotonic()
+    manifest.sources.sort(key=lambda s: s.source)  # workers finish in any order; the file should not
     _mark_near_duplicates(manifest, report)
     for rec in manifest.sources:
         for o in rec.outputs:
@@ -328,6 +329,13 @@ def prepare(
     report.seconds = round(time.perf_counter() - t0, 2)
     progress(Progress(total, total, report.summary()))
     return report
+
+
+def _reason(e: ForgeError) -> str:
+    """The message without the "path: " prefix (the report names the source itself)."""
+    text = str(e)
+    prefix = f"{e.path}: "
+    return text[len(prefix) :] if e.path is not None and text.startswith(prefix) else text
 
 
 def _try_hash(item: ingest.SourceItem) -> str | ForgeError:
@@ -365,7 +373,7 @@ def _plan_jobs(
     jobs = []
     for item, sha in zip(items, hashed, strict=True):
         if isinstance(sha, ForgeError):
-            report.skipped.append(ingest.Skipped(item.label, str(sha).split(": ", 1)[-1]))
+            report.skipped.append(ingest.Skipped(item.label, _reason(sha)))
             continue
         if sha in seen:
             report.skipped.append(ingest.Skipped(item.label, f"exact duplicate of {seen[sha]}; not used"))
