@@ -39,9 +39,9 @@ _EXPORTS = {
     "old_model_hash": "lora_forge.lora.fileformat",
     "file_sha256": "lora_forge.lora.fileformat",
     "data_hash": "lora_forge.lora.fileformat",
-    "merge": "lora_forge.lora.merge",
-    "unmerge": "lora_forge.lora.merge",
-    "MergedLora": "lora_forge.lora.merge",
+    "merge": "lora_forge.lora.merging",
+    "unmerge": "lora_forge.lora.merging",
+    "MergedLora": "lora_forge.lora.merging",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -3,7 +3,8 @@
 Merged weights render at full speed (no extra matmuls), which the standalone host uses for a
 single strength. Unmerge restores a copy of the original weights rather than subtracting ΔW:
 in fp16 `(W + ΔW) − ΔW` is not W, and a user's loaded model must come back bit for bit.
-The copies cover only the merged layers (attention and, for LoCon, ResBlock weights).
+The copies cover only the merged layers (attention and, for LoCon, ResBlock weights). Because
+unmerge restores copies, several merges must be undone last-in first-out.
 """
 
 from __future__ import annotations
