@@ -110,6 +110,9 @@ class Manifest:
     def by_sha(self, sha256: str) -> SourceRecord | None:
         return next((s for s in self.sources if s.sha256 == sha256), None)
 
+    def by_origin(self, origin: str, member: str | None) -> SourceRecord | None:
+        return next((s for s in self.sources if s.origin == origin and s.member == member), None)
+
     def by_output(self, file: str) -> SourceRecord | None:
         return next((s for s in self.sources if any(o.file == file for o in s.outputs)), None)
 

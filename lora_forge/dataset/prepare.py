@@ -118,7 +118,7 @@ class _Stage:
             except ForgeError as e:
                 warnings.append(f"{e}; crops use the saliency focal point instead of faces")
         self.detector_name = "yunet" if self.detector else "none"
-        self.previous = out / STATE_DIR / PREVIOUS_DIR / time.strftime("%Y%m%d-%H%M%S")
+        self.previous: Path | None = None  # made on first use, one per run
         self.lock = threading.Lock()
 
     def put_away(self, names: Sequence[str]) -> None:
@@ -126,7 +126,11 @@ class _Stage:
         for name in names:
             src = self.out / name
             if src.exists():
-                self.previous.mkdir(parents=True, exist_ok=True)
+                with self.lock:
+                    if self.previous is None:
+                        stamp = time.strftime("%Y%m%d-%H%M%S")
+                        self.previous = fsio.unused_path(self.out / STATE_DIR / PREVIOUS_DIR / stamp)
+                        self.previous.mkdir(parents=True)
                 os.replace(src, fsio.unused_path(self.previous / name))
 
     def process(self, job: _Job) -> SourceRecord:
@@ -379,13 +383,15 @@ def _plan_jobs(
             report.skipped.append(ingest.Skipped(item.label, f"exact duplicate of {seen[sha]}; not used"))
             continue
         seen[sha] = item.label
-        old = manifest.by_sha(sha)
+        # known by content, else the same file edited since: its outputs are replaced, names kept
+        old = manifest.by_sha(sha) or manifest.by_origin(str(item.path.resolve()), item.member)
         action = old.action if old else "auto"
         if old is not None and action == "drop":
             report.skipped.append(ingest.Skipped(item.label, "dropped earlier from this dataset; not used"))
             continue
         if (
             old is not None
+            and old.sha256 == sha
             and old.key == stage.options.key(action, stage.detector_name)
             and all((stage.out / o.file).exists() for o in old.outputs)
         ):
