@@ -365,6 +365,29 @@ def test_upscalers(tmp_path):
     assert r.kind == "upscaler" and "compact" in r.title and r.details["scale"] == 4
 
 
+def test_parts_of_other_formats_are_named_with_what_to_get_instead(tmp_path):
+    unet = {
+        "conv_in.weight": (320, 4, 3, 3),
+        "time_embedding.linear_1.weight": (1280, 320),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+        "up_blocks.3.resnets.2.conv2.weight": (320, 320, 3, 3),
+    }
+    b.write_small(tmp_path / "diffusion_pytorch_model.safetensors", b.stand_in(unet))
+    te = b.stand_in(b.clip_l_shapes("")) | {"text_model.embeddings.token_embedding.weight": (2, 768)}
+    b.write_small(tmp_path / "model.safetensors", te)
+    flux = {f"double_blocks.{i}.img_attn.qkv.weight": (2, 2) for i in range(2)} | {
+        "single_blocks.0.linear1.weight": (2, 2)
+    }
+    b.write_small(tmp_path / "flux1-dev.safetensors", flux)
+
+    r = inspect_file(tmp_path / "diffusion_pytorch_model.safetensors")
+    assert r.kind == "other" and "Diffusers UNet for SD1.x" in r.title and any("single-file" in n for n in r.notes)
+    r = inspect_file(tmp_path / "model.safetensors")
+    assert "CLIP text encoder" in r.title and r.details["width"] == 768 and r.details["layers"] == 12
+    r = inspect_file(tmp_path / "flux1-dev.safetensors")
+    assert "Flux" in r.title and any("Forge" in n for n in r.notes)
+
+
 def test_torchscript_is_named_not_loaded(tmp_path):
     import torch
 

@@ -7,6 +7,7 @@ shapes, never whole tensors, and writes nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +17,8 @@ from lora_forge.inspect import kinds
 from lora_forge.inspect.lora import analyse_lora, looks_like_lora
 from lora_forge.inspect.readers import Opened, display_path, open_model_file
 from lora_forge.inspect.report import Report, render_markdown, render_text
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Report", "inspect_file", "inspect_paths", "render_markdown", "render_text"]
 
@@ -35,7 +38,12 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
     report.tensors = opened.extras.get("tensor_count", len(opened.table.shapes))
     if display_path(path) != os.fsdecode(path):
         report.notes.append("the file name is not valid UTF-8; undecodable bytes are shown as \\xNN")
-    report.kind, report.title, report.details, notes = _classify(opened, path)
+    try:
+        report.kind, report.title, report.details, notes = _classify(opened, path)
+    except Exception as e:  # a bug of ours on an odd file: loud in the log, but the other files still get reported
+        log.exception("inspector failed on %s", report.path)
+        report.kind, report.error = "error", f"could not be classified (inspector bug: {type(e).__name__}: {e})"
+        return report
     report.notes.extend(notes)
     return report
 
@@ -71,6 +79,7 @@ def _classify(opened: Opened, path: Path) -> tuple[str, str, dict, list[str]]:
         ("controlnet", lambda: kinds.controlnet(table)),
         ("vae", lambda: kinds.vae(table, path)),
         ("upscaler", lambda: kinds.upscaler(table)),
+        ("other", lambda: kinds.other_model(table)),
     ):
         found = recognise()
         if found:

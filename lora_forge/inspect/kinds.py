@@ -294,3 +294,35 @@ def upscaler(table: TensorTable) -> Result | None:
     details = {"architecture": arch, **details, "parameters": _params(shapes), "dtype": _dtypes(table)}
     scale = f", {details['scale']}x" if "scale" in details else ""
     return f"Upscaler: {arch}{scale}", details, []
+
+
+# ------------------------------------------------------------------- parts of other model formats
+
+
+def other_model(table: TensorTable) -> Result | None:
+    """Files users download by mistake for a checkpoint: one part of a diffusers folder, or a Flux
+    model. Saying so beats "unknown": the fix is to fetch the single-file checkpoint instead."""
+    shapes = _strip(table.shapes, ("model.diffusion_model.",))
+    keys = list(shapes)
+    single_file = "the WebUI loads single-file checkpoints; get the .safetensors checkpoint of this model instead"
+    if any(k.startswith("double_blocks.") for k in keys) and any(k.startswith("single_blocks.") for k in keys):
+        details = {"parameters": _params(shapes), "dtype": _dtypes(table)}
+        return "Flux model (transformer)", details, ["A1111 WebUI 1.10 cannot load Flux models; WebUI Forge can"]
+    if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes:
+        widths = {s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2}
+        base = next((_WIDTH_FAMILY[w] for w in sorted(widths) if w in _WIDTH_FAMILY), "")
+        details = {"base": base, "layout": "diffusers", "in_channels": shapes["conv_in.weight"][1]}
+        details |= {"parameters": _params(shapes), "dtype": _dtypes(table)}
+        return f"Diffusers UNet for {_BASE_LABELS[base]} (one part of a diffusers folder)", details, [single_file]
+    token = shapes.get("text_model.embeddings.token_embedding.weight")
+    if token is not None and len(token) == 2:
+        width = token[1]
+        fits = {768: "SD1.x, or SDXL's first text encoder", 1024: "SD2.x", 1280: "SDXL's second text encoder"}
+        details = {"width": width, "fits": fits.get(width, "unknown"), "layers": _count_layers(keys)}
+        details |= {"dtype": _dtypes(table)}
+        return "CLIP text encoder (transformers layout)", details, [single_file]
+    return None
+
+
+def _count_layers(keys: list[str]) -> int:
+    return len({m[1] for k in keys if (m := re.match(r"text_model\.encoder\.layers\.(\d+)\.", k))})

@@ -9,7 +9,9 @@ from typing import Any
 @dataclass
 class Report:
     path: str  # printable (non-UTF-8 bytes escaped)
-    kind: str = "unknown"  # checkpoint, lora, embedding, hypernetwork, vae, controlnet, upscaler, torchscript, unknown
+    # checkpoint, lora, embedding, hypernetwork, vae, controlnet, upscaler, other (diffusers part, Flux),
+    # torchscript, unknown, error
+    kind: str = "unknown"
     title: str = ""
     container: str = ""  # safetensors, pickle (zip), pickle (legacy), torchscript
     size: int | None = None
