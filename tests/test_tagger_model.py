@@ -44,19 +44,25 @@ def test_input_size_comes_from_the_graph(tmp_path: Path) -> None:
             assert s.graph.size == size and s.graph.fixed_batch is None
 
 
-def test_fixed_batch_graph_runs_one_at_a_time_with_the_same_captions(tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "a")
-    dynamic = tag_folder(data, ModelFiles("dyn", build_test_model(tmp_path / "dyn")), TagOptions(batch_size=3))
-    expected = captions(data)
-    for p in data.glob("*.txt"):
-        p.unlink()
-    fixed_files = ModelFiles("fixed", build_test_model(tmp_path / "fixed", batch=1))
-    with TaggerSession(fixed_files) as s:
+def test_batches_parallel_runs_and_fixed_batch_graphs_give_the_same_captions(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "a", 7)
+    dyn = ModelFiles("dyn", build_test_model(tmp_path / "dyn"))
+    fixed = ModelFiles("fixed", build_test_model(tmp_path / "fixed", batch=1))
+    got = []
+    for files, runs, batch_size in ((dyn, 1, 3), (dyn, 2, 3), (fixed, 1, 3), (fixed, 3, 1)):
+        for p in data.glob("*.txt"):
+            p.unlink()
+        with TaggerSession(files, parallel_runs=runs) as s:
+            report = tag_folder(data, files, TagOptions(batch_size=batch_size), session=s)
+        assert report.count("written") == 7
+        got.append((report.batch_size, captions(data)))
+    # a dynamic graph on one runner gets the batch asked for; parallel CPU runners take one image each;
+    # a fixed-batch (v2) graph always gets its own batch of 1
+    assert [b for b, _c in got] == [3, 1, 1, 1]
+    assert all(c == got[0][1] for _b, c in got)
+    assert got[0][1]["img0"] == RED_DEFAULT and got[0][1]["img6"] == RED_DEFAULT
+    with TaggerSession(fixed) as s:
         assert s.graph.fixed_batch == 1
-    fixed = tag_folder(data, fixed_files, TagOptions(batch_size=3))
-    assert dynamic.batch_size == 3 and fixed.batch_size == 1
-    assert captions(data) == expected
-    assert expected["img0"] == RED_DEFAULT and expected["img3"] == RED_DEFAULT
 
 
 def test_truncated_model_is_reported_as_damaged(tmp_path: Path) -> None:

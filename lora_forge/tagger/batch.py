@@ -235,16 +235,20 @@ def tag_folder(
         session = TaggerSession(files)
     provider = session.provider_label if session else "not needed"
     size = session.graph.size if session else 0
-    batch_size = (session.batch_limit or max(1, options.batch_size)) if session else 0
+    batch_size = 0
+    if session is not None:
+        # Parallel CPU runners each take one image: batching buys nothing there and would leave a
+        # runner idle at the end of a small dataset.
+        batch_size = session.batch_limit or (1 if session.parallel_runs > 1 else max(1, options.batch_size))
     writer = _CaptionWriter(folder, f"WD14 tagger {files.name} ({options.existing})")
     done = len(results)
     total = len(images)
     progress(Progress(done, total, f"tagging on {provider}", data={"provider": provider}))
 
-    def finish(batch: list[tuple[Path, np.ndarray]]) -> None:
+    def finish(batch: list[tuple[Path, np.ndarray]], running: Future) -> None:
         nonlocal done
         assert session is not None
-        probs = session.run(np.stack([a for _p, a in batch]))
+        probs = running.result()
         for (img, _a), row in zip(batch, probs, strict=True):
             pred = predict(row, session.tags, options.thresholds)
             result = ImageResult(img, "unchanged", tags=pred.tags, rating=pred.rating)
@@ -264,10 +268,20 @@ def tag_folder(
             progress(Progress(done, total, img.name, data={"provider": provider}))
 
     stopped = False
+    runs = session.parallel_runs if session else 1
     pool = ThreadPoolExecutor(max(1, options.workers), thread_name_prefix="lf-tagger-decode")
+    runner = ThreadPoolExecutor(runs, thread_name_prefix="lf-tagger-run")
+    inflight: deque[tuple[list[tuple[Path, np.ndarray]], Future]] = deque()
+
+    def launch(batch: list[tuple[Path, np.ndarray]]) -> None:
+        assert session is not None
+        inflight.append((batch, runner.submit(session.run, np.stack([a for _p, a in batch]))))
+        while len(inflight) > runs:  # keep every runner busy, one batch queued, no more
+            finish(*inflight.popleft())
+
     try:
         batch: list[tuple[Path, np.ndarray]] = []
-        for img, fut in _prefetch(todo, size, pool, ahead=batch_size * 2 + options.workers):
+        for img, fut in _prefetch(todo, size, pool, ahead=batch_size * (runs + 1) + options.workers):
             if stop is not None and stop.requested:
                 stopped = True
                 break
@@ -278,12 +292,15 @@ def tag_folder(
                 done += 1
                 continue
             if len(batch) >= batch_size:
-                finish(batch)
+                launch(batch)
                 batch = []
         if batch and not stopped:
-            finish(batch)
+            launch(batch)
+        while inflight:
+            finish(*inflight.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        runner.shutdown(wait=True, cancel_futures=True)
         writer.flush()
         if own and session is not None:
             session.close()

@@ -7,6 +7,7 @@ fall-back to the CPU is the most common "the tagger is slow" report (dataset-too
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ def check_graph(inputs: list[Any], outputs: list[Any], model_path: object) -> Gr
 class TaggerSession:
     """One loaded model. Call close() (or use `with`) to give its memory back: training needs the VRAM."""
 
-    def __init__(self, files: ModelFiles, cpu_only: bool = False, threads: int = 0) -> None:
+    def __init__(self, files: ModelFiles, cpu_only: bool = False, parallel_runs: int = 0) -> None:
         import onnxruntime as ort
 
         if not files.model_path.is_file():
@@ -88,8 +89,14 @@ class TaggerSession:
         self.tags: TagList = load_tags(files.tags_path)
         requested = choose_providers(ort.get_available_providers(), cpu_only)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        # On the CPU, independent single-threaded runs side by side beat one run split over all
+        # cores (no per-operator barriers, which also stall badly when other programs load the
+        # machine); a GPU gets one runner and batches instead.
+        cores = os.cpu_count() or 1
+        self.parallel_runs = 1
+        if requested[0] == "CPUExecutionProvider":
+            self.parallel_runs = parallel_runs or min(4, cores)
+            options.intra_op_num_threads = max(1, cores // self.parallel_runs)
         try:
             self._session = ort.InferenceSession(str(files.model_path), options, providers=requested)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types

@@ -88,17 +88,38 @@ def _value_info(name: str, shape: Sequence[int | str]) -> bytes:
     return _len(1, name) + _len(2, _len(1, tensor_type))
 
 
-def _attr_ints(name: str, values: Sequence[int]) -> bytes:
-    return _len(1, name) + b"".join(_int(8, v) for v in values) + _int(20, 7)  # type INTS
+def _attribute(name: str, value: int | float | Sequence[int]) -> bytes:
+    if isinstance(value, bool | int):
+        return _len(1, name) + _int(3, int(value)) + _int(20, 2)  # INT
+    if isinstance(value, float):
+        return _len(1, name) + _f32(2, value) + _int(20, 1)  # FLOAT
+    return _len(1, name) + b"".join(_int(8, v) for v in value) + _int(20, 7)  # INTS
 
 
-def _attr_int(name: str, value: int) -> bytes:
-    return _len(1, name) + _int(3, value) + _int(20, 2)  # type INT
-
-
-def _node(op: str, inputs: Sequence[str], outputs: Sequence[str], *attrs: bytes) -> bytes:
+def node(op: str, inputs: Sequence[str], outputs: Sequence[str], **attrs: int | float | Sequence[int]) -> bytes:
+    """One NodeProto; attributes are ints, floats or lists of ints (all our graphs need)."""
     body = b"".join(_len(1, i) for i in inputs) + b"".join(_len(2, o) for o in outputs)
-    return body + _len(3, f"{op}_{outputs[0]}") + _len(4, op) + b"".join(_len(5, a) for a in attrs)
+    body += _len(3, f"{op}_{outputs[0]}") + _len(4, op)
+    return body + b"".join(_len(5, _attribute(k, v)) for k, v in attrs.items())
+
+
+def model_bytes(
+    nodes: Sequence[bytes],
+    initializers: dict[str, np.ndarray],
+    inputs: Sequence[tuple[str, Sequence[int | str]]],
+    outputs: Sequence[tuple[str, Sequence[int | str]]],
+    opset: int = 17,
+) -> bytes:
+    """A whole ModelProto (float32 inputs and outputs) from nodes made by `node`."""
+    graph = (
+        b"".join(_len(1, n) for n in nodes)
+        + _len(2, "lora_forge_graph")
+        + b"".join(_len(5, _tensor(k, v)) for k, v in initializers.items())
+        + b"".join(_len(11, _value_info(n, s)) for n, s in inputs)
+        + b"".join(_len(12, _value_info(n, s)) for n, s in outputs)
+    )
+    opset_id = _len(1, "") + _int(2, opset)
+    return _int(1, 8) + _len(2, "lora_forge.tagger.testing") + _len(7, graph) + _len(8, opset_id)
 
 
 def colour_model_bytes(
@@ -116,7 +137,6 @@ def colour_model_bytes(
     """
     weights = np.asarray(weights, np.float32)
     bias = np.asarray(bias, np.float32)
-    n_tags = weights.shape[1]
     if layout == "NHWC":
         in_shape: list[int | str] = [batch, size, size, 3]
         axes = [1, 2]
@@ -124,26 +144,15 @@ def colour_model_bytes(
         in_shape = [batch, 3, size, size]
         axes = [2, 3]
     nodes = [
-        _node("ReduceMean", [input_name], ["mean"], _attr_ints("axes", axes), _attr_int("keepdims", 0)),
-        _node("Mul", ["mean", "scale"], ["unit"]),
-        _node("MatMul", ["unit", "weights"], ["logits0"]),
-        _node("Add", ["logits0", "bias"], ["logits"]),
-        _node("Sigmoid", ["logits"], ["predictions_sigmoid"]),
+        node("ReduceMean", [input_name], ["mean"], axes=axes, keepdims=0),
+        node("Mul", ["mean", "scale"], ["unit"]),
+        node("MatMul", ["unit", "weights"], ["logits0"]),
+        node("Add", ["logits0", "bias"], ["logits"]),
+        node("Sigmoid", ["logits"], ["predictions_sigmoid"]),
     ]
-    inits = [
-        _tensor("scale", np.array([1 / 255], np.float32)),
-        _tensor("weights", weights),
-        _tensor("bias", bias),
-    ]
-    graph = (
-        b"".join(_len(1, n) for n in nodes)
-        + _len(2, "wd14_test_graph")
-        + b"".join(_len(5, t) for t in inits)
-        + _len(11, _value_info(input_name, in_shape))
-        + _len(12, _value_info("predictions_sigmoid", [batch, n_tags]))
-    )
-    opset = _len(1, "") + _int(2, 13)
-    return _int(1, 7) + _len(2, "lora_forge.tagger.testing") + _len(7, graph) + _len(8, opset)
+    inits = {"scale": np.array([1 / 255], np.float32), "weights": weights, "bias": bias}
+    out = [("predictions_sigmoid", [batch, weights.shape[1]])]
+    return model_bytes(nodes, inits, [(input_name, in_shape)], out, opset=13)
 
 
 def _logit(p: float) -> float:
