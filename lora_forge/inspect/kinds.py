@@ -104,8 +104,7 @@ def checkpoint(table: TensorTable, path: Path, extras: dict[str, Any]) -> Result
     for key in ("modelspec.title", "modelspec.architecture"):
         if table.metadata.get(key):
             details[key.split(".")[1]] = table.metadata[key]
-    kind = "inpainting " if "inpaint" in family and "inpaint" not in label else ""
-    return f"Checkpoint, {kind}{label}", details, notes
+    return f"Checkpoint, {label}", details, notes
 
 
 # ------------------------------------------------------------------------------------------ embeddings

@@ -156,8 +156,8 @@ def analyse_lora(table: TensorTable) -> tuple[str, dict[str, Any], list[str]]:
     if bundled:
         details["bundled_embeddings"] = bundled
     details.update(training_summary(table.metadata))
-    if not any(details["modules"].values()):
-        notes.append("no module names the WebUI recognises")
+    if not module_counts["unet"] and not module_counts["text_encoder"]:
+        notes.append("no UNet or text-encoder module names the WebUI recognises")
     base_text = f" for {details['base_label']}" if base else ", base model unknown"
     return f"LoRA ({details['network']}, {fmt}){base_text}", details, notes
 
@@ -231,11 +231,10 @@ _TE_WIDTHS = {768: "sd1", 1024: "sd2"}
 def _base_from_keys(table: TensorTable, modules: dict[str, dict[str, str]]) -> tuple[str, str]:
     """Base family from the cross-attention / text-encoder widths, else from SDXL-only names."""
     names = {m.lower().replace(".", "_"): m for m in modules}
+    if any(n.startswith(("transformer_", "lora_transformer_")) or "double_blocks" in n for n in names):
+        return "flux/sd3", "transformer (DiT) layer names"
     for norm, m in names.items():
-        if (
-            norm.endswith(("attn2_to_k", "attn2_to_v", "attn2_processor_to_k", "attn2_processor_to_v"))
-            and _component(m) == "unet"
-        ):
+        if norm.endswith(_CROSS_ATTN) and _component(m) == "unet":
             width = _in_width(table, modules, m)
             if width in _UNET_WIDTHS:
                 return _UNET_WIDTHS[width], f"cross-attention input width {width}"
@@ -248,8 +247,6 @@ def _base_from_keys(table: TensorTable, modules: dict[str, dict[str, str]]) -> t
                 return _TE_WIDTHS[width], f"text-encoder width {width}"
     if any(re.search(r"transformer_blocks_[1-9]", n) for n in names):
         return "sdxl", "UNet blocks with several transformer layers"
-    if any(n.startswith(("transformer_", "lora_transformer_")) or "double_blocks" in n for n in names):
-        return "flux/sd3", "transformer (DiT) layer names"
     return "", ""
 
 

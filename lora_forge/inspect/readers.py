@@ -95,10 +95,11 @@ def _sniff(head: bytes) -> str:
     """Name what a file that is not a model actually is, from its first bytes."""
     if head.startswith(b"\xff\xd8\xff"):
         return "a JPEG image"
+    card = " (an embedding saved inside an image goes in the WebUI's embeddings folder as it is)"
     if head.startswith(b"\x89PNG"):
-        return "a PNG image"
+        return "a PNG image" + card
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "a WebP image"
+        return "a WebP image" + card
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "a GIF image"
     if head.startswith(b"GGUF"):

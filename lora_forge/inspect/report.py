@@ -104,6 +104,8 @@ def _fmt(key: str, value: Any) -> str:
         if value.get("other"):
             parts.append(f"{value['other']} other")
         return " + ".join(parts)
+    if key == "components":
+        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items() if v)
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
