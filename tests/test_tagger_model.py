@@ -116,6 +116,19 @@ def test_unreadable_images_fail_alone(tmp_path: Path) -> None:
     assert no_temp_files(data)
 
 
+def test_two_images_with_one_caption_name_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    solid_image(RED).save(data / "a.jpg", quality=100)
+    solid_image(GREEN).save(data / "a.png")
+    report = tag_folder(data, ModelFiles("m", build_test_model(tmp_path / "m")))
+    by_name = {r.image.name: r for r in report.results}
+    assert by_name["a.jpg"].status == "written" and (data / "a.txt").read_text(encoding="utf-8") == RED_DEFAULT
+    assert (
+        by_name["a.png"].status == "failed" and "shares the caption file a.txt with a.jpg" in by_name["a.png"].message
+    )
+
+
 def test_read_only_caption_is_left_alone_and_the_rest_are_written(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "d", 3)
     locked = data / "img0.txt"

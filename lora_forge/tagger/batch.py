@@ -218,9 +218,16 @@ def tag_folder(
     results: dict[Path, ImageResult] = {}
     todo: list[Path] = []
     existing: dict[Path, str | None] = {}
+    owner: dict[Path, Path] = {}
     for img in images:
+        cap = caption_path_for(img)
+        if cap in owner:  # a.png and a.jpg: one caption file cannot describe both
+            msg = f"shares the caption file {cap.name} with {owner[cap].name}; rename one of them"
+            results[img] = ImageResult(img, "failed", message=msg)
+            continue
+        owner[cap] = img
         try:
-            text = read_caption(caption_path_for(img))
+            text = read_caption(cap)
         except ForgeError as e:
             results[img] = ImageResult(img, "failed", message=str(e))
             continue
