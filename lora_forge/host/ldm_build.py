@@ -272,7 +272,11 @@ def load_weights(model: Any, state_dict: Mapping[str, Any], dtype: Any, path: Pa
 
 
 def load_vae(model: Any, path: Path) -> None:
-    """Load a separate VAE file into `first_stage_model` in place, as the WebUI's sd_vae does."""
+    """Load a separate VAE file into `first_stage_model` in place, as the WebUI's sd_vae does.
+
+    Takes a VAE file (`encoder.*`, `decoder.*`, ...) or any checkpoint, whose `first_stage_model.*`
+    part is used: users often pick "the VAE of that other model".
+    """
     import torch
 
     state = read_state_dict(path)

@@ -168,7 +168,11 @@ class StandaloneHost(Host):
             yield
 
     def txt2img(self, requests: Sequence[RenderRequest], progress: ProgressFn = no_progress) -> list[Any]:
-        """Render every request; alike requests go through the UNet together (see `_batch_key`)."""
+        """Render every request; alike requests go through the UNet together (see `_batch_key`).
+
+        A seed always gives the same image for the same list of requests; batched float kernels
+        may move a few pixel values by 1/255 when the same seed shares a batch with others.
+        """
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, r in enumerate(requests):
             self._check(r)
@@ -212,8 +216,9 @@ class StandaloneHost(Host):
         r = batch[0]
         model = self._model
         with torch.no_grad(), self._loras_applied(batch):
-            cond = model.get_learned_conditioning([r.prompt]).expand(len(batch), -1, -1)
-            uncond = model.get_learned_conditioning([r.negative_prompt]).expand(len(batch), -1, -1)
+            # one row per sample: a text-encoder LoRA may have a different strength in each
+            cond = model.get_learned_conditioning([r.prompt] * len(batch))
+            uncond = model.get_learned_conditioning([r.negative_prompt] * len(batch))
             timesteps, sigmas = sampling.schedule(model.alphas_cumprod_original, r.steps, r.sampler)
             noise, generators = sampling.seeded_noise([q.seed for q in batch], (4, r.height // 8, r.width // 8))
             denoise = sampling.make_denoiser(model, cond, uncond, r.cfg_scale, self._dtype)
@@ -223,11 +228,25 @@ class StandaloneHost(Host):
 
     @contextlib.contextmanager
     def _loras_applied(self, batch: list[RenderRequest]) -> Iterator[None]:
-        """LoRA files named by the requests, live for this batch only (per-sample strengths)."""
-        if not any(r.loras for r in batch):
+        """The LoRA files the batch names, live for this batch only, each with one strength per
+        sample (the batch shares its files; strengths may differ, as in a strength grid)."""
+        import torch
+
+        from lora_forge.lora import LoraNetwork
+
+        files = sorted({str(lo.path) for lo in batch[0].loras})
+        networks = []
+        try:
+            for name in files:
+                strengths = [sum(lo.strength for lo in r.loras if str(lo.path) == name) for r in batch]
+                net = LoraNetwork.from_file(self._model, name, multiplier=torch.tensor(strengths))
+                net.to(self._device)
+                net.apply_to()
+                networks.append(net)
             yield
-            return
-        raise ForgeError("the standalone host cannot apply LoRA files yet (the LoRA loader is not installed)")
+        finally:
+            for net in reversed(networks):
+                net.remove()
 
 
 def _to_pil(pixels: Any) -> list[Any]:
