@@ -123,6 +123,11 @@ class StandaloneHost(Host):
             ldm_build.load_vae(model, self.vae_path)
         self._model = self._finish(model, family)
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: Path | str, **options: Any) -> StandaloneHost:
+        """The same as the constructor; reads better where a host is made from a user's file."""
+        return cls(ckpt, **options)
+
     def _finish(self, model: Any, family: str) -> Any:
         """Set what the WebUI's load_model_weights sets, and move to the device."""
         import torch
