@@ -4,9 +4,11 @@ YuNet runs through `cv2.FaceDetectorYN` (every WebUI has OpenCV) on a copy whose
 most DETECT_SIDE. The model is read from bytes, not from a path, because OpenCV cannot open
 non-ASCII paths on Windows and our models folder often sits under a Chinese user name.
 
-Anime: YuNet alone. At our 0.6 threshold it finds the drawn faces it scores 0.83-0.84 (A1111's 0.9
-misses them), and a second detector would add a second model to fetch and a second set of false
-positives for a small gain; an image without a found face still gets the saliency focal point.
+Anime: YuNet alone, at a 0.6 threshold: in our research notes YuNet scored a drawn face 0.83-0.84,
+which A1111's 0.9 misses and 0.6 keeps. The LBP anime cascade was left out on purpose: it is a
+second model to fetch (it is on no model hub we can rely on), OpenCV 5 drops CascadeClassifier from
+the main wheel, and cascades add false positives on photos; a picture where no face is found still
+gets the saliency focal point, and the per-image actions fix the rest.
 """
 
 from __future__ import annotations
