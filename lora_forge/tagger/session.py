@@ -97,6 +97,10 @@ class TaggerSession:
         if requested[0] == "CPUExecutionProvider":
             self.parallel_runs = parallel_runs or min(4, cores)
             options.intra_op_num_threads = max(1, cores // self.parallel_runs)
+        elif requested[0] == "DmlExecutionProvider":
+            # DirectML refuses memory patterns and parallel execution (onnxruntime's DirectML notes).
+            options.enable_mem_pattern = False
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             self._session = ort.InferenceSession(str(files.model_path), options, providers=requested)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
