@@ -64,6 +64,12 @@ def webui_convert(key: str, is_sd2: bool) -> str:
                 return f"model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc2', 'mlp_c_proj')}"
             return f"model_transformer_resblocks_{m[0]}_{m[1].replace('self_attn', 'attn')}"
         return f"transformer_text_model_encoder_layers_{m[0]}_{m[1]}"
+    if m := match(r"lora_te2_text_model_encoder_layers_(\d+)_(.+)"):
+        if "mlp_fc1" in m[1]:
+            return f"1_model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc1', 'mlp_c_fc')}"
+        if "mlp_fc2" in m[1]:
+            return f"1_model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc2', 'mlp_c_proj')}"
+        return f"1_model_transformer_resblocks_{m[0]}_{m[1].replace('self_attn', 'attn')}"
     return key
 
 
