@@ -287,3 +287,29 @@ def test_exclusive_keeps_jobs_apart(tiny_host):
         order.append("train done")
     t.join(5)
     assert order == ["train done", "grid"]
+
+
+def test_checkpoint_with_old_transformers_key_names_loads_the_same(tiny_host, tiny_files, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lora_forge.host.standalone import StandaloneHost
+
+    old = {
+        k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+        for k, v in load_file(str(tiny_files.checkpoint)).items()
+    }
+    assert "cond_stage_model.transformer.encoder.layers.0.mlp.fc1.weight" in old
+    ckpt = tmp_path / "old-keys.safetensors"
+    save_file(old, str(ckpt))
+    shutil.copy(tiny_files.config, ckpt.with_suffix(".yaml"))
+    host = StandaloneHost(ckpt)
+    assert host.txt2img([_req(2)])[0].tobytes() == tiny_host.txt2img([_req(2)])[0].tobytes()
+
+
+def test_half_precision_on_cpu_is_refused(tiny_files):
+    import torch
+
+    from lora_forge.host.standalone import StandaloneHost
+
+    with pytest.raises(ForgeError, match="CUDA"):
+        StandaloneHost(tiny_files.checkpoint, dtype=torch.float16)

@@ -73,6 +73,28 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
+# Early SD1 checkpoints were saved with an older transformers, whose CLIPTextModel had no
+# `text_model` level; the WebUI renames these prefixes on load, and so do we.
+OLD_CLIP_PREFIXES = {
+    f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
+    for part in ("embeddings", "encoder", "final_layer_norm")
+}
+
+
+def modern_key_names(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The state dict with old CLIP key prefixes renamed (the same dict when there are none)."""
+    if not any(k.startswith(tuple(OLD_CLIP_PREFIXES)) for k in state_dict):
+        return state_dict
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in OLD_CLIP_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        renamed[key] = value
+    return renamed
+
+
 def choose_config(ckpt: Path, state_dict: Mapping[str, Any], explicit: Path | None = None) -> tuple[Path, str]:
     """(yaml path, family) for a checkpoint: an explicit yaml, else `<checkpoint>.yaml` beside it,
     else a built-in config for the family the keys show (SD2: a yaml-less file is tested for v)."""

@@ -105,9 +105,11 @@ class StandaloneHost(Host):
         self.ckpt = Path(ckpt)
         self._device = torch.device(device)
         self._dtype = dtype or (torch.float16 if self._device.type == "cuda" else torch.float32)
+        if self._device.type == "cpu" and self._dtype != torch.float32:
+            raise ForgeError("half precision needs a CUDA device; on CPU the model runs in float32")
         self._lock = threading.Lock()
         self._lora_dir = Path(lora_dir) if lora_dir else self.ckpt.parent / "Lora"
-        state_dict = ldm_build.read_state_dict(self.ckpt)
+        state_dict = ldm_build.modern_key_names(ldm_build.read_state_dict(self.ckpt))
         config_path, family = ldm_build.choose_config(self.ckpt, state_dict, Path(config) if config else None)
         self.config_path = config_path
         cfg = ldm_build.load_config(config_path)
@@ -220,7 +222,12 @@ class StandaloneHost(Host):
 
         r = batch[0]
         model = self._model
-        with torch.no_grad(), self._loras_applied(batch):
+        half = self._dtype != torch.float32  # as the WebUI: half weights run under autocast
+        with (
+            torch.no_grad(),
+            torch.autocast(self._device.type, dtype=self._dtype, enabled=half),
+            self._loras_applied(batch),
+        ):
             # one row per sample: a text-encoder LoRA may have a different strength in each
             cond = model.get_learned_conditioning([r.prompt] * len(batch))
             uncond = model.get_learned_conditioning([r.negative_prompt] * len(batch))
@@ -228,7 +235,8 @@ class StandaloneHost(Host):
             noise, generators = sampling.seeded_noise([q.seed for q in batch], (4, r.height // 8, r.width // 8))
             denoise = sampling.make_denoiser(model, cond, uncond, r.cfg_scale, self._dtype)
             latent = sampling.sample(denoise, noise.to(self._device), generators, timesteps, sigmas, r.sampler, on_step)
-            pixels = model.decode_first_stage(latent.float())
+            with torch.autocast(self._device.type, enabled=False):
+                pixels = model.decode_first_stage(latent.float())
         return _to_pil(pixels)
 
     @contextlib.contextmanager
