@@ -80,7 +80,7 @@ LABELS: dict[str, str] = {
     "batch_size": "Batch size",
     "clip_skip": "Clip skip",
     "trained_at": "Trained at",
-    "sshs_model_hash": "Model hash (sshs)",
+    "sshs_model_hash": "Short hash (WebUI)",
     "step": "Step",
     "sd_checkpoint_name": "Trained on",
     "global_step": "Global step",
@@ -104,6 +104,8 @@ def _fmt(key: str, value: Any) -> str:
         if value.get("other"):
             parts.append(f"{value['other']} other")
         return " + ".join(parts)
+    if key == "sshs_model_hash":
+        return str(value)[:12]  # what the WebUI shows and writes into infotext; JSON keeps the full hash
     if key == "components":
         return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items() if v)
     if isinstance(value, dict):
