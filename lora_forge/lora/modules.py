@@ -77,6 +77,8 @@ class LoraModule(nn.Module):
         nn.init.zeros_(self.lora_up.weight)
         # kohya: alpha 0/None means "no scaling", i.e. alpha = rank.
         self.register_buffer("alpha", torch.tensor(float(alpha) if alpha else float(rank)))
+        self._scale_key: tuple[int, int] | None = None
+        self._scale = 1.0
         self.multiplier: float | torch.Tensor = 1.0
         self.dropout = dropout
         self.rank_dropout = rank_dropout
@@ -85,7 +87,12 @@ class LoraModule(nn.Module):
 
     @property
     def scale(self) -> float:
-        return float(self.alpha) / self.rank
+        """alpha / rank, read from the buffer only when it changed: `float()` of a GPU tensor
+        would stall the device once per module per forward."""
+        key = (id(self.alpha), self.alpha._version)
+        if self._scale_key != key:
+            self._scale_key, self._scale = key, float(self.alpha) / self.rank
+        return self._scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """The delta to add to the host module's output, or None when it would be zero."""

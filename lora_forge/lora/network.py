@@ -133,8 +133,8 @@ class LoraNetwork(nn.Module):
 
     def set_multipliers(self, *, unet: float | torch.Tensor, te: float | torch.Tensor) -> None:
         """Separate text-encoder and UNet strengths, like `<lora:name:te:unet>` in the WebUI."""
-        if isinstance(unet, torch.Tensor) and unet.dim() > 1:
-            raise ValueError("a per-sample multiplier must be a 1-D tensor")
+        device = next(self.parameters()).device
+        unet, te = (_on(m, device) for m in (unet, te))
         self._multiplier = unet
         for lora in self.loras:
             lora.multiplier = te if lora.target.part == "te" else unet
@@ -194,6 +194,15 @@ class LoraNetwork(nn.Module):
                 lora.lora_down.weight.copy_(m.down)
                 lora.lora_up.weight.copy_(m.up)
                 lora.alpha.fill_(m.alpha)
+
+
+def _on(multiplier: float | torch.Tensor, device: torch.device) -> float | torch.Tensor:
+    """A per-sample multiplier moved once to the LoRA's device (not in every module's forward)."""
+    if not isinstance(multiplier, torch.Tensor):
+        return float(multiplier)
+    if multiplier.dim() > 1:
+        raise ValueError("a per-sample multiplier must be a 1-D tensor")
+    return multiplier.detach().to(device=device, dtype=torch.float32)
 
 
 def _device_of(module: nn.Module) -> torch.device:
