@@ -176,6 +176,49 @@ def _cache_latents(
     return cache
 
 
+def diffusion_loss(
+    unet: Any, x0: Any, cond_fn: Any, schedule: Any, config: TrainConfig, precision: Any, gen: Any
+) -> Any:
+    """kohya's loss: noise (+ offset), uniform t, ε or v target, min-SNR-γ weights, MSE."""
+    import torch.nn.functional as F
+
+    from lora_forge.model.schedule import sample_noise, sample_timesteps
+    from lora_forge.model.unet import predict
+
+    noise = sample_noise(x0, gen, config.noise_offset)
+    t = sample_timesteps(x0.shape[0], gen, config.min_timestep, config.max_timestep, x0.device)
+    noisy = schedule.add_noise(x0, noise, t)
+    with precision.autocast():
+        pred = predict(unet, noisy, t, cond_fn())
+    loss = F.mse_loss(pred.float(), schedule.target(x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
+    if config.min_snr_gamma:
+        loss = loss * schedule.min_snr_weight(t, config.min_snr_gamma)
+    return loss.mean()
+
+
+def backward(loss: Any, config: TrainConfig, precision: Any) -> None:
+    scaled = loss / config.gradient_accumulation_steps
+    (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
+
+
+def optimizer_step(optimizer: Any, scheduler: Any, params: list[Any], config: TrainConfig, precision: Any) -> None:
+    """Unscale (fp16), clip, step, advance the schedule, drop the grads."""
+    import torch
+
+    scaler = precision.scaler
+    if config.max_grad_norm:
+        if scaler:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class _Loop:
     def __init__(self, host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir) -> None:
         self.host, self.config, self.dataset, self.plan = host, config, dataset, plan
@@ -190,10 +233,6 @@ class _Loop:
     def micro_step(self, ids: list[int], micro: int) -> Any:
         """Forward + backward of one batch; returns the (unscaled) loss tensor."""
         import torch
-        import torch.nn.functional as F
-
-        from lora_forge.model.schedule import sample_noise, sample_timesteps
-        from lora_forge.model.unet import predict
 
         c = self.config
         seed = c.seed * 1_000_003 + micro
@@ -203,37 +242,13 @@ class _Loop:
         flips = [c.flip_aug and rng.random() < 0.5 for _ in ids]
         x0 = torch.stack([self.latents.memory[(i, f)] for i, f in zip(ids, flips, strict=True)]).to(self.device)
         captions = [data.caption_for_step(self.dataset.items[i].caption, c, rng) for i in ids]
-        noise = sample_noise(x0, gen, c.noise_offset)
-        t = sample_timesteps(len(ids), gen, c.min_timestep, c.max_timestep, self.device)
-        noisy = self.schedule.add_noise(x0, noise, t)
-        with self.precision.autocast():
-            cond = self.conds(ids, captions)
-            pred = predict(self.session.unet, noisy, t, cond)
-        loss = F.mse_loss(pred.float(), self.schedule.target(x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
-        if c.min_snr_gamma:
-            loss = loss * self.schedule.min_snr_weight(t, c.min_snr_gamma)
-        loss = loss.mean()
+        loss = diffusion_loss(
+            self.session.unet, x0, lambda: self.conds(ids, captions), self.schedule, c, self.precision, gen
+        )
         if not torch.isfinite(loss):
             raise _NonFinite()
-        scaled = loss / c.gradient_accumulation_steps
-        (self.precision.scaler.scale(scaled) if self.precision.scaler else scaled).backward()
+        backward(loss, c, self.precision)
         return loss.detach()
-
-    def optimizer_step(self, optimizer: Any, scheduler: Any, params: list[Any]) -> None:
-        import torch
-
-        scaler = self.precision.scaler
-        if self.config.max_grad_norm:
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm, foreach=True)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ the loop
     def run(self, optimizer: Any, scheduler: Any, pos: Any, progress: ProgressFn, stop: StopFlag, estimate: Any):
@@ -255,7 +270,7 @@ class _Loop:
                 while k < len(batches) and pos.step < plan.total_steps and not stopped:
                     group = batches[k : k + accum]
                     loss = sum(float(self.micro_step(ids, pos.step * accum + j)) for j, ids in enumerate(group))
-                    self.optimizer_step(optimizer, scheduler, params)
+                    optimizer_step(optimizer, scheduler, params, c, self.precision)
                     k += len(group)
                     pos.step, pos.epoch, pos.batch = pos.step + 1, epoch, k
                     losses.append(loss / len(group))
@@ -314,7 +329,7 @@ class _Loop:
         avg: float,
         scheduler: Any,
         clock: Any,
-    ) -> None:  # noqa: E501
+    ) -> None:
         from lora_forge.train import memory
 
         lr = scheduler.get_last_lr()[-1]

@@ -71,10 +71,11 @@ def estimate(sd_model: Any, network: Any, config: TrainConfig, dataset: Any, dev
         frozen += _bytes(te.parameters())
     if on_cpu:
         frozen += _bytes(sd_model.first_stage_model.parameters())
-    lora = [p for m in network.loras if config.train_text_encoder or m.target.part == "unet" for p in m.parameters()]
-    lora_bytes = _bytes(lora)
-    trainable = int(lora_bytes * (2 + OPTIMIZER_STATE.get(config.optimizer_type, 2.0)))
-    trainable += _bytes(p for m in network.loras if m not in lora for p in m.parameters())
+    trained = [m for m in network.loras if config.train_text_encoder or m.target.part == "unet"]
+    idle = [m for m in network.loras if m not in trained]  # untrained TE modules: weights only
+    per_weight = 2 + OPTIMIZER_STATE.get(config.optimizer_type, 2.0)  # weight + grad + state
+    trainable = int(_bytes(p for m in trained for p in m.parameters()) * per_weight)
+    trainable += _bytes(p for m in idle for p in m.parameters())
     buckets = dataset.bucket_counts() if dataset is not None else {config.resolution_wh: 1}
     tokens = max(w * h for w, h in buckets) // 64
     acts = activation_bytes(unet, tokens, config)

@@ -1,0 +1,172 @@
+"""Our LoRA training step vs the floor: a bare forward + backward of the same frozen UNet.
+
+The floor is what no LoRA trainer can beat: the same UNet, batch, precision, attention (our SDP
+forward) and checkpointing, with gradients for the input latents only. Ours is the whole training
+step of lora_forge.train.loop (noise, timesteps, LoRA forward/backward, min-SNR loss, grad clip,
+AdamW step). Cases: the tiny test UNet and SD1.5's full UNet (random weights), latents 16² and
+32², fp32 and bf16 (bf16 frozen weights + bf16 autocast). Rounds interleave floor and ours after
+a warm-up, alternating which goes first; the figure is median(ours) / median(floor).
+
+    python bench/train_step.py [--rounds 5] [--only tiny|sd15] [--no-checkpointing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+UNET = {
+    "sd15": dict(model_channels=320, context_dim=768, num_heads=8, rank=32),
+    "tiny": dict(model_channels=32, context_dim=32, num_heads=8, rank=8),
+}
+
+
+class Bare(nn.Module):
+    """Just enough of a LatentDiffusion for LoRA targeting: `.model.diffusion_model`."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.model = nn.Module()
+        self.model.diffusion_model = unet
+        self.is_sd2 = False
+        self.is_sdxl = False
+
+
+def build_unet(kind: str) -> nn.Module:
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    p = UNET[kind]
+    torch.manual_seed(0)
+    unet = UNetModel(
+        image_size=32,
+        in_channels=4,
+        out_channels=4,
+        model_channels=p["model_channels"],
+        attention_resolutions=[4, 2, 1],
+        num_res_blocks=2,
+        channel_mult=[1, 2, 4, 4],
+        num_heads=p["num_heads"],
+        use_spatial_transformer=True,
+        transformer_depth=1,
+        context_dim=p["context_dim"],
+        use_checkpoint=False,
+        legacy=False,
+    )
+    return unet.eval()
+
+
+def to_bf16(unet: nn.Module) -> None:
+    """bf16 frozen weights, norms kept fp32 (ldm's GroupNorm32 computes in fp32 and CPU autocast
+    does not cast the affine parameters back)."""
+    for m in unet.modules():
+        if not isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            for p in m.parameters(recurse=False):
+                p.data = p.data.to(torch.bfloat16)
+
+
+def make_case(kind: str, side: int, precision: str, checkpointing: bool):
+    """(floor_step, our_step, cleanup) for one case."""
+    from lora_forge.model.schedule import NoiseSchedule
+    from lora_forge.train.config import TrainConfig
+    from lora_forge.train.loop import backward, diffusion_loss, optimizer_step
+    from lora_forge.train.optim import make_optimizer, make_scheduler
+    from lora_forge.train.session import open_session, precision_for
+
+    unet = build_unet(kind)
+    if precision == "bf16":
+        to_bf16(unet)
+    model = Bare(unet)
+    config = TrainConfig(
+        network_dim=UNET[kind]["rank"],
+        network_alpha=UNET[kind]["rank"] / 2,
+        network_train_unet_only=True,
+        mixed_precision=precision if precision == "bf16" else "no",
+        gradient_checkpointing=checkpointing,
+    )
+    session = open_session(model, config)
+    prec = precision_for(config, torch.device("cpu"), next(unet.parameters()).dtype)
+    groups = session.network.param_groups(config.unet_learning_rate, None)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = make_optimizer("AdamW", groups)
+    scheduler = make_scheduler(optimizer, config, 1000)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    schedule = NoiseSchedule(torch.cumprod(1 - betas, 0).float(), "eps")
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 4, side, side, generator=gen)
+    cond = torch.randn(1, 77, UNET[kind]["context_dim"], generator=gen)
+    with torch.no_grad():  # a non-zero LoRA, as after the first steps (zero `up` would skip nothing anyway)
+        for p in params:
+            p.normal_(0, 0.01, generator=gen)
+
+    def ours() -> None:
+        loss = diffusion_loss(unet, x0, lambda: cond, schedule, config, prec, gen)
+        backward(loss, config, prec)
+        optimizer_step(optimizer, scheduler, params, config, prec)
+
+    def floor() -> None:
+        session.network.remove()
+        try:
+            x = x0.clone().requires_grad_(True)
+            t = torch.randint(0, 1000, (1,), generator=gen)
+            with prec.autocast():
+                pred = unet(x, timesteps=t, context=cond)
+            torch.nn.functional.mse_loss(pred.float(), x0).backward()
+        finally:
+            session.network.apply_to()
+
+    return floor, ours, session.close
+
+
+def timed(fn) -> float:  # noqa: ANN001
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", choices=["tiny", "sd15"])
+    ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ckpt = not args.no_checkpointing
+    kinds = [args.only] if args.only else ["tiny", "sd15"]
+    ratios = {}
+    for kind in kinds:
+        for side in (16, 32):
+            for precision in ("fp32", "bf16"):
+                floor, ours, close = make_case(kind, side, precision, ckpt)
+                try:
+                    floor(), ours(), floor(), ours()  # warm-up (allocator, autocast caches, Adam state)
+                    tf, to = [], []
+                    for r in range(args.rounds):
+                        pair = [(floor, tf), (ours, to)]
+                        for fn, bucket in pair if r % 2 == 0 else pair[::-1]:
+                            bucket.append(timed(fn))
+                finally:
+                    close()
+                mf, mo = statistics.median(tf), statistics.median(to)
+                name = f"{kind}_{side}_{precision}"
+                ratios[name] = mo / mf
+                print(
+                    f"{name:16s} ckpt={ckpt} floor {mf * 1000:8.1f} ms  ours {mo * 1000:8.1f} ms  ratio {mo / mf:.3f}"
+                )
+                sys.stdout.flush()
+    worst = max(ratios, key=ratios.get)
+    median = statistics.median(ratios.values())
+    print(f"RESULT train_step worst_ratio={ratios[worst]:.3f} worst_case={worst} median_ratio={median:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

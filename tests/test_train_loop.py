@@ -1,0 +1,222 @@
+"""The training engine on the tiny real ldm model: learning, resume, checkpointing, safety."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_forge.errors import ForgeError
+from lora_forge.events import StopFlag
+from lora_forge.train.config import TrainConfig
+from lora_forge.train.loop import prepare, train
+from lora_forge.train.presets import PRESETS, preset_config
+
+torch = pytest.importorskip("torch")
+
+FAST = {
+    "resolution": "64",
+    "min_bucket_reso": 64,
+    "max_bucket_reso": 128,
+    "sample_every_n_steps": 0,
+    "cache_latents_to_disk": False,
+    "mixed_precision": "no",
+    "num_repeats": 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread avoids OpenMP spin contention with other test processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("train-data")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["red", "green", "blue", "white"]):
+        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
+        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220), (250, 250, 250)][i]
+        Image.fromarray(arr).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(f"zkw, {name} square, noise", encoding="utf-8")
+    return folder
+
+
+def run(host, data_dir, out, stop=None, progress=None, **changes):
+    config = TrainConfig.from_dict({**FAST, **changes})
+    prepared = prepare(config, data_dir, frozenset(changes) | {"num_repeats"})
+    return train(host, prepared, out, stop=stop, **({"progress": progress} if progress else {}))
+
+
+def state_hash(module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def tensor_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[8 + int.from_bytes(raw[:8], "little") :]
+
+
+def metadata(path: Path) -> dict:
+    from lora_forge.lora.fileformat import read_metadata
+
+    clock = {"modelspec.date", "ss_training_started_at"}
+    return {k: v for k, v in read_metadata(path).items() if k not in clock}
+
+
+def tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_training_leaves_the_base_model_exactly_as_it_was(tiny_host, dataset, tmp_path):
+    model = tiny_host.sd_model()
+    before = state_hash(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    forwards = [m for m in model.modules() if "forward" in m.__dict__]
+    from ldm.modules.attention import CrossAttention
+
+    attention = CrossAttention.forward
+    result = run(tiny_host, dataset, tmp_path, max_train_steps=2, trigger_word="zkw")
+    assert state_hash(model) == before
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert [m for m in model.modules() if "forward" in m.__dict__] == forwards
+    assert CrossAttention.forward is attention
+    assert not model.training
+    assert result.final_file.is_file() and (result.run_dir / "config.toml").is_file()
+    assert len((result.run_dir / "loss.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_loss_on_a_fixed_probe_set_falls_over_200_steps(tiny_host, dataset, tmp_path):
+    """Per-step loss is noisy (random t); a fixed (latent, noise, t) probe set shows learning."""
+    result = run(
+        tiny_host, dataset, tmp_path, max_train_steps=200, network_dim=8, network_alpha=8,
+        unet_lr=2e-3, learning_rate=2e-3, lr_scheduler="constant", min_snr_gamma=0, train_batch_size=2,
+        network_train_unet_only=True, shuffle_caption=False,
+    )  # fmt: skip
+    losses = result.losses
+    first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+    assert last < 0.8 * first, (first, last)
+
+
+def test_stop_then_resume_gives_the_same_lora_bytes(tiny_host, dataset, tmp_path):
+    common = dict(max_train_steps=6, network_dim=4, network_alpha=2, unet_lr=1e-3, text_encoder_lr=1e-4, seed=7,
+                  trigger_word="zkw", train_batch_size=1, caption_tag_dropout_rate=0.2, noise_offset=0.05)  # fmt: skip
+    whole = run(tiny_host, dataset, tmp_path / "whole", **common)
+    stop = StopFlag()
+
+    def progress(event):
+        if event.data.get("step") == 3:
+            stop.request("test stop")
+
+    part = run(tiny_host, dataset, tmp_path / "part", stop=stop, progress=progress, **common)
+    assert part.steps == 3 and part.stopped == "test stop" and part.final_file.is_file()
+    resumed = run(tiny_host, dataset, tmp_path / "resumed", resume=str(part.run_dir), **common)
+    assert resumed.steps == 6
+    assert tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)
+    # the metadata too, except the wall-clock date of each run's start
+    assert metadata(resumed.final_file) == metadata(whole.final_file)
+    a, b = tensors(whole.final_file), tensors(part.final_file)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the stopped file really is an earlier state
+
+
+def test_checkpointing_on_and_off_give_the_same_gradients(tiny_host):
+    from lora_forge.model.schedule import schedule_from_model
+    from lora_forge.train.loop import backward, diffusion_loss
+    from lora_forge.train.session import open_session, precision_for
+
+    model = tiny_host.sd_model()
+    grads = {}
+    for ckpt in (False, True):
+        config = TrainConfig(network_dim=4, network_alpha=4, gradient_checkpointing=ckpt, mixed_precision="no",
+                             network_train_unet_only=True)  # fmt: skip
+        session = open_session(model, config)
+        try:
+            torch.manual_seed(0)
+            with torch.no_grad():  # up starts at zero, which would hide every `down` gradient
+                for lora in session.network.loras:
+                    lora.lora_up.weight.normal_(0, 0.1)
+                    lora.lora_down.weight.normal_(0, 0.1)
+            gen = torch.Generator().manual_seed(1)
+            x0 = torch.randn(2, 4, 8, 8, generator=gen)
+            cond = torch.randn(2, 77, 32, generator=gen)
+            prec = precision_for(config, torch.device("cpu"), torch.float32)
+            loss = diffusion_loss(session.unet, x0, lambda: cond, schedule_from_model(model, "cpu"), config, prec, gen)
+            backward(loss, config, prec)
+            grads[ckpt] = {n: p.grad.clone() for n, p in session.network.named_parameters() if p.requires_grad}
+        finally:
+            session.close()
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 100
+    for name, g in grads[False].items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_runs_a_few_steps(tiny_host, dataset, tmp_path, preset):
+    config = preset_config(preset, {**FAST, "max_train_steps": 2, "trigger_word": "zkw"})
+    prepared = prepare(config, dataset, frozenset({"max_train_steps", "num_repeats"}))
+    result = train(tiny_host, prepared, tmp_path)
+    assert result.steps == 2 and all(np.isfinite(result.losses))
+    meta = __import__("lora_forge.lora.fileformat", fromlist=["read_metadata"]).read_metadata(result.final_file)
+    assert meta["ss_network_dim"] == str(config.network_dim) and meta["ss_output_name"] == "lora"
+
+
+def test_epoch_files_samples_and_report(tiny_host, dataset, tmp_path):
+    result = run(tiny_host, dataset, tmp_path, max_train_epochs=2, sample_every_n_steps=4, sample_steps=2,
+                 trigger_word="zkw")  # fmt: skip
+    names = sorted(p.name for p in result.run_dir.glob("*.safetensors"))
+    assert names == ["lora-000001.safetensors", "lora-000002.safetensors", "lora.safetensors"]
+    samples = sorted(p.name for p in (result.run_dir / "samples").glob("*.png"))
+    assert samples == ["step000004-0.png", "step000004-1.png", "step000008-0.png", "step000008-1.png"]
+    report = result.report
+    assert report["steps"] == 8 and report["peak_memory_bytes"] > 0 and report["it_per_s"] > 0
+
+
+def test_progress_events_carry_what_the_ui_shows(tiny_host, dataset, tmp_path):
+    events = []
+    run(tiny_host, dataset, tmp_path, max_train_steps=3, progress=events.append)
+    steps = [e for e in events if e.data.get("step")]
+    assert [e.step for e in steps] == [1, 2, 3] and all(e.total == 3 for e in steps)
+    for key in ("loss", "loss_avg", "lr", "it_s", "eta_s", "memory", "epoch"):
+        assert key in steps[-1].data
+    plan = [e for e in events if e.message.startswith("memory plan")]
+    assert plan and plan[0].data["total"] > plan[0].data["frozen_weights"] > 0
+
+
+def test_continue_from_an_existing_lora_file(tiny_host, dataset, tmp_path):
+    first = run(tiny_host, dataset, tmp_path / "a", max_train_steps=2, network_dim=4, network_alpha=4, unet_lr=1e-2)
+    second = run(tiny_host, dataset, tmp_path / "b", max_train_steps=1, network_dim=4, network_alpha=4,
+                 unet_lr=1e-9, learning_rate=1e-9, text_encoder_lr=1e-9, network_weights=str(first.final_file))  # fmt: skip
+    a, b = tensors(first.final_file), tensors(second.final_file)
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), atol=2e-3, rtol=1e-2)
+
+
+def test_refusals_before_training(tiny_host, dataset, tmp_path):
+    with pytest.raises(ForgeError, match="fp16 needs a CUDA GPU"):
+        run(tiny_host, dataset, tmp_path, max_train_steps=1, mixed_precision="fp16")
+    with pytest.raises(ForgeError, match="lion-pytorch"):
+        run(tiny_host, dataset, tmp_path, max_train_steps=1, optimizer_type="Lion")
+    with pytest.raises(ForgeError, match="NVIDIA"):
+        run(tiny_host, dataset, tmp_path, max_train_steps=1, optimizer_type="AdamW8bit")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_nan_stops_with_a_message_naming_the_causes(tiny_host, dataset, tmp_path):
+    with pytest.raises(ForgeError, match="learning rate"):
+        run(tiny_host, dataset, tmp_path, max_train_steps=3, unet_lr=0.09, learning_rate=0.09, noise_offset=0.0,
+            max_grad_norm=0, min_snr_gamma=0, network_alpha=1e6)  # fmt: skip
