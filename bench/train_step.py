@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 UNET = {
     "sd15": dict(model_channels=320, context_dim=768, num_heads=8, rank=32),
@@ -125,7 +125,7 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
     return floor, ours, session.close
 
 
-def timed(fn) -> float:  # noqa: ANN001
+def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0

@@ -168,7 +168,7 @@ def test_caption_only_folder_is_a_clear_error(tmp_path):
 def test_images_without_captions_are_a_clear_error(tmp_path):
     make_images(tmp_path, 3)
     make_images(tmp_path / "plain", 2, captions=False)
-    with pytest.raises(ForgeError, match="2 image.s. have no caption file"):
+    with pytest.raises(ForgeError, match=r"2 image\(s\) have no caption file"):
         scan_dataset(tmp_path, TrainConfig(**SMALL))
 
 

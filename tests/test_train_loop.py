@@ -154,7 +154,8 @@ def test_checkpointing_on_and_off_give_the_same_gradients(tiny_host):
             x0 = torch.randn(2, 4, 8, 8, generator=gen)
             cond = torch.randn(2, 77, 32, generator=gen)
             prec = precision_for(config, torch.device("cpu"), torch.float32)
-            loss = diffusion_loss(session.unet, x0, lambda: cond, schedule_from_model(model, "cpu"), config, prec, gen)
+            schedule = schedule_from_model(model, "cpu")
+            loss = diffusion_loss(session.unet, x0, lambda c=cond: c, schedule, config, prec, gen)
             backward(loss, config, prec)
             grads[ckpt] = {n: p.grad.clone() for n, p in session.network.named_parameters() if p.requires_grad}
         finally:
@@ -199,8 +200,9 @@ def test_progress_events_carry_what_the_ui_shows(tiny_host, dataset, tmp_path):
 
 def test_continue_from_an_existing_lora_file(tiny_host, dataset, tmp_path):
     first = run(tiny_host, dataset, tmp_path / "a", max_train_steps=2, network_dim=4, network_alpha=4, unet_lr=1e-2)
+    tiny_lr = {"unet_lr": 1e-9, "learning_rate": 1e-9, "text_encoder_lr": 1e-9}
     second = run(tiny_host, dataset, tmp_path / "b", max_train_steps=1, network_dim=4, network_alpha=4,
-                 unet_lr=1e-9, learning_rate=1e-9, text_encoder_lr=1e-9, network_weights=str(first.final_file))  # fmt: skip
+                 network_weights=str(first.final_file), **tiny_lr)  # fmt: skip
     a, b = tensors(first.final_file), tensors(second.final_file)
     for k in a:
         torch.testing.assert_close(a[k].float(), b[k].float(), atol=2e-3, rtol=1e-2)
