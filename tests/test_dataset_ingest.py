@@ -162,6 +162,11 @@ def messy_folder(tmp_path: Path) -> Path:
     Image.new("RGB", (200, 200), (10, 120, 30)).save(src / "子目录" / "small.png")
     (src / "子目录" / "zz small copy.png").write_bytes((src / "子目录" / "small.png").read_bytes())
     astronaut().save(src / "子目录" / "reencoded.jpg", quality=55)  # near duplicate of 宇航员 1.jpg
+    from skimage import data
+
+    cat = Image.fromarray(data.chelsea())
+    frames = [cat, cat.rotate(90), cat.rotate(180)]  # a picture, not a flat colour (flat ones all look alike)
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
     (src / "notes.pdf").write_bytes(b"%PDF-1.4 not an image at all")
     (src / "empty.jpg").write_bytes(b"")
     good = _jpeg(Image.new("RGB", (400, 400), (200, 100, 0)))
@@ -207,10 +212,12 @@ def test_bad_input_is_reported_by_name_and_the_rest_completes(tmp_path, messy_fo
     done = {r.source for r in manifest.sources}
     assert done == {
         f"{root}/宇航员 1.jpg",
+        f"{root}/anim.gif",
         f"{root}/子目录/small.png",
         f"{root}/子目录/reencoded.jpg",
         f"{root}/pack.zip:inside/good.jpg",
     }
+    assert report.notes[f"{root}/anim.gif"] == ["animated: used the first of 3 frames"]
     for rec in manifest.sources:
         assert (out / rec.outputs[0].file).is_file()
     # non-ASCII names survive, captions come along (copied), the zip's caption too

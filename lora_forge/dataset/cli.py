@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for s in report.skipped:
         print(f"skipped {s.source}: {s.reason}")
+    for source, notes in report.notes.items():
+        print(f"note {source}: {'; '.join(notes)}")
     for pair in report.near_duplicates:
         print(f"near duplicates: {pair['a']} ~ {pair['b']} (distance {pair['distance']})")
     for name, flags in report.flagged.items():

@@ -75,6 +75,7 @@ class PrepareReport:
     skipped: list[ingest.Skipped] = field(default_factory=list)
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     flagged: dict[str, list[str]] = field(default_factory=dict)  # output file -> flags worth a look
+    notes: dict[str, list[str]] = field(default_factory=dict)  # source -> what decoding did (rotated, 1st frame...)
     warnings: list[str] = field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0
@@ -316,6 +317,8 @@ def prepare(
             else:
                 _replace_record(manifest, job, result)
                 report.written += [o.file for o in result.outputs]
+                if result.notes:
+                    report.notes[result.source] = result.notes
                 first = result.outputs[0].file if result.outputs else ""
                 progress(Progress(done, total, job.item.label, data={"file": first, "folder": str(out)}))
             if time.monotonic() - last_save > 2.0:

@@ -74,6 +74,9 @@ def _report_markdown(report: Any) -> str:
     if report.skipped:
         lines.append("\n**Skipped**")
         lines += [f"- `{s.source}`: {s.reason}" for s in report.skipped]
+    if report.notes:
+        lines.append("\n**Notes**")
+        lines += [f"- `{src}`: {'; '.join(notes)}" for src, notes in report.notes.items()]
     if report.near_duplicates:
         lines.append("\n**Near duplicates** (both kept; drop one if they are the same picture)")
         lines += [f"- `{p['a']}` ≈ `{p['b']}` (distance {p['distance']})" for p in report.near_duplicates]
