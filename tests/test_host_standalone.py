@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import shutil
 from pathlib import Path
@@ -42,7 +43,10 @@ def test_loaded_model_is_the_webui_kind_of_object(tiny_host, tiny_files):
     assert m.alphas_cumprod_original.dtype.is_floating_point and m.alphas_cumprod_original.dtype.itemsize == 4
     assert m.alphas_cumprod_original.data_ptr() != m.alphas_cumprod.data_ptr()
     assert m.sd_checkpoint_info.filename == str(tiny_files.checkpoint)
-    assert len(m.sd_checkpoint_info.sha256) == 64 and m.sd_model_hash == m.sd_checkpoint_info.sha256[:10]
+    info = m.sd_checkpoint_info
+    assert info.sha256 == hashlib.sha256(tiny_files.checkpoint.read_bytes()).hexdigest()
+    assert info.title == f"tiny-sd1.safetensors [{info.sha256[:10]}]" and len(info.hash) == 8
+    assert info.metadata["lora_forge_tiny"] == "sd1"
     assert tiny_host.config_path == tiny_files.config  # the yaml beside the checkpoint was used
     tokens = m.cond_stage_model.tokenizer("a photo of a cat")["input_ids"]
     assert tokens == [49406, 320, 1125, 539, 320, 2368, 49407]

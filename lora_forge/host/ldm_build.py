@@ -253,14 +253,18 @@ def instantiate(config: Any, clip_folder: Path | None = None, on_meta: bool = Tr
             return instantiate_from_config(config.model)
 
 
-def load_weights(model: Any, state_dict: Mapping[str, Any], dtype: Any, path: Path) -> None:
+def load_weights(model: Any, state_dict: dict[str, Any], dtype: Any, path: Path) -> None:
     """Assign checkpoint tensors to a model built on meta: UNet and text encoder in `dtype`, the VAE
-    and the noise schedule in fp32 (the WebUI keeps those apart from half precision too)."""
+    and the noise schedule in fp32 (the WebUI keeps those apart from half precision too).
+
+    Empties `state_dict` as it goes, so an fp16 file converted to fp32 never sits in memory twice.
+    """
     import torch
 
     own = model.state_dict()
     wanted = {}
-    for key, value in state_dict.items():
+    for key in list(state_dict):
+        value = state_dict.pop(key)
         if key not in own:
             continue
         keep_fp32 = key.startswith("first_stage_model.") or key in SCHEDULE_BUFFERS or not value.is_floating_point()

@@ -9,10 +9,10 @@ training samples.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,57 +23,45 @@ from lora_forge.host.base import Host, RenderRequest
 MAX_BATCH = 8  # images per UNet batch; CFG doubles it
 
 
-@dataclass
 class CheckpointInfo:
-    """The identity fields of the WebUI's `sd_models.CheckpointInfo` that our stages read
-    (LoRA metadata records the base model's name and hashes)."""
+    """The identity fields of the WebUI's `sd_models.CheckpointInfo` that our stages read (LoRA
+    metadata records the base model's name and hashes). The full sha256 is computed on first use:
+    hashing a 2-6 GB file costs seconds that loading for a render does not need."""
 
-    filename: str
-    name: str
-    name_for_extra: str
-    model_name: str
-    hash: str  # the WebUI's old 8-hex "model hash" (64 KiB at offset 1 MiB)
-    sha256: str
-    shorthash: str
-    title: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    def __init__(self, path: Path) -> None:
+        self.filename = str(path)
+        self.name = path.name
+        self.name_for_extra = path.stem
+        self.model_name = path.stem
+        self.is_safetensors = path.suffix.lower() == ".safetensors"
+        with open(path, "rb") as f:  # the WebUI's old 8-hex "model hash": 64 KiB at offset 1 MiB
+            f.seek(0x100000)
+            self.hash = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+        self.metadata: dict[str, str] = {}
+        if self.is_safetensors:
+            from safetensors import safe_open
+
+            with safe_open(self.filename, framework="pt") as f:
+                self.metadata = dict(f.metadata() or {})
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.filename, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    @property
+    def shorthash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.shorthash}]"
 
     def calculate_shorthash(self) -> str:
         return self.shorthash
-
-
-def _file_hashes(path: Path) -> tuple[str, str]:
-    """(old 8-hex model hash, full sha256) in one read of the file."""
-    old = hashlib.sha256()
-    full = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(0x100000)
-        old.update(f.read(0x10000))
-        f.seek(0)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            full.update(chunk)
-    return old.hexdigest()[:8], full.hexdigest()
-
-
-def _checkpoint_info(path: Path) -> CheckpointInfo:
-    old, sha = _file_hashes(path)
-    metadata: dict[str, str] = {}
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-    return CheckpointInfo(
-        filename=str(path),
-        name=path.name,
-        name_for_extra=path.stem,
-        model_name=path.stem,
-        hash=old,
-        sha256=sha,
-        shorthash=sha[:10],
-        title=f"{path.name} [{sha[:10]}]",
-        metadata=metadata,
-    )
 
 
 def _batch_key(r: RenderRequest) -> tuple[Any, ...]:
@@ -146,10 +134,8 @@ class StandaloneHost(Host):
         model.latent_channels = 4
         model.alphas_cumprod = model.alphas_cumprod.to(torch.float32)
         model.alphas_cumprod_original = model.alphas_cumprod.detach().clone()
-        info = _checkpoint_info(self.ckpt)
-        model.sd_checkpoint_info = info
-        model.sd_model_checkpoint = info.filename
-        model.sd_model_hash = info.shorthash
+        model.sd_checkpoint_info = CheckpointInfo(self.ckpt)
+        model.sd_model_checkpoint = str(self.ckpt)
         model.loaded_vae_file = str(self.vae_path) if self.vae_path else None
         return model
 
