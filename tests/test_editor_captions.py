@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from lora_forge import fsio
 from lora_forge.dataset import captions
 from lora_forge.dataset.captions import (
     caption_path_for,
@@ -129,22 +128,23 @@ def test_a_failure_in_the_middle_of_a_batch_puts_back_the_files_already_written(
     ds = Dataset.load(make_dataset(tmp_path / "set"))
     before = {p: p.read_bytes() for p in ds.root.glob("*.txt")}
     ds.apply(ds.plan(range(len(ds)), *build_op("add", tags="sks")))
-    real = fsio.atomic_write_bytes
+    real = os.replace
     calls = {"captions": 0}
 
-    def disk_full_on_third_caption(path, data):
-        if captions.STATE_DIR not in Path(path).parts:
+    def disk_full_on_third_caption(src, dst):
+        if captions.STATE_DIR not in Path(dst).parts:
             calls["captions"] += 1
             if calls["captions"] == 3:
                 raise OSError(28, "No space left on device")
-        real(path, data)
+        real(src, dst)
 
-    monkeypatch.setattr(fsio, "atomic_write_bytes", disk_full_on_third_caption)
+    monkeypatch.setattr(os, "replace", disk_full_on_third_caption)
     with pytest.raises(ForgeError, match=r"No space left on device.*restored"):
         ds.save()
     assert {p: p.read_bytes() for p in ds.root.glob("*.txt")} == before
     assert list_history(ds.root)[0].state == "failed"
-    monkeypatch.setattr(fsio, "atomic_write_bytes", real)
+    monkeypatch.setattr(os, "replace", real)
+    assert not list(ds.root.glob(".*.tmp"))  # no temp file left behind
     assert ds.save()[0] == 4
 
 
@@ -230,11 +230,10 @@ def test_missing_or_wrong_dataset_folder(tmp_path: Path) -> None:
         Dataset.load(tmp_path / "file.png")
 
 
-@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
 def test_unreadable_caption_is_reported_not_fatal(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "set", {"a": "x", "b": "y"})
-    (root / "b.txt").unlink()
-    (root / "b.txt").mkdir()  # a folder named like the caption: cannot be read as text
+    (root / "b.txt").write_bytes(b"tags \xff\xff")  # neither UTF-8 nor GBK
     ds = Dataset.load(root)
     assert [it.rel for it in ds.items] == ["a.png"]
     assert ds.report.unreadable and "b.txt" in ds.report.unreadable[0]
+    assert any("could not be read" in n for n in ds.report.notes())

@@ -18,14 +18,16 @@ Caption syntax (decided here, used by every stage):
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import stat
+import tempfile
 import time
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,18 +41,19 @@ CAPTION_EXT = ".txt"
 STATE_DIR = ".lora_forge"  # per-dataset folder for our own files; loaders must skip it
 HISTORY_DIR = "history"
 INDEX_NAME = "index.json"
+BACKUP_NAME = "before.zip"  # the previous bytes of every file of one save
 
-_SEPARATORS = re.compile(r"[,，\r\n]")
-_SPACES = re.compile(r"\s+")
+_TO_COMMA = str.maketrans({"，": ",", "\r": ",", "\n": ",", "\ufeff": None})
 
 
 def split_tags(text: str | None) -> list[str]:
-    """Caption text → tags, tolerant of the separators and stray commas real datasets contain."""
+    """Caption text → tags, tolerant of the separators and stray commas real datasets contain.
+    (str methods, not regular expressions: loading 5,000 captions is dominated by this.)"""
     if not text:
         return []
     tags = []
-    for part in _SEPARATORS.split(text.lstrip("\ufeff")):
-        tag = _SPACES.sub(" ", part).strip()
+    for part in text.translate(_TO_COMMA).split(","):
+        tag = " ".join(part.split())
         if tag:
             tags.append(tag)
     return tags
@@ -128,9 +131,12 @@ def _new_entry_id() -> str:
 
 
 def _relative(path: Path, root: Path) -> str:
-    if not fsio.is_within(path, root):
-        raise ForgeError(f"caption file is outside the dataset folder {root}", path=path)
-    return path.resolve().relative_to(root.resolve()).as_posix()
+    """Path inside the dataset, as stored in the history (abspath, not resolve: thousands of
+    resolve() calls are slow on network shares, and our paths come from scanning the root)."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        raise ForgeError(f"caption file is outside the dataset folder {root}", path=path) from None
 
 
 def _is_read_only(path: Path) -> bool:
@@ -154,13 +160,6 @@ def _write_index(entry: HistoryEntry) -> None:
     fsio.atomic_write_text(entry.folder / INDEX_NAME, json.dumps(entry.to_json(), ensure_ascii=False, indent=1))
 
 
-def _put(path: Path, data: bytes | None) -> None:
-    if data is None:
-        path.unlink(missing_ok=True)
-    else:
-        fsio.atomic_write_bytes(path, data)
-
-
 def _preflight(root: Path, targets: Iterable[Path]) -> None:
     """Refuse the whole batch before the first write, so a save never stops half-way on a
     problem we could have seen (a vanished folder, a read-only caption)."""
@@ -178,6 +177,71 @@ def _preflight(root: Path, targets: Iterable[Path]) -> None:
         raise ForgeError(f"folder {sorted(missing_dirs)[0]} is gone; nothing was saved")
 
 
+def _fsync_dirs(folders: Iterable[Path]) -> None:
+    """Make the renames themselves durable (POSIX; Windows has no directory handles for this)."""
+    if os.name == "nt":
+        return
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_many(data: Mapping[Path, bytes | None], placed: list[Path]) -> None:
+    """fsio's rule (temp file, fsync, rename) for a whole batch, in three passes: write every temp
+    file, fsync them from a few threads at once (the file system commits them together: a
+    2,700-file save went from ~50 s to a few seconds on ext4), then rename each into place.
+    A crash before the renames leaves only hidden temp files; during them, each caption is old or
+    new. `placed` collects the files already in place so the caller can put them back on error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in data.items():
+            if content is None:
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            try:  # keep the caption's permissions (mkstemp makes 0600 files)
+                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else _DEFAULT_MODE)
+            except OSError:
+                pass
+
+        def sync(tmp: str) -> None:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(sync, temps.values()))
+        for path, content in data.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(temps[path], path)
+                del temps[path]
+            placed.append(path)
+        _fsync_dirs({p.parent for p in data})
+    finally:
+        for tmp in temps.values():  # only left when something failed before its rename
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_DEFAULT_MODE = _umask_mode()
+
+
 def _commit(root: Path, new_data: dict[Path, bytes | None], reason: str) -> HistoryEntry | None:
     """Back up, then write. Shared by save and rollback so a rollback is itself undoable."""
     old_data: dict[Path, bytes | None] = {}
@@ -192,37 +256,49 @@ def _commit(root: Path, new_data: dict[Path, bytes | None], reason: str) -> Hist
     entry = HistoryEntry(_new_entry_id(), time.time(), reason)
     entry.folder = history_root(root) / entry.id
     try:
-        (entry.folder / "files").mkdir(parents=True)
+        entry.folder.mkdir(parents=True)
     except OSError as e:
         raise ForgeError(f"cannot create the history folder ({e.strerror}); nothing was saved", path=root) from e
-    for n, (path, old) in enumerate(old_data.items()):
-        change = FileChange(_relative(path, root), old is not None, new_data[path] is not None)
-        if old is not None:
-            change.backup = f"files/{n:05d}{path.suffix}"
-            fsio.atomic_write_bytes(entry.folder / change.backup, old)
-        entry.files.append(change)
+    # All old versions go into one zip: one file to fsync instead of one per caption.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path, old in old_data.items():
+            change = FileChange(_relative(path, root), old is not None, new_data[path] is not None)
+            if old is not None:
+                change.backup = f"{BACKUP_NAME}:{change.path}"
+                zf.writestr(change.path, old)
+            entry.files.append(change)
+    fsio.atomic_write_bytes(entry.folder / BACKUP_NAME, buf.getvalue())
     _write_index(entry)  # from here on the old bytes are safe on disk
 
-    written: list[Path] = []
+    placed: list[Path] = []
     try:
-        for path in old_data:
-            _put(path, new_data[path])
-            written.append(path)
-            if _read_bytes(path) != new_data[path]:  # read back: BDTM #104 lost tags silently
-                raise ForgeError("the file read back differs from what was written; check the disk", path=path)
+        _write_many({p: new_data[p] for p in old_data}, placed)
+        bad = [p for p in old_data if _read_bytes(p) != new_data[p]]  # read back: BDTM #104 lost tags silently
+        if bad:
+            raise ForgeError("a file read back differs from what was written; check the disk", path=bad[0])
     except (OSError, ForgeError) as e:
-        for path in written:  # put the batch back as it was: all old, not half new
-            try:
-                _put(path, old_data[path])
-            except OSError:
-                log.exception("could not restore %s; its old text is in %s", path, entry.folder)
+        try:  # put the batch back as it was: all old, not half new
+            _write_many({p: old_data[p] for p in placed}, [])
+        except OSError:
+            log.exception("could not restore every caption; the old ones are in %s", entry.folder)
         entry.state = "failed"
         _write_index(entry)
-        detail = e.strerror if isinstance(e, OSError) else str(e)
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ForgeError(f"saving stopped ({detail}); the files written were restored, nothing changed") from e
     entry.state = "done"
     _write_index(entry)
     return entry
+
+
+def _decode(raw: bytes | None) -> str | None:
+    """The same reading rule as fsio.read_text, for bytes already in hand."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("gb18030", errors="replace")
 
 
 def save_captions(
@@ -245,10 +321,10 @@ def save_captions(
     for p in paths:
         _relative(p, root)
     if expected is not None:
-        stale = [Path(p) for p, text in expected.items() if Path(p) in paths and read_caption(p) != text]
+        stale = [p for p, text in expected.items() if Path(p) in paths and _decode(_read_bytes(Path(p))) != text]
         if stale:
             raise ForgeError(
-                f"{len(stale)} caption(s) changed on disk since they were loaded (first: {stale[0].name}); "
+                f"{len(stale)} caption(s) changed on disk since they were loaded (first: {Path(stale[0]).name}); "
                 "reload the dataset and redo the edit; nothing was saved"
             )
     data = {p: None if text is None else text.encode("utf-8") for p, text in paths.items()}
@@ -285,15 +361,14 @@ def rollback(dataset_root: str | os.PathLike[str], entry_id: str) -> HistoryEntr
     entry = match[0]
     assert entry.folder is not None
     data: dict[Path, bytes | None] = {}
-    for f in entry.files:
-        target = root / f.path
-        if f.backup is None:
-            data[target] = None
-            continue
-        try:
-            data[target] = (entry.folder / f.backup).read_bytes()
-        except OSError as e:
-            raise ForgeError(f"the backup of {f.path} is missing; nothing was rolled back", path=entry.folder) from e
+    try:
+        with zipfile.ZipFile(entry.folder / BACKUP_NAME) as zf:
+            for f in entry.files:
+                data[root / f.path] = zf.read(f.path) if f.backup else None
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise ForgeError(
+            f"the backup of this save is missing or damaged ({e}); nothing was rolled back", path=entry.folder
+        ) from e
     return _commit(root, data, f"rollback of {entry.id} ({entry.reason})")
 
 

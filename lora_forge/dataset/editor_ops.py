@@ -111,17 +111,24 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
         raise ForgeError(f"the pattern {pattern!r} is not a valid regular expression ({e}); fix it") from e
 
 
-def regex_replace(tags: Tags, pattern: re.Pattern[str], repl: str, scope: str = "tag") -> Tags:
+def regex_replace(
+    tags: Tags, pattern: re.Pattern[str], repl: str, scope: str = "tag", memo: dict[str, list[str] | None] | None = None
+) -> Tags:
     """re.sub on each tag, or on the whole caption text; the result is re-split, so a replacement
     that yields "" deletes the tag and one that yields "a, b" makes two tags. Per tag, a result the
     caption already has is not added twice; on the whole caption the user gets exactly the text the
-    expression makes."""
+    expression makes. `memo` (tag → its pieces, None when unchanged) lets a batch compute each distinct
+    tag once: 5,000 captions hold ~100,000 tags but only a few thousand different ones."""
     try:
         if scope == "tag":
+            memo = {} if memo is None else memo
             changed = {}
             for t in tags:
-                pieces = split_tags(pattern.sub(repl, t))
-                if pieces != [t]:
+                if t not in memo:
+                    new = pattern.sub(repl, t)
+                    memo[t] = None if new == t else split_tags(new)
+                pieces = memo[t]
+                if pieces is not None:
                     changed[t] = pieces
             return _splice(tags, changed) if changed else tags
         if scope == "caption":
@@ -180,7 +187,8 @@ def build_op(name: str, **kw) -> tuple[Op, str]:
             pattern.sub(repl, "")  # checks the replacement's group references without needing a match
         except (re.error, IndexError) as e:
             raise ForgeError(f"the replacement {repl!r} does not fit the pattern ({e}); fix it") from e
-        return (lambda t: regex_replace(t, pattern, repl, scope)), f"regex {pattern.pattern} → {repl} ({scope})"
+        memo: dict[str, list[str] | None] = {}
+        return (lambda t: regex_replace(t, pattern, repl, scope, memo)), f"regex {pattern.pattern} → {repl} ({scope})"
     if name == "front":
         front = parse_tag_list(kw.get("tags", ""))
         if not front:
