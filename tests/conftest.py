@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# One torch/OpenMP thread: the tiny models' ops are too small to split, and on a busy 2-core machine
+# two spinning OpenMP threads made a 64 px render ~15x slower (9 s instead of 0.5 s). Must be set
+# before torch is imported; an explicit OMP_NUM_THREADS still wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Browser harness (tests/browser.py): serve_blocks, browser, page, tab_url.
 from tests.browser import browser, page, serve_blocks, tab_url  # noqa: F401

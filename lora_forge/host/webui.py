@@ -1,0 +1,393 @@
+"""The host inside the AUTOMATIC1111 WebUI (1.6 → 1.10.1): the only file that imports `modules.*`.
+
+Every WebUI import happens inside a function: this module is imported by scripts/lora_forge.py at
+WebUI start-up, and the stages it serves must stay importable (and testable) without the WebUI.
+Version differences are handled by looking at what is there, not by parsing version strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.events import Progress, ProgressFn, no_progress
+from lora_forge.host.base import Host, RenderRequest
+from lora_forge.settings import Settings
+
+TAB_TITLE = "炼丹"
+TAB_ID = "lora_forge"
+SETTINGS_SECTION = ("lora_forge", "LoRA Forge")
+SETTINGS_CATEGORY = "training"  # a built-in category of the 1.7+ settings page
+OPT_MODELS_DIR = "lora_forge_models_dir"
+OPT_HF_ENDPOINT = "lora_forge_hf_endpoint"
+OPT_DATASET_DIR = "lora_forge_dataset_dir"
+EXTERNAL_LORA_FOLDER = "lora_forge_external"
+MAX_BATCH = 4  # images per process_images call; the WebUI's users have 6 GB cards
+EXTENSION_ROOT = Path(__file__).resolve().parents[2]
+
+
+def is_forge2(sd_model: Any) -> bool:
+    """Forge 2's model is a plain object without `.model`; training on it needs its own copy."""
+    return hasattr(sd_model, "forge_objects") and not hasattr(sd_model, "model")
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def _option(default: Any, label: str, info: str) -> Any:
+    from modules import shared
+
+    kwargs: dict[str, Any] = {"section": SETTINGS_SECTION}
+    if "category_id" in inspect.signature(shared.OptionInfo).parameters:  # 1.7+; a TypeError on 1.6
+        kwargs["category_id"] = SETTINGS_CATEGORY
+    return shared.OptionInfo(default, label, **kwargs).info(info)
+
+
+def register_settings() -> None:
+    """The LoRA Forge section of Settings (on_ui_settings)."""
+    from modules import shared
+
+    shared.opts.add_option(
+        OPT_MODELS_DIR,
+        _option("", "Folder for LoRA Forge downloads (tagger models)", "empty = models/lora_forge"),
+    )
+    shared.opts.add_option(
+        OPT_HF_ENDPOINT,
+        _option(
+            "",
+            "Hugging Face mirror for LoRA Forge downloads",
+            "e.g. https://hf-mirror.com; empty = the HF_ENDPOINT environment variable, else huggingface.co",
+        ),
+    )
+    shared.opts.add_option(
+        OPT_DATASET_DIR,
+        _option("", "Default dataset folder", "empty = lora_forge/datasets in the WebUI's data folder"),
+    )
+
+
+def settings_from_opts() -> Settings:
+    """Settings for the stages, read afresh each time so a change applies without a restart."""
+    from modules import paths, shared
+
+    def opt(key: str) -> str:
+        return str(shared.opts.data.get(key) or "").strip()
+
+    return Settings(
+        models_dir=Path(opt(OPT_MODELS_DIR) or Path(paths.models_path) / "lora_forge"),
+        dataset_dir=Path(opt(OPT_DATASET_DIR) or Path(paths.data_path) / "lora_forge" / "datasets"),
+        hf_endpoint=opt(OPT_HF_ENDPOINT).rstrip("/") or os.environ.get("HF_ENDPOINT") or None,
+    )
+
+
+# -- localization on 1.6 -------------------------------------------------------------------------
+
+
+def merged_localization(files: Sequence[Path]) -> dict[str, str]:
+    """What 1.7+ serves for one language: every file's keys, later files winning key by key."""
+    data: dict[str, str] = {}
+    for f in files:
+        with contextlib.suppress(OSError, ValueError):
+            data.update(json.loads(Path(f).read_text(encoding="utf-8-sig")))
+    return data
+
+
+def merge_localizations_on_1_6(localizations: dict[str, Any], files_by_stem: dict[str, list[Path]], out: Path) -> None:
+    """1.6 keeps one file per language, so our small zh_CN.json would replace (or be replaced by) a
+    full translation. Serve the 1.7+ merge instead, from a file of our own. 1.7+ keeps lists: no-op."""
+    for stem, files in files_by_stem.items():
+        current = localizations.get(stem)
+        if not isinstance(current, str) or len(files) < 2:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{stem}.json"
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(merged_localization(files), ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, target)
+        localizations[stem] = str(target)
+
+
+def fix_localizations() -> None:
+    """on_before_ui: apply merge_localizations_on_1_6 to the WebUI's localization table."""
+    from modules import localization, scripts
+
+    if not any(isinstance(v, str) for v in localization.localizations.values()):
+        return
+    own = {p.stem for p in (EXTENSION_ROOT / "localizations").glob("*.json")}
+    files: dict[str, list[Path]] = {}
+    core = Path(getattr(_cmd_opts(), "localizations_dir", "") or "localizations")
+    for stem in own:
+        if (core / f"{stem}.json").is_file():
+            files.setdefault(stem, []).append(core / f"{stem}.json")
+    for script_file in scripts.list_scripts("localizations", ".json"):
+        stem = Path(script_file.filename).stem
+        if stem in own and Path(script_file.path).parent != core:
+            files.setdefault(stem, []).append(Path(script_file.path))
+    merge_localizations_on_1_6(localization.localizations, files, Path(tempfile.gettempdir()) / "lora_forge_l10n")
+
+
+def _cmd_opts() -> Any:
+    from modules import shared
+
+    return shared.cmd_opts
+
+
+# -- the host ------------------------------------------------------------------------------------
+
+
+def _networks() -> Any:
+    """The built-in Lora extension's module (top-level `networks`, cached once its script loaded)."""
+    module = sys.modules.get("networks")
+    if module is None or not hasattr(module, "available_networks"):
+        raise ForgeError("the built-in Lora extension is not loaded: enable it in Extensions, then restart the WebUI")
+    return module
+
+
+def _lookup(networks: Any, name: str) -> Any:
+    """How the Lora extension resolves `<lora:name>`: by alias, or by file name when aliases clash."""
+    if name.lower() in networks.forbidden_network_aliases:
+        return networks.available_networks.get(name)
+    return networks.available_network_aliases.get(name)
+
+
+def _same_file(entry: Any, path: Path) -> bool:
+    return entry is not None and Path(entry.filename).resolve() == path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:10]
+
+
+class WebUIHost(Host):
+    name = "webui"
+
+    def __init__(self) -> None:
+        self._owner: int | None = None  # thread holding queue_lock through exclusive()
+
+    def sd_model(self) -> Any:
+        from modules import shared
+
+        model = shared.sd_model
+        if model is None:
+            raise ForgeError("no checkpoint is loaded: choose one in the WebUI's Stable Diffusion checkpoint list")
+        if is_forge2(model):
+            raise ForgeError(
+                "Forge 2 builds its model for inference only, so LoRA Forge cannot train on it; "
+                "use AUTOMATIC1111 1.6–1.10, reForge, or `python -m lora_forge train` on the checkpoint file"
+            )
+        return model
+
+    @property
+    def device(self) -> Any:
+        from modules import devices
+
+        return devices.device
+
+    @property
+    def dtype(self) -> Any:
+        from modules import devices
+
+        return getattr(devices, "dtype_unet", devices.dtype)
+
+    def lora_dir(self) -> Path:
+        from modules import paths
+
+        return Path(getattr(_cmd_opts(), "lora_dir", None) or Path(paths.models_path) / "Lora")
+
+    def refresh_loras(self) -> None:
+        _networks().list_available_networks()
+
+    def network_name(self, path: Path | str) -> str:
+        """The name under which the Lora extension renders `path` in a `<lora:…>` token.
+
+        A file outside the Lora folder, or one whose stem another file shadows, is hard-linked (or
+        copied) once into <Lora>/lora_forge_external/ under a name that carries its content hash.
+        """
+        networks = _networks()
+        path = Path(path).resolve()
+        if not path.is_file():
+            raise ForgeError(f"LoRA file not found: {path}")
+        refresh = getattr(networks, "update_available_networks_by_names", None)  # 1.10+
+        for attempt in range(2):
+            if _same_file(_lookup(networks, path.stem), path):
+                return path.stem
+            if attempt == 0:
+                refresh([path.stem]) if refresh else networks.list_available_networks()
+        folder = self.lora_dir() / EXTERNAL_LORA_FOLDER
+        alias = folder / f"{path.stem}-{_file_digest(path)}{path.suffix}"
+        if not alias.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = alias.with_name(alias.name + ".tmp")
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, alias)
+        refresh([alias.stem]) if refresh else networks.list_available_networks()
+        if not _same_file(_lookup(networks, alias.stem), alias.resolve()):
+            raise ForgeError(f"the Lora extension does not see {alias}; check --lora-dir and the file's permissions")
+        return alias.stem
+
+    @contextlib.contextmanager
+    def exclusive(self, job: str) -> Iterator[None]:
+        """Hold the WebUI's queue_lock (FIFO, not re-entrant) with shared.state set up for `job`."""
+        from modules import call_queue, shared
+
+        if self._owner == threading.get_ident():
+            yield  # already ours: txt2img inside a training job
+            return
+        call_queue.queue_lock.acquire()  # waits in line behind WebUI generations and API calls
+        self._owner = threading.get_ident()
+        try:
+            shared.state.begin(job=f"lora_forge: {job}")
+            try:
+                yield
+            finally:
+                shared.state.end()
+        finally:
+            self._owner = None
+            call_queue.queue_lock.release()
+
+    def interrupted(self) -> bool:
+        from modules import shared
+
+        return bool(shared.state.interrupted)
+
+    def report(self, event: Progress) -> None:
+        from modules import shared
+
+        state = shared.state
+        if event.total:
+            state.job_count = event.total
+            state.job_no = event.step
+        if event.message:
+            state.textinfo = event.message
+        if event.image is not None:
+            state.assign_current_image(event.image)
+
+    def txt2img(self, requests: Sequence[RenderRequest], progress: ProgressFn = no_progress) -> list[Any]:
+        """One process_images per group of requests alike but for the seed (the Lora extension reads
+        `<lora:…>` from a batch's first prompt only, so different strengths are different calls)."""
+        from modules import extra_networks, shared
+
+        self.sd_model()
+        if any(r.loras for r in requests) and "lora" not in extra_networks.extra_network_registry:
+            raise ForgeError("the built-in Lora extension is not active: enable it in Extensions, then restart")
+        prompts = [self._prompt(r) for r in requests]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (prompts[i], r.negative_prompt, r.steps, r.cfg_scale, r.width, r.height, r.sampler)
+            groups.setdefault(key, []).append(i)
+        batches = [idx[k : k + MAX_BATCH] for idx in groups.values() for k in range(0, len(idx), MAX_BATCH)]
+        images: list[Any] = [None] * len(requests)
+        with self.exclusive("txt2img"):
+            state = shared.state
+            saved = (state.job_count, state.job_no, state.textinfo)
+            state.job_count, state.job_no = len(batches), 0
+            try:
+                done = 0
+                for batch in batches:
+                    rendered = self._render(requests[batch[0]], prompts[batch[0]], batch, requests)
+                    for i, image in zip(batch, rendered, strict=True):
+                        images[i] = image
+                    done += len(batch)
+                    progress(Progress(done, len(requests), f"rendered {done}/{len(requests)}"))
+            finally:
+                state.job_count, state.job_no, state.textinfo = saved
+                state.sampling_step = 0
+        return images
+
+    def _prompt(self, r: RenderRequest) -> str:
+        tokens = [f"<lora:{self.network_name(lora.path)}:{lora.strength:g}>" for lora in r.loras]
+        return " ".join([r.prompt, *tokens]) if tokens else r.prompt
+
+    def _render(self, r: RenderRequest, prompt: str, batch: list[int], requests: Sequence[RenderRequest]) -> list[Any]:
+        from modules import processing, shared
+
+        if shared.state.interrupted:
+            raise ForgeError("rendering was interrupted")
+        fields = {f.name for f in dataclasses.fields(processing.StableDiffusionProcessingTxt2Img)}
+        wanted = {
+            "prompt": prompt,
+            "negative_prompt": r.negative_prompt,
+            "seed": [requests[i].seed for i in batch],
+            "sampler_name": r.sampler,
+            "batch_size": len(batch),
+            "n_iter": 1,
+            "steps": r.steps,
+            "cfg_scale": r.cfg_scale,
+            "width": r.width,
+            "height": r.height,
+            "do_not_save_samples": True,
+            "do_not_save_grid": True,
+        }
+        p = processing.StableDiffusionProcessingTxt2Img(**{k: v for k, v in wanted.items() if k in fields})
+        with contextlib.closing(p):
+            processed = processing.process_images(p)
+        missing = [line for line in processed.comments.splitlines() if "not found:" in line]
+        if missing:  # 1.10: "Lora not found: a, b"; 1.6-1.9: "Networks not found: a, b"
+            raise ForgeError(f"the WebUI did not apply a LoRA file ({missing[0]}); press 🔄 on its Lora tab and retry")
+        out = processed.images[processed.index_of_first_image :]
+        if len(out) < len(batch):
+            raise ForgeError("rendering was interrupted")
+        return out[: len(batch)]
+
+
+# -- what scripts/lora_forge.py registers ---------------------------------------------------------
+
+_host: WebUIHost | None = None
+
+
+def host() -> WebUIHost:
+    """One host per process: it survives "Reload UI", which re-runs scripts/lora_forge.py."""
+    global _host
+    if _host is None:
+        _host = WebUIHost()
+    return _host
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+
+    blocks = tab.build(UiContext(host=host, settings=settings_from_opts))
+    return [(blocks, TAB_TITLE, TAB_ID)]
+
+
+def on_ui_settings() -> None:
+    register_settings()
+
+
+def keep_on_sys_path() -> None:
+    """The WebUI puts the extension folder on sys.path only while it imports scripts/lora_forge.py;
+    processes that re-import lora_forge by name (spawned workers) need it for good."""
+    root = str(EXTENSION_ROOT)
+    if root not in sys.path:
+        sys.path.append(root)
+
+
+def before_ui() -> None:
+    keep_on_sys_path()
+    fix_localizations()
+
+
+def on_app_started(_demo: Any, app: Any) -> None:
+    from lora_forge import api
+
+    keep_on_sys_path()
+    api.register(app, host=host, settings=settings_from_opts)

@@ -1,0 +1,367 @@
+"""LoRA Forge inside the WebUI: the script's registrations, WebUIHost over the stand-in `modules.*`
+(tests/webui_stub, following WebUI 1.10.1) with the real tiny ldm model, the queue lock, settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lora_forge.errors import ForgeError
+from lora_forge.host.base import LoraRef, RenderRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB_DIR = Path(__file__).resolve().parent / "webui_stub"
+
+
+@pytest.fixture
+def webui(tmp_path: Path, tiny_host):
+    """The stand-in WebUI started with our extension installed and the tiny model loaded."""
+    if str(STUB_DIR) not in sys.path:
+        # stays for the session (monkeypatch.syspath_prepend costs ~2 s per test once pkg_resources
+        # is loaded); only `modules`, `launch` and `webui_stub` resolve there
+        sys.path.insert(0, str(STUB_DIR))
+    import webui_stub
+
+    lora_dir = tmp_path / "webui" / "models" / "Lora"
+    stub = webui_stub.start(
+        tmp_path / "webui", tiny_host.sd_model(), argv=["--lora-dir", str(lora_dir)], extensions={"lora-forge": ROOT}
+    )
+    yield stub
+    networks = sys.modules.get("networks")
+    if networks is not None:
+        networks.load_networks([])  # give the session's model its own weights back
+    from modules import shared
+
+    shared.sd_model = None
+
+
+def _get(app, path: str):
+    """One request through the app's real ASGI stack (starlette 0.26's TestClient predates httpx 0.28)."""
+    import asyncio
+
+    import httpx
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webui") as client:
+            return await client.get(path)
+
+    return asyncio.run(go())
+
+
+def _host():
+    from lora_forge.host.webui import WebUIHost
+
+    return WebUIHost()
+
+
+def _arr(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float32)
+
+
+def _req(seed: int, **kw) -> RenderRequest:
+    # the smallest render the SD1 layout allows (64 px = 8 latent px, halved three times), no CFG
+    # batch doubling: the machine running the suite is small and shared
+    kw = {"steps": 2, "cfg_scale": 1.0, **kw}
+    return RenderRequest(kw.pop("prompt", "a photo of a cat"), seed=seed, width=64, height=64, **kw)
+
+
+def write_lora(path: Path, sd_model, rank: int = 4, scale: float = 0.5, seed: int = 0) -> Path:
+    """A kohya LoRA (compvis UNet names + a text-encoder layer) for the tiny model's real modules."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    modules = dict(sd_model.model.named_modules())
+    targets = [n for n in modules if n.endswith(("attn1.to_q", "attn2.to_v", "proj_in"))]
+    names = [("lora_unet_" + n.removeprefix("diffusion_model.").replace(".", "_"), modules[n]) for n in targets]
+    te = sd_model.cond_stage_model.transformer.text_model.encoder.layers[0].self_attn.q_proj
+    names.append(("lora_te_text_model_encoder_layers_0_self_attn_q_proj", te))
+    for key, module in names:
+        w = module.weight
+        down_shape = (rank, w.shape[1], *w.shape[2:]) if w.dim() == 4 else (rank, w.shape[1])
+        up_shape = (w.shape[0], rank, 1, 1) if w.dim() == 4 else (w.shape[0], rank)
+        tensors[f"{key}.lora_down.weight"] = torch.randn(down_shape, generator=g) * scale
+        tensors[f"{key}.lora_up.weight"] = torch.randn(up_shape, generator=g) * scale
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_output_name": path.stem})
+    return path
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+def test_script_registers_tab_settings_and_api(webui) -> None:
+    from fastapi import FastAPI
+    from modules import script_callbacks, shared
+
+    names = [c.name for cbs in script_callbacks.callback_map.values() for c in cbs]
+    assert "lora-forge/lora_forge.py/ui_tabs" in names
+    tabs = webui.build_ui()
+    assert [(title, elem_id) for _blocks, title, elem_id in tabs] == [("炼丹", "lora_forge")]
+    assert type(tabs[0][0]).__name__ == "Blocks"
+    for key in ("lora_forge_models_dir", "lora_forge_hf_endpoint", "lora_forge_dataset_dir"):
+        info = shared.opts.data_labels[key]
+        assert info.section == ("lora_forge", "LoRA Forge")
+        assert info.category_id == "training"
+        assert isinstance(info.default, str) and info.label  # str default: the settings page builds a textbox
+    app = FastAPI()
+    webui.app_started(app)
+    response = _get(app, "/lora_forge/v1/version")
+    assert response.status_code == 200 and response.json()["name"] == "lora_forge"
+    assert script_callbacks.errors_reported == []
+
+
+def test_settings_map_to_settings(webui, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modules import shared
+
+    from lora_forge.host.webui import settings_from_opts
+
+    webui.build_ui()
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    s = settings_from_opts()
+    assert s.models_dir == webui.root / "models" / "lora_forge"
+    assert s.dataset_dir == webui.root / "lora_forge" / "datasets"
+    assert s.hf_endpoint is None
+    monkeypatch.setenv("HF_ENDPOINT", "https://env-mirror.example")
+    assert settings_from_opts().hf_endpoint == "https://env-mirror.example"
+    shared.opts.set("lora_forge_models_dir", str(webui.root / "mine"))
+    shared.opts.set("lora_forge_dataset_dir", " D:/炼丹/data ")
+    shared.opts.set("lora_forge_hf_endpoint", "https://hf-mirror.com/")
+    s = settings_from_opts()
+    assert s.models_dir == webui.root / "mine"
+    assert s.dataset_dir == Path("D:/炼丹/data")
+    assert s.hf_endpoint == "https://hf-mirror.com"
+
+
+def test_settings_on_webui_1_6_leave_out_category_id(webui, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modules import shared
+
+    class OptionInfo16(shared.OptionInfo):  # 1.6's signature: no category_id
+        def __init__(
+            self,
+            default=None,
+            label="",
+            component=None,
+            component_args=None,
+            onchange=None,
+            section=None,
+            refresh=None,
+            comment_before="",
+            comment_after="",
+            infotext=None,
+            restrict_api=False,
+        ):
+            super().__init__(
+                default,
+                label,
+                component,
+                component_args,
+                onchange,
+                section,
+                refresh,
+                comment_before,
+                comment_after,
+                infotext,
+                restrict_api,
+            )
+
+    monkeypatch.setattr(shared, "OptionInfo", OptionInfo16)
+    webui.build_ui()
+    info = shared.opts.data_labels["lora_forge_dataset_dir"]
+    assert isinstance(info, OptionInfo16) and info.category_id is None
+
+
+def test_importing_the_script_loads_nothing_heavy() -> None:
+    code = (
+        "import sys, importlib.util;"
+        f"sys.path[:0] = [{str(STUB_DIR)!r}, {str(ROOT)!r}];"
+        f"spec = importlib.util.spec_from_file_location('lora_forge.py', {str(ROOT / 'scripts' / 'lora_forge.py')!r});"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec));"
+        "from modules import script_callbacks;"
+        "assert len(script_callbacks.callback_map['callbacks_ui_tabs']) == 1;"
+        "print(','.join(m for m in ('torch', 'cv2', 'onnxruntime', 'gradio', 'safetensors') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def test_txt2img_renders_through_process_images(webui, tiny_host) -> None:
+    host = _host()
+    events = []
+    a, b, a_again = host.txt2img([_req(1), _req(2), _req(1)], progress=events.append)
+    assert a.size == (64, 64) and a.mode == "RGB"
+    assert np.array_equal(_arr(a), _arr(a_again))
+    assert np.abs(_arr(a) - _arr(b)).mean() > 1.0
+    # the same request through the standalone host gives the same picture: seeds, steps, size and
+    # sampler reach process_images unchanged
+    (standalone,) = tiny_host.txt2img([_req(1)])
+    assert np.abs(_arr(a) - _arr(standalone)).mean() < 0.5
+    assert events[-1].step == events[-1].total == 3  # three images
+
+
+def test_lora_strength_and_files_outside_the_lora_folder(webui, tmp_path: Path) -> None:
+    host = _host()
+    model = host.sd_model()
+    outside = write_lora(tmp_path / "elsewhere" / "mychar-000004.safetensors", model)
+    none, zero, full = host.txt2img(
+        [_req(5), _req(5, loras=[LoraRef(outside, 0.0)]), _req(5, loras=[LoraRef(outside, 1.0)])]
+    )
+    assert np.array_equal(_arr(none), _arr(zero))
+    assert np.abs(_arr(full) - _arr(none)).mean() > 1.0
+    # the file was made visible to the Lora extension under <Lora>/lora_forge_external, not moved
+    linked = list((host.lora_dir() / "lora_forge_external").glob("mychar-000004-*.safetensors"))
+    assert len(linked) == 1 and outside.is_file()
+    # a file inside the Lora folder is used by its own name, without a copy
+    inside = write_lora(host.lora_dir() / "mychar" / "mychar-000008.safetensors", model, seed=1)
+    assert host.network_name(inside) == "mychar-000008"
+    assert len(list((host.lora_dir() / "lora_forge_external").iterdir())) == 1
+
+
+def test_a_shadowed_stem_still_renders_the_file_asked_for(webui) -> None:
+    host = _host()
+    model = host.sd_model()
+    first = write_lora(host.lora_dir() / "a" / "same.safetensors", model, seed=1)
+    second = write_lora(host.lora_dir() / "b" / "same.safetensors", model, seed=2)
+    host.refresh_loras()
+    names = {host.network_name(first), host.network_name(second)}
+    assert len(names) == 2 and "same" in names
+    one, two = host.txt2img([_req(3, loras=[LoraRef(first)]), _req(3, loras=[LoraRef(second)])])
+    assert np.abs(_arr(one) - _arr(two)).mean() > 1.0
+
+
+def test_interrupt_stops_rendering_and_restores_progress(webui) -> None:
+    from modules import shared
+
+    host = _host()
+    shared.state.job_count, shared.state.job_no = 50, 7  # e.g. a training run that renders samples
+
+    def interrupt_after_first(_event) -> None:
+        shared.state.interrupt()
+
+    with host.exclusive("train"):
+        shared.state.job_count, shared.state.job_no = 50, 7
+        with pytest.raises(ForgeError, match="interrupted"):
+            host.txt2img([_req(1, prompt="one"), _req(2, prompt="two")], progress=interrupt_after_first)
+        assert (shared.state.job_count, shared.state.job_no) == (50, 7)
+        assert host.interrupted()
+
+
+def test_no_model_and_forge2_are_refused_with_a_message(webui) -> None:
+    from modules import shared
+
+    from lora_forge.host.webui import is_forge2
+
+    assert not is_forge2(shared.sd_model)
+    forge2 = SimpleNamespace(forge_objects=object(), is_sd1=True)
+    assert is_forge2(forge2)
+    shared.sd_model = forge2
+    with pytest.raises(ForgeError, match="Forge 2"):
+        _host().sd_model()
+    shared.sd_model = None
+    with pytest.raises(ForgeError, match="no checkpoint"):
+        _host().txt2img([_req(1)])
+
+
+# -- the queue lock --------------------------------------------------------------------------------
+
+
+def test_the_lock_keeps_webui_generations_and_our_jobs_apart_in_arrival_order(webui) -> None:
+    from modules import call_queue, processing, shared
+
+    host = _host()
+    log: list[str] = []
+    training = threading.Event()
+
+    def webui_generation() -> None:
+        # what the txt2img button does: wrap_gradio_gpu_call -> queue_lock -> process_images
+        def generate(_id: str) -> None:
+            log.append("webui start")
+            p = processing.StableDiffusionProcessingTxt2Img(
+                prompt="x",
+                seed=1,
+                steps=2,
+                cfg_scale=1.0,
+                width=64,
+                height=64,
+                sampler_name="Euler a",
+                do_not_save_samples=True,
+                do_not_save_grid=True,
+            )
+            processing.process_images(p)
+            log.append("webui end")
+
+        call_queue.wrap_gradio_gpu_call(generate)("task(1)")
+
+    def our_render() -> None:
+        host.txt2img([_req(1)])
+        log.append("ours rendered")
+
+    def train() -> None:
+        with host.exclusive("train"):
+            log.append("train start")
+            assert shared.state.job == "lora_forge: train"
+            training.set()
+            time.sleep(0.8)
+            log.append("train end")
+
+    t_train = threading.Thread(target=train)
+    t_train.start()
+    assert training.wait(30)
+    t_gen = threading.Thread(target=webui_generation)
+    t_gen.start()
+    time.sleep(0.2)
+    t_ours = threading.Thread(target=our_render)
+    t_ours.start()
+    for t in (t_train, t_gen, t_ours):
+        t.join(120)
+    assert log == ["train start", "train end", "webui start", "webui end", "ours rendered"]
+    assert call_queue.queue_lock.acquire(blocking=False)  # and nothing is left holding it
+    call_queue.queue_lock.release()
+
+
+# -- localization on 1.6 ---------------------------------------------------------------------------
+
+
+def test_localization_merge_for_webui_1_6(tmp_path: Path) -> None:
+    from lora_forge.host.webui import merge_localizations_on_1_6
+
+    full = tmp_path / "core" / "zh_CN.json"
+    ours = ROOT / "localizations" / "zh_CN.json"
+    full.parent.mkdir()
+    full.write_text(json.dumps({"Generate": "生成", "Dataset folder": "旧"}, ensure_ascii=False), encoding="utf-8")
+    table_16 = {"zh_CN": str(ours)}  # 1.6: the last file found wins, here ours over the full one
+    merge_localizations_on_1_6(table_16, {"zh_CN": [full, ours]}, tmp_path / "out")
+    merged = json.loads(Path(table_16["zh_CN"]).read_text(encoding="utf-8"))
+    assert merged["Generate"] == "生成"
+    assert merged["Dataset folder"] == json.loads(ours.read_text(encoding="utf-8"))["Dataset folder"]
+    table_17 = {"zh_CN": [str(full), str(ours)]}  # 1.7+ merges by itself
+    merge_localizations_on_1_6(table_17, {"zh_CN": [full, ours]}, tmp_path / "out2")
+    assert table_17 == {"zh_CN": [str(full), str(ours)]}
+
+
+def test_zh_cn_localization_is_valid_and_covers_our_labels() -> None:
+    data = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
+    assert all(isinstance(k, str) and isinstance(v, str) and v for k, v in data.items())
+    spec = importlib.util.find_spec("lora_forge.host.webui")
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    for label in ("Folder for LoRA Forge downloads (tagger models)", "Default dataset folder", "Dataset folder"):
+        assert label in data, label
+    assert (
+        "Hugging Face mirror for LoRA Forge downloads" in source
+        and "Hugging Face mirror for LoRA Forge downloads" in data
+    )

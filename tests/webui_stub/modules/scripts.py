@@ -1,0 +1,57 @@
+"""modules/scripts.py + modules/script_loading.py: how an extension's scripts/*.py get imported.
+
+Each file is loaded from its path under its bare file name, not put in sys.modules, with the
+extension folder first on sys.path and basedir() pointing at it only while the file executes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+from modules import paths_internal, script_callbacks
+
+current_basedir = paths_internal.script_path
+loaded_modules: list[ModuleType] = []
+
+
+def basedir() -> str:
+    return current_basedir
+
+
+def load_module(path: str) -> ModuleType:
+    module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def list_extension_dirs() -> list[str]:
+    dirs = []
+    for parent in (paths_internal.extensions_builtin_dir, paths_internal.extensions_dir):
+        if os.path.isdir(parent):
+            dirs += [os.path.join(parent, d) for d in sorted(os.listdir(parent))]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def load_scripts() -> None:
+    global current_basedir
+    script_callbacks.clear_callbacks()
+    loaded_modules.clear()
+    for ext in list_extension_dirs():
+        folder = os.path.join(ext, "scripts")
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if not name.endswith(".py") or not os.path.isfile(path):
+                continue
+            saved_path, saved_base = list(sys.path), current_basedir
+            try:
+                sys.path = [ext, *sys.path]
+                current_basedir = ext
+                loaded_modules.append(load_module(path))
+            finally:
+                sys.path, current_basedir = saved_path, saved_base
