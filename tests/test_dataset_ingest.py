@@ -280,3 +280,19 @@ def test_max_pixels_option_and_hidden_files(tmp_path):
     assert "megapixels" in reasons["s/ok.png"]  # 512x512 = 262 144 > 200 000
     assert reasons["s/.DS_Store"] == reasons["s/Thumbs.db"] == "hidden or system file"
     assert os.listdir(tmp_path / "o") == ["lora_forge_manifest.json"]
+
+
+def test_zip_from_a_chinese_windows_keeps_its_gbk_names(tmp_path):
+    """Windows' built-in zip stores GBK names without the UTF-8 flag; they must not become mojibake."""
+    gbk = "素材/宇航员.jpg".encode("gbk")
+    placeholder = b"x" * (len(gbk) - 4) + b".jpg"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(placeholder.decode("ascii"), _jpeg(astronaut()))
+        zf.writestr(placeholder.decode("ascii")[:-4] + ".txt", "1girl")
+    raw = buf.getvalue().replace(placeholder, gbk).replace(placeholder[:-4] + b".txt", gbk[:-4] + b".txt")
+    (tmp_path / "win.zip").write_bytes(raw)
+    report = prepare([tmp_path / "win.zip"], tmp_path / "out", OPTS, _no_faces(tmp_path))
+    assert report.written == ["宇航员.jpg"], report.skipped
+    assert (tmp_path / "out" / "宇航员.txt").read_text(encoding="utf-8") == "1girl"
+    assert Manifest.load(tmp_path / "out").sources[0].source == "win.zip:素材/宇航员.jpg"

@@ -55,6 +55,11 @@ class SourceItem:
     member: str | None = None
     caption: str | None = None  # path (or zip member) of the caption file that came with it
 
+    @property
+    def name(self) -> str:
+        """The file name as the user knows it (a zip member's name re-decoded, see zip_name)."""
+        return PurePosixPath(self.label.rsplit(":", 1)[-1]).name if self.member else self.path.name
+
     def read(self, limit: int = MAX_FILE_BYTES) -> bytes:
         """The file's bytes, refusing more than `limit` (a bomb or not an image)."""
         if self.member is None:
@@ -158,7 +163,7 @@ def _pair_files(paths: list[Path], label: Callable[[Path], str], result: Scan) -
 
 
 def _zip_member_problem(info: zipfile.ZipInfo) -> str | None:
-    name = info.filename.replace("\\", "/")
+    name = zip_name(info).replace("\\", "/")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return "absolute path inside the zip; rejected (nothing extracted)"
     if ".." in PurePosixPath(name).parts:
@@ -194,8 +199,8 @@ def _scan_zip(path: Path, label: str, result: Scan) -> None:
     for info in infos:
         if info.is_dir():
             continue
-        name = info.filename.replace("\\", "/")
-        where = f"{label}:{info.filename}"
+        name = zip_name(info).replace("\\", "/")
+        where = f"{label}:{zip_name(info)}"
         problem = _zip_member_problem(info)
         if problem:
             result.skipped.append(Skipped(where, problem))
@@ -211,9 +216,27 @@ def _scan_zip(path: Path, label: str, result: Scan) -> None:
         caption = captions[0].filename if captions else None
         if not images:
             for c in captions:
-                result.skipped.append(Skipped(f"{label}:{c.filename}", "caption file with no image of the same name"))
+                result.skipped.append(Skipped(f"{label}:{zip_name(c)}", "caption file with no image of the same name"))
         for i in images:
-            result.items.append(SourceItem(f"{label}:{i.filename}", path, i.filename, caption))
+            result.items.append(SourceItem(f"{label}:{zip_name(i)}", path, i.filename, caption))
+
+
+def zip_name(info: zipfile.ZipInfo) -> str:
+    """A member's real name. Zips made by Windows' own "Send to > Compressed folder" on a Chinese
+    system store GBK names without the UTF-8 flag, which zipfile decodes as cp437 mojibake
+    ("╦╪▓─.jpg"); the stored bytes are tried as UTF-8, then GBK (GB18030)."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        raw = info.filename.encode("cp437")
+    except UnicodeEncodeError:
+        return info.filename
+    for codec in ("utf-8", "gb18030"):
+        try:
+            return raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    return info.filename
 
 
 # --------------------------------------------------------------------------------------------

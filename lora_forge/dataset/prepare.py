@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_forge import fsio
@@ -250,7 +250,7 @@ def _sha256_of(item: ingest.SourceItem) -> str:
 
 
 def _stem_for(item: ingest.SourceItem, taken: set[str], out: Path) -> str:
-    base = _BAD_NAME.sub("_", Path(item.member or item.path).stem).strip(" .") or "image"
+    base = _BAD_NAME.sub("_", PurePosixPath(item.name).stem).strip(" .") or "image"
     base = base.replace(FACE_SUFFIX, "_face")
     stem, n = base, 2
     while stem in taken or any((out / f"{stem}{ext}").exists() for ext in (*OUTPUT_EXTS, ".txt")):
