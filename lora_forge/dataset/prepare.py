@@ -41,6 +41,7 @@ PREVIOUS_DIR = "previous"  # <dataset>/.lora_forge/previous/<time>/: outputs rep
 FORMATS = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}
 OUTPUT_EXTS = tuple(FORMATS.values())
 _BAD_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 @dataclass(frozen=True)
@@ -171,33 +172,10 @@ class _Stage:
             half = " (less than half)" if short * 2 < options.size else ""
             flags.append(f"small: short side {short} px < {options.size}{half}")
         caption_text = job.item.read_caption()
-        outputs = []
-        face_no = 0
-        for kind, p in plans:
-            if kind == "main":
-                name = f"{job.stem}{FORMATS[options.format]}"
-            else:
-                face_no += 1
-                name = f"{job.stem}{FACE_SUFFIX}{'' if face_no == 1 else face_no}{FORMATS[options.format]}"
-            target = self.out / name
-            if target.exists():  # not ours (ours were put away above): never overwrite it
-                target = fsio.unused_path(target)
-            encoded = encode(crop.render(dec.image, dec.scale, p), options.format)
-            fsio.atomic_write_bytes(target, encoded)
-            if caption_text is not None and not target.with_suffix(".txt").exists():
-                fsio.atomic_write_text(target.with_suffix(".txt"), caption_text)
-            inside = [f for f in found if p.box.contains(crop.face_box(f), 1.0)]
-            outputs.append(
-                OutputRecord(
-                    file=target.name,
-                    kind=kind,
-                    crop_box=p.box.rounded(),
-                    size=list(p.out_size),
-                    faces=[f.to_json() for f in crop.faces_in_output(p, inside)],
-                    flags=list(p.flags) + (flags if kind == "main" else []),
-                    sha256=hashlib.sha256(encoded).hexdigest(),
-                )
-            )
+        outputs = [
+            self._write(job.stem, n, kind, p, dec, found, caption_text, flags if kind == "main" else [])
+            for n, (kind, p) in enumerate(plans)
+        ]
         return SourceRecord(
             source=job.item.label,
             origin=str(job.item.path.resolve()),
@@ -215,6 +193,38 @@ class _Stage:
             caption=f"{job.stem}.txt" if caption_text is not None else None,
             flags=flags,
             outputs=outputs,
+        )
+
+    def _write(
+        self,
+        stem: str,
+        n: int,
+        kind: str,
+        plan: crop.CropPlan,
+        dec: ingest.Decoded,
+        found: list[faces.Face],
+        caption: str | None,
+        flags: list[str],
+    ) -> OutputRecord:
+        """Render, encode and write one output image (and its caption copy); describe it."""
+        ext = FORMATS[self.options.format]
+        name = f"{stem}{ext}" if kind == "main" else f"{stem}{FACE_SUFFIX}{'' if n == 1 else n}{ext}"
+        target = self.out / name
+        if target.exists():  # not ours (ours were put away before): never overwrite it
+            target = fsio.unused_path(target)
+        encoded = encode(crop.render(dec.image, dec.scale, plan), self.options.format)
+        fsio.atomic_write_bytes(target, encoded)
+        if caption is not None and not target.with_suffix(".txt").exists():
+            fsio.atomic_write_text(target.with_suffix(".txt"), caption)
+        inside = [f for f in found if plan.box.contains(crop.face_box(f), 1.0)]
+        return OutputRecord(
+            file=target.name,
+            kind=kind,
+            crop_box=plan.box.rounded(),
+            size=list(plan.out_size),
+            faces=[f.to_json() for f in crop.faces_in_output(plan, inside)],
+            flags=list(plan.flags) + flags,
+            sha256=hashlib.sha256(encoded).hexdigest(),
         )
 
 
@@ -252,6 +262,8 @@ def _sha256_of(item: ingest.SourceItem) -> str:
 def _stem_for(item: ingest.SourceItem, taken: set[str], out: Path) -> str:
     base = _BAD_NAME.sub("_", PurePosixPath(item.name).stem).strip(" .") or "image"
     base = base.replace(FACE_SUFFIX, "_face")
+    if base.upper() in _WINDOWS_DEVICES:  # "con.jpg" cannot be created on Windows
+        base = f"_{base}"
     stem, n = base, 2
     while stem in taken or any((out / f"{stem}{ext}").exists() for ext in (*OUTPUT_EXTS, ".txt")):
         stem, n = f"{base}-{n}", n + 1
