@@ -283,12 +283,12 @@ def tag_folder(
     def launch(batch: list[tuple[Path, np.ndarray]]) -> None:
         assert session is not None
         inflight.append((batch, runner.submit(session.run, np.stack([a for _p, a in batch]))))
-        while len(inflight) > runs:  # keep every runner busy, one batch queued, no more
+        while len(inflight) > runs + 1:  # every runner busy plus one batch waiting, no more
             finish(*inflight.popleft())
 
     try:
         batch: list[tuple[Path, np.ndarray]] = []
-        for img, fut in _prefetch(todo, size, pool, ahead=batch_size * (runs + 1) + options.workers):
+        for img, fut in _prefetch(todo, size, pool, ahead=batch_size * (runs + 2) + options.workers):
             if stop is not None and stop.requested:
                 stopped = True
                 break
@@ -297,6 +297,7 @@ def tag_folder(
             except ForgeError as e:
                 results[img] = ImageResult(img, "failed", message=str(e))
                 done += 1
+                progress(Progress(done, total, f"{img.name}: unreadable", data={"provider": provider}))
                 continue
             if len(batch) >= batch_size:
                 launch(batch)
