@@ -28,7 +28,7 @@ def message_html(text: str, error: bool = False) -> str:
 
 def table(headers: list[str], rows: list[list]) -> dict[str, Any]:
     """Dataframe value that keeps its headers when empty (a bare [] makes gradio 3.41 number them)."""
-    return {"headers": headers, "data": rows or [[""] * len(headers)]}
+    return {"headers": headers, "data": rows}
 
 
 def build(ctx: UiContext) -> None:
