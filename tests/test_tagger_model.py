@@ -19,6 +19,7 @@ from lora_forge.tagger.session import TaggerSession, choose_providers
 from lora_forge.tagger.testing import BLUE, GREEN, RED, build_test_model, solid_image
 
 RED_DEFAULT = r"1girl, long hair, hu tao \(genshin impact\), ^_^, star \(symbol\), open mouth, smile"
+GREEN_DEFAULT = ">_<, smile, open mouth, solo"
 
 
 def make_dataset(folder: Path, n: int = 5) -> Path:
@@ -142,6 +143,21 @@ def test_read_only_caption_is_left_alone_and_the_rest_are_written(tmp_path: Path
     assert by_name["img0.png"].status == "failed" and "read-only" in by_name["img0.png"].message
     assert locked.read_text(encoding="utf-8") == "locked words"
     assert by_name["img1.png"].status == "written" and by_name["img2.png"].status == "written"
+    assert no_temp_files(data)
+
+
+def test_stop_finishes_the_images_in_hand_and_writes_whole_captions(tmp_path: Path) -> None:
+    from lora_forge.events import StopFlag
+
+    data = make_dataset(tmp_path / "d", 12)
+    flag = StopFlag()
+    files = ModelFiles("m", build_test_model(tmp_path / "m"))
+    with TaggerSession(files, parallel_runs=1) as s:
+        report = tag_folder(data, files, TagOptions(batch_size=2), lambda e: e.step >= 2 and flag.request(), flag, s)
+    assert report.stopped and 2 <= len(report.results) < 12
+    written = captions(data)
+    assert len(written) == report.count("written")
+    assert all(text in {RED_DEFAULT, GREEN_DEFAULT, ""} for text in written.values())
     assert no_temp_files(data)
 
 
