@@ -66,11 +66,11 @@ def launch_blocks(blocks: Any, port: int | None = None) -> str:
         share=False,
     )
     url = f"http://127.0.0.1:{port}/"
-    _wait_http(url)
+    wait_http(url)
     return url
 
 
-def _wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 30.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lora_forge.cli import module_exists
+from lora_forge.errors import ForgeError
 from lora_forge.ui import tab
-from tests.browser import free_port, js_errors, wait_gradio
+from tests.browser import free_port, js_errors, wait_gradio, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,3 +75,33 @@ def test_ui_command_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "no such file" in r.stderr
+
+
+def test_the_host_is_loaded_once_on_first_use(tiny_files) -> None:
+    from lora_forge.ui.app import standalone_host_factory
+
+    host = standalone_host_factory(tiny_files.checkpoint, clip_folder=tiny_files.clip_folder)
+    first = host()
+    assert first.sd_model().is_sd1
+    assert host() is first
+    with pytest.raises(ForgeError, match="--ckpt"):
+        standalone_host_factory(None)()
+
+
+def test_ui_command_serves_the_tab(tiny_files, tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lora_forge", "ui", "--ckpt", str(tiny_files.checkpoint), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=90)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text
+        assert "lora_forge" in page and "LoRA Forge" in page
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in out

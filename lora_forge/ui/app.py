@@ -1,4 +1,4 @@
-"""`python -m lora_forge ui`: the 炼丹 tab on its own page, without the WebUI.
+"""Open the 炼丹 tab in a browser without the WebUI (`python -m lora_forge ui`).
 
 For headless servers (reach it through an SSH tunnel, or --listen) and for browser tests. The host
 is the standalone one over --ckpt; it is only built when a section starts work, so the page opens
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,23 +31,38 @@ def page_assets(root: Path = EXTENSION_ROOT) -> tuple[str, str]:
     return css, js
 
 
-def standalone_host_factory(ckpt: Path | None, vae: Path | None = None) -> Callable[[], Host]:
+def standalone_host_factory(
+    ckpt: Path | None,
+    vae: Path | None = None,
+    clip_folder: Path | None = None,
+    device: str = "cpu",
+    lora_dir: Path | None = None,
+) -> Callable[[], Host]:
     """A callable that loads the checkpoint on first use and then keeps returning the same host."""
     cache: dict[str, Host] = {}
+    lock = threading.Lock()
 
     def host() -> Host:
-        if "host" not in cache:
-            if ckpt is None:
-                raise ForgeError("no model loaded: start the UI with --ckpt FILE (a .safetensors checkpoint)")
-            from lora_forge.host.standalone import StandaloneHost
+        with lock:  # two sections starting work at once must not load the model twice
+            if "host" not in cache:
+                if ckpt is None:
+                    raise ForgeError("no model loaded: start the UI with --ckpt FILE (a .safetensors checkpoint)")
+                from lora_forge.host.standalone import StandaloneHost
 
-            cache["host"] = StandaloneHost.from_checkpoint(ckpt, vae=vae)
-        return cache["host"]
+                cache["host"] = StandaloneHost(ckpt, vae=vae, clip_folder=clip_folder, device=device, lora_dir=lora_dir)
+            return cache["host"]
 
     return host
 
 
-def build_app(ckpt: Path | None, vae: Path | None = None, settings: Callable[[], Settings] = Settings.from_env) -> Any:
+def build_app(
+    ckpt: Path | None,
+    vae: Path | None = None,
+    clip_folder: Path | None = None,
+    device: str = "cpu",
+    lora_dir: Path | None = None,
+    settings: Callable[[], Settings] = Settings.from_env,
+) -> Any:
     """The page: the same tab the WebUI shows, plus the extension's css and js."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
@@ -55,7 +71,7 @@ def build_app(ckpt: Path | None, vae: Path | None = None, settings: Callable[[],
     from lora_forge.ui.context import UiContext
 
     css, js = page_assets()
-    ctx = UiContext(host=standalone_host_factory(ckpt, vae), settings=settings)
+    ctx = UiContext(host=standalone_host_factory(ckpt, vae, clip_folder, device, lora_dir), settings=settings)
     tab_blocks = tab.build(ctx)
     with gr.Blocks(title=TITLE, css=css, analytics_enabled=False) as demo:
         tab_blocks.render()
@@ -69,6 +85,9 @@ def build_app(ckpt: Path | None, vae: Path | None = None, settings: Callable[[],
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, help="checkpoint (.safetensors) to train on and render with")
     parser.add_argument("--vae", type=Path, help="a separate VAE file")
+    parser.add_argument("--clip-folder", type=Path, help="CLIP tokenizer/config folder when not in the HF cache")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--lora-dir", type=Path, help="where trained LoRA files go (default: Lora/ beside --ckpt)")
     parser.add_argument("--port", type=int, default=7870, help="port (default 7870)")
     parser.add_argument(
         "--listen",
@@ -81,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     for label, path in (("--ckpt", args.ckpt), ("--vae", args.vae)):
         if path is not None and not path.is_file():
             raise ForgeError(f"{label} {path}: no such file")
-    demo = build_app(args.ckpt, args.vae)
+    if args.clip_folder is not None and not args.clip_folder.is_dir():
+        raise ForgeError(f"--clip-folder {args.clip_folder}: no such folder")
+    demo = build_app(args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
     demo.queue(concurrency_count=4).launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)
