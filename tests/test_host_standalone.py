@@ -293,6 +293,25 @@ def test_exclusive_keeps_jobs_apart(tiny_host):
     assert order == ["train done", "grid"]
 
 
+def test_txt2img_waits_for_another_threads_job_but_runs_inside_its_own(tiny_host):
+    import threading
+
+    order = []
+
+    def grid() -> None:
+        tiny_host.txt2img([_req(1, steps=1)])
+        order.append("grid rendered")
+
+    with tiny_host.exclusive("train"):
+        tiny_host.txt2img([_req(1, steps=1)])  # a training job's own sample: no deadlock
+        t = threading.Thread(target=grid)
+        t.start()
+        t.join(0.5)
+        order.append("train done")
+    t.join(30)
+    assert order == ["train done", "grid rendered"]
+
+
 def test_checkpoint_with_old_transformers_key_names_loads_the_same(tiny_host, tiny_files, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -95,7 +95,7 @@ class StandaloneHost(Host):
         self._dtype = dtype or (torch.float16 if self._device.type == "cuda" else torch.float32)
         if self._device.type == "cpu" and self._dtype != torch.float32:
             raise ForgeError("half precision needs a CUDA device; on CPU the model runs in float32")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a training job renders its own samples
         self._lora_dir = Path(lora_dir) if lora_dir else self.ckpt.parent / "Lora"
         state_dict = ldm_build.modern_key_names(ldm_build.read_state_dict(self.ckpt))
         config_path, family = ldm_build.choose_config(self.ckpt, state_dict, Path(config) if config else None)
@@ -157,6 +157,7 @@ class StandaloneHost(Host):
 
     @contextlib.contextmanager
     def exclusive(self, job: str) -> Iterator[None]:
+        """One job at a time (like the WebUI's queue_lock); the holding thread may re-enter."""
         with self._lock:
             yield
 
@@ -174,15 +175,16 @@ class StandaloneHost(Host):
         total = sum(requests[b[0]].steps for b in batches)
         images: list[Any] = [None] * len(requests)
         done = 0
-        for batch in batches:
-            first = requests[batch[0]]
+        with self.exclusive("txt2img"):
+            for batch in batches:
+                first = requests[batch[0]]
 
-            def on_step(step: int, first: RenderRequest = first, base: int = done) -> None:
-                progress(Progress(base + step, total, f"sampling {first.width}x{first.height}"))
+                def on_step(step: int, first: RenderRequest = first, base: int = done) -> None:
+                    progress(Progress(base + step, total, f"sampling {first.width}x{first.height}"))
 
-            for i, image in zip(batch, self._render([requests[i] for i in batch], on_step), strict=True):
-                images[i] = image
-            done += first.steps
+                for i, image in zip(batch, self._render([requests[i] for i in batch], on_step), strict=True):
+                    images[i] = image
+                done += first.steps
         return images
 
     # -- rendering ------------------------------------------------------------------------------
