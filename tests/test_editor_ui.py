@@ -112,6 +112,15 @@ def test_filter_batch_remove_save_undo_save_checks_the_files(tab_url: str, page,
     wait_status(page, "all saved")
     assert disk(folder) == original
     assert [len(e.files) for e in list_history(folder)] == [len(with_hat), len(with_hat)]
+
+    # a caption typed into the box is kept when the user moves on without pressing Apply
+    first = page.inner_text("#lora_forge_editor_current").split(" ")[0]
+    page.fill("#lora_forge_editor_caption textarea", "typed, then moved on")
+    page.click("#lora_forge_editor_next")
+    wait_status(page, "1 unsaved")
+    page.click("#lora_forge_editor_save")
+    wait_status(page, "all saved")
+    assert (folder / first).with_suffix(".txt").read_text("utf-8") == "typed, then moved on"
     assert js_errors(page) == []
 
 

@@ -81,6 +81,17 @@ def test_preview_then_apply_then_undo_and_stale_previews(tmp_path: Path) -> None
     assert p.considered == 1
 
 
+def test_typed_caption_is_kept_when_moving_on(tmp_path: Path) -> None:
+    s = EditorSession()
+    s.load(str(make_dataset(tmp_path / "set")))
+    assert s.keep_typed(s.ds.caption(0)) == ""  # unchanged text: no edit, no undo step
+    assert s.keep_typed("1girl,solo , long_hair,smile,smile") == ""  # same tags, other spacing
+    assert s.ds.undo_stack == []
+    assert "changed" in s.keep_typed("typed, tags")
+    s.step(1)
+    assert s.ds.caption(0) == "typed, tags" and s.current == 1
+
+
 def test_trigger_word_and_caption_edit_then_save_and_rollback(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "set")
     before = {p.name: p.read_bytes() for p in root.glob("*.txt")}

@@ -23,6 +23,12 @@ GALLERY_SIZE = 256
 PREVIEW_SIZE = 640
 
 
+def _temp_cache(name: str) -> Path:
+    folder = Path(tempfile.gettempdir()) / "lora_forge_thumbs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def cache_dir(dataset_root: Path) -> Path:
     """The dataset's thumbnail folder; a per-dataset temp folder when the dataset is read-only
     (a mounted share, a CD), so browsing never needs write access."""
@@ -34,10 +40,7 @@ def cache_dir(dataset_root: Path) -> Path:
         probe.unlink()
         return folder
     except OSError:
-        digest = hashlib.sha1(str(dataset_root.resolve()).encode()).hexdigest()[:16]
-        fallback = Path(tempfile.gettempdir()) / "lora_forge_thumbs" / digest
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback
+        return _temp_cache(hashlib.sha1(str(dataset_root.resolve()).encode()).hexdigest()[:16])
 
 
 def _key(image: Path, size: int) -> str | None:
@@ -67,9 +70,10 @@ def _render(image: Path, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _placeholder(folder: Path, size: int) -> Path:
-    """A grey square for images that cannot be decoded, so the gallery keeps its order."""
-    path = folder / f"unreadable-{size}.jpg"
+def _placeholder(size: int) -> Path:
+    """A grey square for images that cannot be decoded or have vanished, so the gallery keeps its
+    order. It lives in the temp folder: the dataset folder may be the thing that vanished."""
+    path = _temp_cache("shared") / f"unreadable-{size}.jpg"
     if not path.exists():
         from PIL import Image
 
@@ -83,7 +87,7 @@ def thumbnail(folder: Path, image: Path, size: int = GALLERY_SIZE) -> Path:
     """The cached thumbnail of `image` in `folder` (see cache_dir), made now if missing."""
     key = _key(image, size)
     if key is None:
-        return _placeholder(folder, size)
+        return _placeholder(size)
     path = folder / f"{key}.jpg"
     if path.exists():
         return path
@@ -93,6 +97,11 @@ def thumbnail(folder: Path, image: Path, size: int = GALLERY_SIZE) -> Path:
         data = _render(image, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # the image's fault, not ours
         log.warning("cannot make a thumbnail of %s: %s", image, e)
-        return _placeholder(folder, size)
-    fsio.atomic_write_bytes(path, data)
+        return _placeholder(size)
+    try:
+        fsio.atomic_write_bytes(path, data)
+    except OSError as e:  # the cache folder went away with the dataset (unplugged drive): still show it
+        log.warning("cannot cache the thumbnail of %s: %s", image, e)
+        path = _temp_cache("shared") / f"{key}.jpg"
+        fsio.atomic_write_bytes(path, data)
     return path

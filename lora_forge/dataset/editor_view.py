@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_forge.dataset import captions
+from lora_forge.dataset.captions import split_tags
 from lora_forge.dataset.editor import Dataset, Edit, Preview, load_translations, tag_table, translate
 from lora_forge.dataset.editor_ops import build_op, parse_tag_list
 from lora_forge.dataset.editor_thumbs import PREVIEW_SIZE, cache_dir, thumbnail
@@ -150,6 +151,15 @@ class EditorSession:
         return label, ds.caption(i), str(thumbnail(self.thumbs, ds.items[i].image, PREVIEW_SIZE))
 
     # ------------------------------------------------------------------ edits
+
+    def keep_typed(self, text: str | None) -> str:
+        """Before moving to another image, apply what the user typed into the caption box, so a
+        caption is never lost by clicking the next image without pressing Apply (DTE does the same)."""
+        if self.ds is None or self.current is None or text is None:
+            return ""
+        if tuple(split_tags(text)) == self.ds.tags[self.current]:
+            return ""
+        return self.edit_current(text)
 
     def edit_current(self, text: str) -> str:
         ds = self.require()

@@ -191,24 +191,27 @@ def build(ctx: UiContext) -> None:
     for event in (search.change, sort.change):
         event(**lists)
 
+    # Moving to another image first applies what was typed in the caption box (keep_typed).
     def step(delta):
-        def handler(s):
+        def handler(s, typed):
             s = s or EditorSession()
+            msg = s.keep_typed(typed)
             page_changed = s.step(delta)  # the gallery is re-sent only when the step crossed a page
-            return view(s, "", False, page_changed)
+            return view(s, msg, False, page_changed)
 
         return handler
 
-    prev_img.click(step(-1), [state], view_outputs)
-    next_img.click(step(1), [state], view_outputs)
+    prev_img.click(step(-1), [state, caption], view_outputs).then(**lists)
+    next_img.click(step(1), [state, caption], view_outputs).then(**lists)
 
-    def select_image(s, evt):
+    def select_image(s, typed, evt):
         s = s or EditorSession()
+        msg = s.keep_typed(typed)
         s.select_on_page(int(evt.index))
-        return view(s, "", False, False)
+        return view(s, msg, False, False)
 
     select_image.__annotations__ = {"evt": gr.SelectData}  # gradio finds the event by this annotation
-    gallery.select(select_image, [state], view_outputs)
+    gallery.select(select_image, [state, caption], view_outputs).then(**lists)
 
     def clear(s):
         return ["", "", "", *action(lambda s: s.set_filter("", "", ""), with_gallery=True)(s)]
