@@ -239,3 +239,41 @@ def test_other_network_types_and_broken_files_are_refused_in_words(sd_model, loc
     (tmp_path / "x.pt").write_bytes(b"x")
     with pytest.raises(ForgeError, match=r"only \.safetensors"):
         load_lora(tmp_path / "x.pt")
+
+
+def test_other_spellings_the_webui_accepts_load_too(sd_model, locon, tmp_path):
+    """LDM-form UNet names (the WebUI's `lora_unet`→`diffusion_model` fallback) and `lora_te1_` for
+    SD1's encoder are written by other trainers; they load onto the same layers as kohya's names."""
+    from lora_forge.model.names import unet_ldm_to_diffusers
+
+    sd = locon.kohya_state_dict(torch.float32)
+    paths = {
+        lora.name: lora.target.path.removeprefix("model.diffusion_model.")
+        for lora in locon.loras
+        if lora.target.part == "unet"
+    }
+    respelled = {}
+    for key, value in sd.items():
+        module, _, part = key.partition(".")
+        if module in paths:
+            assert module == "lora_unet_" + unet_ldm_to_diffusers(paths[module]).replace(".", "_")
+            module = "lora_unet_" + paths[module].replace(".", "_")
+        else:
+            module = module.replace("lora_te_", "lora_te1_", 1)
+        respelled[f"{module}.{part}"] = value
+    path = save_lora(tmp_path / "respelled.safetensors", respelled, {})
+    loaded = LoraNetwork.from_file(sd_model, path)
+    assert [m.name for m in loaded.loras] == [m.name for m in locon.loras]
+    for a, b in zip(loaded.loras, locon.loras, strict=True):
+        assert torch.equal(a.lora_up.weight, b.lora_up.weight)
+
+
+def test_a_diffusers_format_file_is_refused_in_words(sd_model, tmp_path):
+    import safetensors.torch
+
+    path = tmp_path / "peft.safetensors"
+    safetensors.torch.save_file(
+        {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32)}, str(path)
+    )
+    with pytest.raises(ForgeError, match="diffusers/PEFT-format"):
+        LoraNetwork.from_file(sd_model, path)

@@ -97,6 +97,12 @@ def match_state_dict(
     modules = group_modules(state_dict)
     if not modules:
         raise ForgeError("the file holds no LoRA weights", path=source)
+    if any(".lora_A." in k or ".lora.down." in k or k.startswith(("unet.", "text_encoder.")) for k in state_dict):
+        raise ForgeError(
+            "this is a diffusers/PEFT-format LoRA; LoRA Forge reads kohya-format files "
+            "(convert it with kohya's or ComfyUI's tools, or use it in the WebUI directly)",
+            path=source,
+        )
     for parts in modules.values():
         for part in parts:
             if part in OTHER_TYPES:

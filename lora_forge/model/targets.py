@@ -92,7 +92,9 @@ def _text_targets(root: Any, prefix: str, base: str, paths: dict[int, str]) -> l
         out = []
         for path, m in root.transformer.named_modules():
             if _HF_CLIP_TARGET.match(path) and isinstance(m, torch.nn.Linear):
-                out.append(_linear_target(names.hf_clip_name(prefix, path), paths[id(m)], m, "te", 0))
+                # Some trainers write SD1's encoder as `lora_te1_`; the WebUI accepts it, so do we.
+                aliases = (names.hf_clip_name(names.TE1_PREFIX, path),) if prefix == names.TE_PREFIX else ()
+                out.append(_linear_target(names.hf_clip_name(prefix, path), paths[id(m)], m, "te", 0, aliases))
         return out
     transformer = root.model.transformer  # OpenCLIP (SD2, SDXL bigG)
     blocks = list(transformer.resblocks)
