@@ -131,6 +131,7 @@ def test_missing_tokenizer_names_what_is_missing_and_how_to_get_it(tiny_files, t
     text = yaml.read_text(encoding="utf-8")
     yaml.write_text(text.replace(str(tiny_files.clip_folder.resolve()), "openai/clip-vit-large-patch14"), "utf-8")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LORA_FORGE_MODELS", str(tmp_path / "no-models"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ForgeError) as err:
         StandaloneHost(ckpt)
@@ -143,6 +144,12 @@ def test_missing_tokenizer_names_what_is_missing_and_how_to_get_it(tiny_files, t
     (half / "merges.txt").unlink()
     with pytest.raises(ForgeError, match=r"merges\.txt"):
         StandaloneHost(ckpt, clip_folder=half)
+    # the tiny yaml names its own CLIP folder; when that folder is gone, the error says so
+    moved = _copy_model(tiny_files, tmp_path / "moved")
+    gone = moved.with_suffix(".yaml")
+    gone.write_text(text.replace(str(tiny_files.clip_folder.resolve()), str(tmp_path / "deleted-clip")), "utf-8")
+    with pytest.raises(ForgeError, match="deleted-clip"):
+        StandaloneHost(moved)
     # the same files, given by hand, load without weights files for the text model
     assert not list(Path(tiny_files.clip_folder).glob("*.bin")) and not list(tiny_files.clip_folder.glob("*.safet*"))
     host = StandaloneHost(ckpt, clip_folder=tiny_files.clip_folder)
@@ -336,3 +343,15 @@ def test_half_precision_on_cpu_is_refused(tiny_files):
 
     with pytest.raises(ForgeError, match="CUDA"):
         StandaloneHost(tiny_files.checkpoint, dtype=torch.float16)
+
+
+def test_clip_files_are_found_in_our_models_folder(tiny_files, tmp_path, monkeypatch):
+    from lora_forge.host.clip_files import resolve_clip_folder
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("LORA_FORGE_MODELS", str(tmp_path / "models"))
+    with pytest.raises(ForgeError, match="openai--clip-vit-large-patch14"):
+        resolve_clip_folder("openai/clip-vit-large-patch14")
+    ours = tmp_path / "models" / "openai--clip-vit-large-patch14"
+    shutil.copytree(tiny_files.clip_folder, ours)
+    assert resolve_clip_folder("openai/clip-vit-large-patch14") == ours

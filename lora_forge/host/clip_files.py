@@ -108,13 +108,17 @@ def _from_hf_cache(repo_id: str) -> Path | None:
     return folders.pop() if len(folders) == 1 else None
 
 
-def resolve_clip_folder(version: str, clip_folder: Path | None = None) -> Path:
+def resolve_clip_folder(version: str, clip_folder: Path | None = None, models_dir: Path | None = None) -> Path:
     """Folder with the tokenizer and config.json for a FrozenCLIPEmbedder `version`.
 
     Order: the folder the user gave, `version` itself when it is a folder (our tiny models'
-    yaml names one), then the huggingface cache. Text-model weights are never needed here:
-    they come from the checkpoint.
+    yaml names one), the huggingface cache (where the WebUI's copy lives), then our own models
+    folder (`<models_dir>/openai--clip-vit-large-patch14`, where `hub.download` puts files).
+    Text-model weights are never needed here: they come from the checkpoint.
     """
+    from lora_forge.hub import local_folder
+    from lora_forge.settings import Settings
+
     if clip_folder is not None:
         if not _has_clip_files(Path(clip_folder)):
             missing = [n for n in (*TOKENIZER_FILES, "config.json") if not (Path(clip_folder) / n).is_file()]
@@ -124,15 +128,27 @@ def resolve_clip_folder(version: str, clip_folder: Path | None = None) -> Path:
                 path=clip_folder,
             )
         return Path(clip_folder)
-    if Path(version).is_dir() and _has_clip_files(Path(version)):
+    if Path(version).is_absolute():
+        if _has_clip_files(Path(version)):
+            return Path(version)
+        raise ForgeError(
+            "the CLIP folder the model's yaml names is missing or lacks vocab.json, merges.txt or config.json; "
+            "restore it, or pass a folder with those files as clip_folder (--clip-folder)",
+            path=version,
+        )
+    if _has_clip_files(Path(version)):
         return Path(version)
-    cached = None if Path(version).is_absolute() else _from_hf_cache(version)
+    repo = version
+    cached = _from_hf_cache(repo)
     if cached is not None:
         return cached
-    repo = version if not Path(version).is_absolute() else SD1_CLIP_REPO
+    settings = Settings.from_env()
+    ours = local_folder(Settings(models_dir or settings.models_dir, settings.dataset_dir), repo)
+    if _has_clip_files(ours):
+        return ours
     raise ForgeError(
-        f"the CLIP tokenizer and config.json for {version} are missing (looked in the huggingface cache); "
+        f"the CLIP tokenizer and config.json for {version} are missing (looked in the huggingface cache and {ours}); "
         f"get them with `huggingface-cli download {repo} vocab.json merges.txt config.json "
         "tokenizer_config.json special_tokens_map.json` (in China set HF_ENDPOINT=https://hf-mirror.com first), "
-        "or pass the folder that holds them as clip_folder"
+        f"or put those files in {ours}, or pass the folder that holds them as clip_folder (--clip-folder)"
     )
