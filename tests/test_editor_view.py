@@ -81,6 +81,26 @@ def test_preview_then_apply_then_undo_and_stale_previews(tmp_path: Path) -> None
     assert p.considered == 1
 
 
+def test_selection_scope(tmp_path: Path) -> None:
+    s = EditorSession()
+    s.load(str(make_dataset(tmp_path / "set")))
+    with pytest.raises(ForgeError, match="no image selected"):
+        s.preview("Add tags", "x", "", "back", "tag", "Selected images")
+    s.toggle_selected()  # a
+    s.step(1)
+    s.step(1)
+    s.toggle_selected()  # c
+    assert [rel for _, rel in s.gallery()] == ["✓ a.png", "b.png", "✓ c.png", "d.png"]
+    assert s.show_selection() == "showing the 2 selected image(s)" and len(s.gallery()) == 2
+    s.preview("Add tags", "picked", "", "back", "tag", "Selected images")
+    s.apply_pending()
+    assert sorted(s.ds.items[i].rel for i in s.ds.having("picked")) == ["a.png", "c.png"]
+    s.toggle_selected()  # current is a again: unselect
+    assert s.selection == {2} and "1 selected" in s.status()
+    s.clear_selection()
+    assert s.selection == set()
+
+
 def test_typed_caption_is_kept_when_moving_on(tmp_path: Path) -> None:
     s = EditorSession()
     s.load(str(make_dataset(tmp_path / "set")))
@@ -112,6 +132,23 @@ def test_trigger_word_and_caption_edit_then_save_and_rollback(tmp_path: Path) ->
     assert {p.name: p.read_bytes() for p in root.glob("*.txt")} == before
     assert s.ds.caption(0) == CAPTIONS["a"] and s.ds.trigger == "sks"
     assert len(list_history(root)) == 2
+
+
+def test_dataset_folder_vanishing_while_the_page_is_open(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "set")
+    s = EditorSession()
+    s.load(str(root))
+    s.edit_current("changed, here")
+    (root.parent / "away").mkdir()
+    root.rename(root.parent / "away" / "set")
+    s.step(1)  # browsing on shows grey placeholders instead of failing
+    assert all(Path(path).is_file() for path, _ in s.gallery())
+    assert Path(s.current_view()[2]).is_file()
+    with pytest.raises(ForgeError, match="dataset folder is gone"):
+        s.save()
+    assert "1 unsaved" in s.status()  # the edit is still there
+    (root.parent / "away" / "set").rename(root)
+    assert s.save().startswith("saved 1")
 
 
 def test_errors_before_a_dataset_is_loaded() -> None:
@@ -178,6 +215,10 @@ def test_cli_lists_tags_and_reports_bad_input(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "set")
     r = cli(str(root), "--top", "2")
     assert r.returncode == 0 and r.stdout.splitlines()[-2:] == ["     3  1girl", "     2  smile"]
+    csv = tmp_path / "zh.csv"
+    csv.write_text("1girl,一个女孩\n", encoding="utf-8")
+    r = cli(str(root), "--top", "1", "--translations", str(csv))
+    assert r.stdout.splitlines()[-1] == "     3  1girl  一个女孩"
     r = cli(str(root), "--regex", "(oops=x")
     assert r.returncode == 2 and "not a valid regular expression" in r.stderr
     r = cli(str(root), "--replace", "no-equals-sign")

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from lora_forge.dataset.captions import list_history, rollback
-from lora_forge.dataset.editor import Dataset, tag_table
+from lora_forge.dataset.editor import Dataset, load_translations, tag_table
 from lora_forge.dataset.editor_ops import POSITIONS, REGEX_SCOPES, SORT_KEYS, build_op
 from lora_forge.errors import ForgeError
 
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
     o.add_argument("--json", action="store_true", help="print the result as JSON")
     o.add_argument("--top", type=int, default=30, help="tags listed when no operation is given (default 30)")
+    o.add_argument("--translations", metavar="CSV", help="a tag,translation file to show beside the listed tags")
     o.add_argument("--history", action="store_true", help="list earlier saves, newest first")
     o.add_argument("--rollback", metavar="ID", help="put back the captions as they were before save ID")
 
@@ -118,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
     notes = ds.report.notes()
 
     if not ops:
-        rows = tag_table(ds, limit=args.top)
+        tr = load_translations(args.translations) if args.translations else None
+        rows = tag_table(ds, limit=args.top, translations=tr)
         data = {"dataset": str(ds.root), "notes": notes, "selected": len(ids), "tags": rows}
-        _emit(args, data, [*notes, *(f"{count:6}  {tag}" for tag, count, _ in rows)])
+        _emit(args, data, [*notes, *(f"{count:6}  {tag}" + (f"  {t}" if t else "") for tag, count, t in rows)])
         return 0
 
     results, lines = [], [*notes]

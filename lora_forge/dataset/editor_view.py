@@ -19,7 +19,7 @@ from lora_forge.errors import ForgeError
 
 PAGE_SIZE = 48
 TAG_ROWS = 500  # the tag list shows the first rows of the sorted, searched list; search narrows it
-SCOPES = ("Filtered images", "Current image", "All images")
+SCOPES = ("Filtered images", "Selected images", "Current image", "All images")
 # label in the UI → (operation, fixed arguments)
 OPERATIONS: dict[str, tuple[str, dict]] = {
     "Add tags": ("add", {}),
@@ -44,6 +44,7 @@ class EditorSession:
         self.pending_preview: Preview | None = None
         self.translations: dict[str, str] = {}
         self.filters: tuple[list[str], list[str], list[str]] = ([], [], [])
+        self.selection: set[int] = set()  # images picked one by one, for "Selected images"
         self.thumbs: Path | None = None
 
     # ------------------------------------------------------------------ dataset
@@ -65,6 +66,7 @@ class EditorSession:
         self.ds, self.view, self.page, self.pending = ds, list(range(len(ds))), 0, None
         self.current = 0 if len(ds) else None
         self.filters = ([], [], [])
+        self.selection = set()
         self.thumbs = cache_dir(ds.root)
         return "; ".join(ds.report.notes())
 
@@ -80,6 +82,7 @@ class EditorSession:
         parts = [
             f"{len(ds)} images",
             f"{len(self.view)} shown",
+            *([f"{len(self.selection)} selected"] if self.selection else []),
             f"{len(ds.index)} tags",
             f"{dirty} unsaved" if dirty else "all saved",
             f"undo {len(ds.undo_stack)} / redo {len(ds.redo_stack)}",
@@ -121,7 +124,33 @@ class EditorSession:
     def gallery(self) -> list[tuple[str, str]]:
         ds = self.require()
         assert self.thumbs is not None
-        return [(str(thumbnail(self.thumbs, ds.items[i].image)), ds.items[i].rel) for i in self.page_ids()]
+        return [
+            (str(thumbnail(self.thumbs, ds.items[i].image)), ("✓ " if i in self.selection else "") + ds.items[i].rel)
+            for i in self.page_ids()
+        ]
+
+    def toggle_selected(self) -> str:
+        if self.current is None:
+            raise ForgeError("click an image first")
+        self.selection ^= {self.current}
+        return f"{len(self.selection)} image(s) selected"
+
+    def select_shown(self) -> str:
+        self.require()
+        self.selection |= set(self.view)
+        return f"{len(self.selection)} image(s) selected"
+
+    def clear_selection(self) -> str:
+        self.selection = set()
+        return "selection cleared"
+
+    def show_selection(self) -> str:
+        self.require()
+        if not self.selection:
+            raise ForgeError("no image selected yet: click an image, then Select / unselect")
+        self.view, self.page = sorted(self.selection), 0
+        self.current = self.view[0]
+        return f"showing the {len(self.view)} selected image(s)"
 
     def select_on_page(self, index: int) -> None:
         ids = self.page_ids()
@@ -180,6 +209,10 @@ class EditorSession:
             return [self.current]
         if scope == "All images":
             return list(range(len(ds)))
+        if scope == "Selected images":
+            if not self.selection:
+                raise ForgeError("no image selected yet: click an image, then Select / unselect")
+            return sorted(self.selection)
         return list(self.view)
 
     def preview(self, operation: str, tags: str, replacement: str, position: str, regex_scope: str, scope: str):

@@ -72,6 +72,13 @@ def build(ctx: UiContext) -> None:
                         label="Caption (comma-separated tags)", lines=4, elem_id="lora_forge_editor_caption"
                     )
                     with gr.Row(elem_classes="lf-toolbar"):
+                        toggle_sel = gr.Button("Select / unselect", size="sm", elem_id="lora_forge_editor_select")
+                        select_shown = gr.Button(
+                            "Select all shown", size="sm", elem_id="lora_forge_editor_select_shown"
+                        )
+                        show_sel = gr.Button("Show selection", size="sm", elem_id="lora_forge_editor_show_selection")
+                        clear_sel = gr.Button("Clear selection", size="sm", elem_id="lora_forge_editor_clear_selection")
+                    with gr.Row(elem_classes="lf-toolbar"):
                         prev_img = gr.Button("◀ Previous", size="sm", elem_id="lora_forge_editor_prev")
                         apply_caption = gr.Button("Apply caption", size="sm", elem_id="lora_forge_editor_apply_caption")
                         next_img = gr.Button("Next ▶", size="sm", elem_id="lora_forge_editor_next")
@@ -188,6 +195,10 @@ def build(ctx: UiContext) -> None:
     on(trigger.submit, lambda s, word: s.set_trigger(word), [trigger])
     on(translations.submit, lambda s, path: s.load_translations(path), [translations])
     on(rollback.click, lambda s, choice: s.rollback(choice), [history], with_gallery=True)
+    on(toggle_sel.click, lambda s: s.toggle_selected(), [], with_gallery=True)
+    on(select_shown.click, lambda s: s.select_shown(), [], with_gallery=True)
+    on(show_sel.click, lambda s: s.show_selection(), [], with_gallery=True)
+    on(clear_sel.click, lambda s: s.clear_selection(), [], with_gallery=True)
     for event in (search.change, sort.change):
         event(**lists)
 
