@@ -220,3 +220,32 @@ def test_fresh_network_is_a_no_op_and_kohya_init(sd_model, inputs):
     assert lora.lora_down.weight.abs().max() > 0.5 * bound
     assert not lora.lora_up.weight.any()
     assert lora.scale == pytest.approx(1.0 / 4)
+
+
+def test_dropouts_act_only_in_training_mode(sd_model, inputs):
+    """Module dropout 1.0 skips every module while training; in eval mode nothing is dropped.
+    Rank dropout rescales the kept ranks, so on average it leaves the delta where it was."""
+    base = unet_out(sd_model, inputs)
+    net = LoraNetwork.create(sd_model, rank=4, alpha=4.0, train_text_encoder=False, module_dropout=1.0)
+    randomize_up(net)
+    with net.injected():
+        net.eval()
+        full = unet_out(sd_model, inputs)
+        net.train()
+        assert torch.equal(unet_out(sd_model, inputs), base)
+    assert (full - base).abs().max() > 1e-2
+
+    lora = LoraNetwork.create(sd_model, rank=8, alpha=8.0, train_unet=False, rank_dropout=0.5).loras[0]
+    lora.lora_up.weight.data.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4096, lora.target.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        lora.eval()
+        exact = lora(x)
+        lora.train()
+        torch.manual_seed(0)
+        dropped = lora(x)
+    all_dropped = (dropped == 0).all(dim=1).float().mean()
+    assert 0 < all_dropped < 0.02  # a row loses all 8 ranks with p = 0.5**8 ≈ 0.004
+    assert not torch.equal(dropped, exact)
+    ratio = (dropped * exact).sum() / (exact * exact).sum()
+    assert 0.9 < ratio < 1.1  # unbiased: kept ranks are scaled by 1/(1-p)
