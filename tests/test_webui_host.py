@@ -188,6 +188,7 @@ def test_importing_the_script_loads_nothing_heavy() -> None:
         f"sys.path[:0] = [{str(STUB_DIR)!r}, {str(ROOT)!r}];"
         f"spec = importlib.util.spec_from_file_location('lora_forge.py', {str(ROOT / 'scripts' / 'lora_forge.py')!r});"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec));"
+        "import lora_forge.api, lora_forge.ui.tab, lora_forge.ui.app;"
         "from modules import script_callbacks;"
         "assert len(script_callbacks.callback_map['callbacks_ui_tabs']) == 1;"
         "print(','.join(m for m in ('torch', 'cv2', 'onnxruntime', 'gradio', 'safetensors') if m in sys.modules))"

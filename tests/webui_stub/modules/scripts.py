@@ -36,22 +36,27 @@ def list_extension_dirs() -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
-def load_scripts() -> None:
+def load_extension_scripts(ext: str) -> None:
+    """One extension's scripts/*.py, in name order, as load_scripts() does for each extension."""
     global current_basedir
+    folder = os.path.join(ext, "scripts")
+    if not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".py") or not os.path.isfile(path):
+            continue
+        saved_path, saved_base = list(sys.path), current_basedir
+        try:
+            sys.path = [ext, *sys.path]
+            current_basedir = ext
+            loaded_modules.append(load_module(path))
+        finally:
+            sys.path, current_basedir = saved_path, saved_base
+
+
+def load_scripts() -> None:
     script_callbacks.clear_callbacks()
     loaded_modules.clear()
     for ext in list_extension_dirs():
-        folder = os.path.join(ext, "scripts")
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if not name.endswith(".py") or not os.path.isfile(path):
-                continue
-            saved_path, saved_base = list(sys.path), current_basedir
-            try:
-                sys.path = [ext, *sys.path]
-                current_basedir = ext
-                loaded_modules.append(load_module(path))
-            finally:
-                sys.path, current_basedir = saved_path, saved_base
+        load_extension_scripts(ext)
