@@ -209,6 +209,10 @@ def test_cli_ops_in_order_dry_run_json_history_and_rollback(tmp_path: Path) -> N
     assert entry["reason"] == "tags add hat (front)"
     assert cli(str(root), "--rollback", entry["id"]).returncode == 0
     assert {p.name: p.read_bytes() for p in root.glob("*.txt")} == before
+    assert len(list_history(root)) == 2
+    r = cli(str(root), "--prune-history", "1")
+    assert r.returncode == 0 and r.stdout.strip() == "deleted 1 old history entry"
+    assert [e.reason for e in list_history(root)] == [f"rollback of {entry['id']} (tags add hat (front))"]
 
 
 def test_cli_lists_tags_and_reports_bad_input(tmp_path: Path) -> None:

@@ -314,7 +314,6 @@ class Dataset:
 def tag_table(
     ds: Dataset,
     sort: str = "count",
-    descending: bool | None = None,
     search: str = "",
     translations: Mapping[str, str] | None = None,
     limit: int | None = None,
@@ -336,8 +335,6 @@ def tag_table(
         rows.sort(key=lambda r: (len(r[0]), r[0].casefold()))
     else:
         raise ForgeError(f"unknown sort {sort!r}; use count, name or length")
-    if descending is not None and descending != (sort == "count"):
-        rows.reverse()
     return rows[:limit] if limit else rows
 
 

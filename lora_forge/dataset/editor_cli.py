@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from lora_forge.dataset.captions import list_history, rollback
+from lora_forge.dataset.captions import list_history, prune_history, rollback
 from lora_forge.dataset.editor import Dataset, load_translations, tag_table
 from lora_forge.dataset.editor_ops import POSITIONS, REGEX_SCOPES, SORT_KEYS, build_op
 from lora_forge.errors import ForgeError
@@ -62,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--translations", metavar="CSV", help="a tag,translation file to show beside the listed tags")
     o.add_argument("--history", action="store_true", help="list earlier saves, newest first")
     o.add_argument("--rollback", metavar="ID", help="put back the captions as they were before save ID")
+    o.add_argument("--prune-history", type=int, metavar="N", help="delete all but the newest N history entries")
 
 
 def _position(text: str) -> str | int:
@@ -102,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         data = {"history": [e.to_json() for e in entries]}
         lines = [f"{e.id}  {e.state:8}  {len(e.files):5} file(s)  {e.reason}" for e in entries] or ["no saves yet"]
         _emit(args, data, lines)
+        return 0
+    if args.prune_history is not None:
+        if args.prune_history < 0:
+            raise ForgeError("--prune-history needs a number of entries to keep (0 or more)")
+        n = prune_history(args.dir, args.prune_history)
+        _emit(args, {"pruned": n}, [f"deleted {n} old history entr{'y' if n == 1 else 'ies'}"])
         return 0
     if args.rollback:
         entry = rollback(args.dir, args.rollback)
