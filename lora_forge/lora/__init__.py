@@ -19,7 +19,10 @@ does not import torch):
   `load_lora(path) -> (state_dict, metadata)`; `save_dtype("fp16"|"bf16"|"fp32")`;
   `old_model_hash(ckpt)`, `file_sha256(ckpt)`, `data_hash(lora)`.
 * `merge(sd_model, state_dict, multiplier) -> MergedLora`; `merged.unmerge()` / `unmerge(merged)`
-  restore the original weights bit for bit.
+  restore the original weights bit for bit (several merges: undo last-in first-out).
+
+LoRA parameters are created on the device each target layer is on at `create` time; a host that
+moves layers around (WebUI --medvram) must `net.to(device)` before use.
 """
 
 from __future__ import annotations
