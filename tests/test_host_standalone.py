@@ -178,7 +178,7 @@ def test_malicious_ckpt_is_refused_and_its_payload_never_runs(tmp_path):
             return (Path.touch, (marker,))
 
     bad = tmp_path / "evil.ckpt"
-    bad.write_bytes(pickle.dumps({"state_dict": {"x": Payload()}}))
+    bad.write_bytes(pickle.dumps({"state_dict": {"x": Payload()}}, protocol=2))
     with pytest.raises(ForgeError, match="unsafe pickle"):
         StandaloneHost(bad)
     assert not marker.exists()
