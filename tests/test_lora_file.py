@@ -131,6 +131,7 @@ def test_metadata_is_what_the_webui_reads(locon, tiny_files, tmp_path):
     # the WebUI's NetworkOnDisk.detect_version: not sdxl_, ss_v2 != "True" → SD1
     assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_v2"] == "False"
     assert meta["ss_output_name"] == "my_char"  # the alias in <lora:...>
+    assert float(meta["ss_training_started_at"]) == 1_700_000_000.0  # "Date trained" on the card
     assert meta["ss_network_module"] == "networks.lora"
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1"}

@@ -110,12 +110,15 @@ def lora_metadata(
     `training` holds the trainer's parameters with or without the `ss_` prefix (`{"learning_rate":
     1e-4, "ss_seed": 42}`); `tag_frequency` is `{image dir: {tag: count}}`, `dataset_dirs`
     `{dir: {"n_repeats": r, "img_count": n}}`, `bucket_info` `{"buckets": {...}, "mean_img_ar_error": x}`.
-    `cover_images` are encoded image bytes or PIL images (shrunk to small JPEGs).
+    `cover_images` are encoded image bytes or PIL images (shrunk to small JPEGs). `timestamp` is
+    when training started (`time.time()`; the WebUI shows it as "Date trained"), default now.
     """
     now = time.time() if timestamp is None else timestamp
     key = _version_key(network.family)
     meta = minimal_metadata(network)
     meta["ss_output_name"] = output_name
+    meta["ss_training_started_at"] = str(now)
+    meta["ss_training_finished_at"] = str(time.time())
     for k, v in (training or {}).items():
         meta[k if k.startswith("ss_") else f"ss_{k}"] = meta_value(v)
     optional = {
