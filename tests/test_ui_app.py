@@ -34,6 +34,8 @@ def test_tab_opens_with_every_present_section_and_no_js_errors(tab_url: str, pag
         assert page.locator(f"#lora_forge_tab_{name.rsplit('.', 1)[1]}").is_visible()
     # our js namespace was loaded with the page, as the WebUI would load javascript/*.js
     assert page.evaluate("() => typeof window.loraForge === 'object' && !!window.loraForge.root()")
+    # the WebUI globals extension scripts rely on exist on our own page too
+    assert page.evaluate("() => typeof gradioApp().querySelector === 'function' && typeof onUiLoaded === 'function'")
     assert js_errors(page) == []
 
 

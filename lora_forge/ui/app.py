@@ -8,6 +8,7 @@ instantly and a missing checkpoint is reported where the user pressed the button
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -22,13 +23,34 @@ EXTENSION_ROOT = Path(__file__).resolve().parents[2]
 TITLE = "LoRA Forge (炼丹炉)"
 
 
+# The few WebUI script.js globals extension scripts use, for our own page (defined only if missing).
+# Scripts run after gradio has mounted the page, so onUiLoaded callbacks run at once.
+WEBUI_JS_SHIMS = """
+window.gradioApp = window.gradioApp || function () {
+    var app = document.querySelector("gradio-app");
+    return app ? (app.shadowRoot || app) : document;
+};
+window.onUiLoaded = window.onUiLoaded || function (callback) { callback(); };
+if (!window.onAfterUiUpdate) {
+    var lfUpdateCallbacks = [];
+    var lfTimer = null;
+    new MutationObserver(function () {
+        clearTimeout(lfTimer);
+        lfTimer = setTimeout(function () { lfUpdateCallbacks.forEach(function (cb) { cb(); }); }, 200);
+    }).observe(document.body, {childList: true, subtree: true});
+    window.onAfterUiUpdate = function (callback) { lfUpdateCallbacks.push(callback); };
+    window.onUiUpdate = window.onUiUpdate || window.onAfterUiUpdate;
+}
+"""
+
+
 def page_assets(root: Path = EXTENSION_ROOT) -> tuple[str, str]:
-    """The extension's style.css and javascript/*.js, which the WebUI would inject, as (css, js)."""
+    """The extension's style.css and javascript/*.js (after the shims), as the WebUI would inject them."""
     css_file = root / "style.css"
     css = css_file.read_text(encoding="utf-8") if css_file.is_file() else ""
     js_dir = root / "javascript"
-    js = "\n".join(p.read_text(encoding="utf-8") for p in sorted(js_dir.glob("*.js"))) if js_dir.is_dir() else ""
-    return css, js
+    scripts = [p.read_text(encoding="utf-8") for p in sorted(js_dir.glob("*.js"))] if js_dir.is_dir() else []
+    return css, "\n".join([WEBUI_JS_SHIMS, *scripts])
 
 
 def standalone_host_factory(
@@ -75,10 +97,11 @@ def build_app(
     tab_blocks = tab.build(ctx)
     with gr.Blocks(title=TITLE, css=css, analytics_enabled=False) as demo:
         tab_blocks.render()
-        if js:
-            # gradio 3.41 has no <head> hook: run the scripts once the page has loaded, as the
-            # WebUI's <script> tags would have.
-            demo.load(None, None, None, _js=f"() => {{ {js}\n}}")
+        if js.strip():
+            # gradio 3.41 has no <head> hook: once the page has loaded, add the scripts as a
+            # <script> element, so they run in global scope as the WebUI's <script> tags do.
+            inject = "document.head.appendChild(Object.assign(document.createElement('script'), {text: %s}))"
+            demo.load(None, None, None, _js="() => { " + inject % json.dumps(js) + "; }")
     return demo
 
 
