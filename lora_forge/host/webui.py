@@ -222,12 +222,18 @@ class WebUIHost(Host):
         path = Path(path).resolve()
         if not path.is_file():
             raise ForgeError(f"LoRA file not found: {path}")
-        refresh = getattr(networks, "update_available_networks_by_names", None)  # 1.10+
-        for attempt in range(2):
-            if _same_file(_lookup(networks, path.stem), path):
-                return path.stem
-            if attempt == 0:
-                refresh([path.stem]) if refresh else networks.list_available_networks()
+        by_names = getattr(networks, "update_available_networks_by_names", None)  # 1.10+; else a full rescan
+
+        def refresh(name: str) -> None:
+            if by_names is not None:
+                by_names([name])
+            else:
+                networks.list_available_networks()
+
+        if not _same_file(_lookup(networks, path.stem), path):
+            refresh(path.stem)
+        if _same_file(_lookup(networks, path.stem), path):
+            return path.stem
         folder = self.lora_dir() / EXTERNAL_LORA_FOLDER
         alias = folder / f"{path.stem}-{_file_digest(path)}{path.suffix}"
         if not alias.exists():
@@ -238,7 +244,7 @@ class WebUIHost(Host):
             except OSError:
                 shutil.copyfile(path, tmp)
             os.replace(tmp, alias)
-        refresh([alias.stem]) if refresh else networks.list_available_networks()
+        refresh(alias.stem)
         if not _same_file(_lookup(networks, alias.stem), alias.resolve()):
             raise ForgeError(f"the Lora extension does not see {alias}; check --lora-dir and the file's permissions")
         return alias.stem
