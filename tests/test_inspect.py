@@ -464,10 +464,12 @@ def test_cli_reports_every_file_even_when_some_are_bad(tmp_path):
     by_name = {Path(r["path"]).name: r for r in reports}
     assert by_name["good.safetensors"]["kind"] == "lora" and by_name["good.safetensors"]["error"] is None
     odd_report = by_name["\\xff\\xfeLoRA.safetensors"]
-    assert odd_report["kind"] == "lora" and odd_report["error"] is None
+    assert odd_report["kind"] == "lora" and "not valid UTF-8" in odd_report["error"]
+    assert "LoRA" in odd_report["error"]  # the user still learns what the badly named file is
     errors = {name: r["error"] for name, r in by_name.items() if r["error"]}
     assert set(errors) == {"zero.safetensors", "truncated.safetensors", "photo.safetensors", "huge-header.safetensors",
-                           "evil.ckpt", "cut.ckpt", "a-folder", "missing.safetensors"}  # fmt: skip
+                           "evil.ckpt", "cut.ckpt", "a-folder", "missing.safetensors",
+                           "\\xff\\xfeLoRA.safetensors"}  # fmt: skip
     assert all("\n" not in e for e in errors.values())
     assert "empty" in errors["zero.safetensors"]
     assert "truncated" in errors["truncated.safetensors"]

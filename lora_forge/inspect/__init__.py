@@ -36,8 +36,6 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
         return report
     report.container = opened.container
     report.tensors = opened.extras.get("tensor_count", len(opened.table.shapes))
-    if display_path(path) != os.fsdecode(path):
-        report.notes.append("the file name is not valid UTF-8; undecodable bytes are shown as \\xNN")
     try:
         report.kind, report.title, report.details, notes = _classify(opened, path)
     except Exception as e:  # a bug of ours on an odd file: loud in the log, but the other files still get reported
@@ -45,6 +43,13 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
         report.kind, report.error = "error", f"could not be classified (inspector bug: {type(e).__name__}: {e})"
         return report
     report.notes.extend(notes)
+    if display_path(path) != os.fsdecode(path):
+        # The content is fine, but the WebUI's file lists and JSON cannot carry such a name: an error
+        # (exit code 2) that still says what the file is, so the user knows what they are renaming.
+        report.error = (
+            "the file name is not valid UTF-8 (undecodable bytes shown as \\xNN); rename it so the WebUI "
+            f"and other tools can list it (the file itself is a {report.title})"
+        )
     return report
 
 
