@@ -355,6 +355,26 @@ def test_localization_merge_for_webui_1_6(tmp_path: Path) -> None:
     assert table_17 == {"zh_CN": [str(full), str(ours)]}
 
 
+def test_webui_1_6_localization_table_gets_the_merged_file(webui) -> None:
+    from modules import localization
+
+    from lora_forge.host import webui as webui_host
+
+    core = webui.root / "localizations" / "zh_CN.json"
+    core.parent.mkdir()
+    core.write_text(json.dumps({"Generate": "生成"}, ensure_ascii=False), encoding="utf-8")
+    ours = webui.root / "extensions" / "lora-forge" / "localizations" / "zh_CN.json"
+    localization.localizations.clear()
+    localization.localizations["zh_CN"] = str(ours)  # 1.6 kept one path per language: the last found
+    webui_host.before_ui()
+    merged = json.loads(Path(localization.localizations["zh_CN"]).read_text(encoding="utf-8"))
+    assert merged["Generate"] == "生成" and merged["Dataset folder"] == "数据集文件夹"
+    localization.list_localizations(str(core.parent))  # 1.7+: lists, which we leave alone
+    before = dict(localization.localizations)
+    webui_host.before_ui()
+    assert localization.localizations == before and len(before["zh_CN"]) == 2
+
+
 def test_zh_cn_localization_is_valid_and_covers_our_labels() -> None:
     data = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
     assert all(isinstance(k, str) and isinstance(v, str) and v for k, v in data.items())

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections import namedtuple
 from types import ModuleType
 
 from modules import paths_internal, script_callbacks
 
+ScriptFile = namedtuple("ScriptFile", ["basedir", "filename", "path"])
 current_basedir = paths_internal.script_path
 loaded_modules: list[ModuleType] = []
 
@@ -34,6 +36,20 @@ def list_extension_dirs() -> list[str]:
         if os.path.isdir(parent):
             dirs += [os.path.join(parent, d) for d in sorted(os.listdir(parent))]
     return [d for d in dirs if os.path.isdir(d)]
+
+
+def list_scripts(scriptdirname: str, extension: str, *, include_extensions: bool = True) -> list[ScriptFile]:
+    """<webui>/<scriptdirname>/*<extension> first, then each extension's (metadata ordering left out)."""
+    found = []
+    bases = [paths_internal.script_path] + (list_extension_dirs() if include_extensions else [])
+    for base in bases:
+        folder = os.path.join(base, scriptdirname)
+        if os.path.isdir(folder):
+            for filename in sorted(os.listdir(folder)):
+                path = os.path.join(folder, filename)
+                if os.path.isfile(path) and os.path.splitext(filename)[1].lower() == extension:
+                    found.append(ScriptFile(base, filename, path))
+    return found
 
 
 def load_extension_scripts(ext: str) -> None:
