@@ -7,7 +7,8 @@ by lora_forge.tagger.testing's protobuf writer (no `onnx` package needed). Input
 
 Both paths load the same onnxruntime session once, decode with the same exact preprocessing and
 write the same captions; the baseline does decode → preprocess → run → write for one image after
-the other, ours is lora_forge.tagger.batch.tag_folder (decode threads ahead of the model, batches).
+the other, ours is lora_forge.tagger.batch.tag_folder (decode threads ahead of the model; on the
+CPU single-threaded runs side by side instead of one run over all cores; batches on a GPU).
 Rounds alternate baseline/ours and the medians are compared. Images: a dataset as users bring it,
 half phone photos (4032x3024 JPEG), half prepared bucket images (832x1216 PNG).
 
