@@ -137,7 +137,8 @@ def match_state_dict(
         made_for = file_base(state_dict, metadata)
         label = FAMILY_LABELS.get(family, family)
         if made_for and made_for != base:
-            hint = f"it was made for {describe_base(made_for)}; load a {label} checkpoint or pick a {label} LoRA"
+            other = describe_base(made_for)
+            hint = f"it was made for {other}; load an {other} checkpoint to use it, or pick an {label} LoRA"
         else:
             hint = f"it was made for a different model than the loaded {label} checkpoint"
         raise ForgeError(
