@@ -17,7 +17,7 @@ does not import torch):
 * `lora_metadata(net, output_name=..., training={...}, tag_frequency=..., ...)` → `dict[str, str]`;
   `save_lora(path, state_dict, metadata) -> Path` (atomic, adds `sshs_model_hash`, never overwrites);
   `load_lora(path) -> (state_dict, metadata)`; `save_dtype("fp16"|"bf16"|"fp32")`;
-  `old_model_hash(ckpt)`, `file_sha256(ckpt)`, `data_hash(lora)`.
+  `old_model_hash(ckpt)`, `file_sha256(ckpt)`, `read_metadata(path)`.
 * `merge(sd_model, state_dict, multiplier) -> MergedLora`; `merged.unmerge()` / `unmerge(merged)`
   restore the original weights bit for bit (several merges: undo last-in first-out).
 
@@ -41,7 +41,6 @@ _EXPORTS = {
     "read_metadata": "lora_forge.lora.fileformat",
     "old_model_hash": "lora_forge.lora.fileformat",
     "file_sha256": "lora_forge.lora.fileformat",
-    "data_hash": "lora_forge.lora.fileformat",
     "merge": "lora_forge.lora.merging",
     "unmerge": "lora_forge.lora.merging",
     "MergedLora": "lora_forge.lora.merging",

@@ -235,17 +235,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         return dict(json.loads(f.read(n)).get("__metadata__", {}))
 
 
-def data_hash(path: str | os.PathLike[str]) -> str:
-    """sha256 of a safetensors file's bytes after the header, the WebUI's Lora hash (first 12 shown)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        f.seek(8 + n)
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def old_model_hash(path: str | os.PathLike[str]) -> str:
     """The WebUI's old 8-hex checkpoint hash (`ss_sd_model_hash`): sha256 of 64 KiB at 1 MiB."""
     with open(path, "rb") as f:

@@ -122,10 +122,6 @@ class LoraModule(nn.Module):
         shape[rank_dim] = self.rank
         return (torch.rand(shape, device=lx.device) > self.rank_dropout).to(lx.dtype)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = alpha/rank · up ∘ down as a weight of the target's shape (float32, multiplier 1)."""
-        return delta_weight(self.lora_down.weight, self.lora_up.weight, float(self.alpha))
-
     # ----- injection -----
     def attach(self) -> None:
         """Start adding this module's delta to its target's output."""
@@ -158,10 +154,6 @@ class LoraModule(nn.Module):
             del module.__dict__["forward"]
         else:
             module.__dict__["forward"] = hub.previous
-
-    @property
-    def attached(self) -> bool:
-        return self._wrapper is not None
 
 
 def delta_weight(down: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
