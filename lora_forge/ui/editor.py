@@ -231,10 +231,12 @@ def build(ctx: UiContext) -> None:
 
     def click_tag(s, rows, evt):
         s = s or EditorSession()
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
-        if s.ds is None or not rows or row >= len(rows):
+        row, col = evt.index if isinstance(evt.index, (list, tuple)) else (int(evt.index), 0)
+        # a click on the tag cell names the tag itself (right even after sorting by a column header)
+        tag = str(evt.value) if col == 0 else str(rows[row][0]) if rows and row < len(rows) else ""
+        if s.ds is None or not tag:
             return [gr.update(), *view(s, "", False, False)]
-        text, msg = s.toggle_tag_filter(str(rows[row][0]))
+        text, msg = s.toggle_tag_filter(tag)
         return [text, *view(s, msg, False, True)]
 
     click_tag.__annotations__ = {"evt": gr.SelectData}
