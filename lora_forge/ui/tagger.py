@@ -223,12 +223,19 @@ def build(ctx: UiContext) -> None:
             return
         report = outcome["report"]
         warn = " ⚠ " if "failed to load" in report.provider else ""
-        history = " One undoable save: roll it back under Edit tags → history." if report.history_ids else ""
+        n = len(report.history_ids)
+        history = f" Undo it under Edit tags → history ({n} save{'s' if n > 1 else ''})." if n else ""
         yield f"{warn}**{report.summary()}**.{history}", results_html(report)
+
+    def refresh_models(choice: str):
+        """A run may have downloaded the model: show the new state in the picker."""
+        settings = ctx.settings()
+        name = (choice or registry.DEFAULT_MODEL).split(SEP)[0]
+        return gr.update(choices=model_choices(settings), value=choice_for(settings, name)), model_info(settings, name)
 
     run.click(
         do_run,
         inputs=[model, folder, dataset_dir, general, character, mcut, rating, save_json, trigger, exclude, existing],
         outputs=[status, results],
-    )
+    ).then(refresh_models, inputs=[model], outputs=[model, info])
     stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
