@@ -103,6 +103,11 @@ def test_trigger_first_rating_and_excludes_in_the_visible_form(dataset, model) -
     assert caption(dataset, "blue") == "ohwx, general"
 
 
+def test_escaping_can_be_turned_off(dataset, model) -> None:
+    tag_folder(dataset, model, TagOptions(caption=CaptionOptions(escape=False)))
+    assert caption(dataset, "red") == "1girl, long hair, hu tao (genshin impact), ^_^, star (symbol), open mouth, smile"
+
+
 def test_trigger_equal_to_a_predicted_tag_is_written_once(dataset, model) -> None:
     run(dataset, model, trigger="smile")
     assert caption(dataset, "green") == "smile, >_<, open mouth, solo"

@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "selected_tags.csv",
     )
     p.add_argument("--list", action="store_true", help="list the models with their size and download state, and exit")
-    p.add_argument("--general", type=float, default=0.35, help="general tag threshold (kept when above; default 0.35)")
-    p.add_argument("--character", type=float, default=0.85, help="character tag threshold (default 0.85)")
+    p.add_argument("--general", type=float, help="general tag threshold (kept when above; default 0.35)")
+    p.add_argument("--character", type=float, help="character tag threshold (default 0.85)")
     p.add_argument("--mcut", action="store_true", help="choose the thresholds per image with MCut instead")
     p.add_argument("--rating", action="store_true", help="add the rating tag (general/sensitive/questionable/explicit)")
     p.add_argument("--trigger", default="", help="trigger word written first in every caption")
@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=EXISTING_ACTIONS,
         default="skip",
         help="what to do with an image that already has a caption (default skip: never touch it)",
+    )
+    p.add_argument(
+        "--no-escape",
+        action="store_true",
+        help="write ( ) as they are instead of \\( \\) (the WebUI reads ( ) as emphasis)",
     )
     p.add_argument("--json", action="store_true", help="also write IMAGE.wd14.json with every confidence")
     p.add_argument("--batch-size", type=int, default=4, help="images per model call for dynamic-batch models")
@@ -77,16 +82,24 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _print_models(settings)
         return 0
+    files = registry.resolve(settings, args.model)
+    usual = Thresholds()  # a user's folder gets the usual defaults, a registered model its own
+    if files.spec is not None:
+        usual = Thresholds(files.spec.general_threshold, files.spec.character_threshold)
+    general = usual.general if args.general is None else args.general
+    character = usual.character if args.character is None else args.character
     options = TagOptions(
-        thresholds=Thresholds(args.general, args.character, args.mcut),
+        thresholds=Thresholds(general, character, args.mcut),
         caption=CaptionOptions(
-            exclude=tuple(t for t in args.exclude.split(",") if t.strip()), trigger=args.trigger, rating=args.rating
+            exclude=tuple(t for t in args.exclude.split(",") if t.strip()),
+            trigger=args.trigger,
+            rating=args.rating,
+            escape=not args.no_escape,
         ),
         existing=args.existing,
         save_json=args.json,
         batch_size=args.batch_size,
     )
-    files = registry.resolve(settings, args.model)
     if files.spec is not None and registry.download_state(files.folder) != "present":
         print(f"downloading {files.spec.label} into {files.folder}", file=sys.stderr)
         report, close_bars = _download_bar()

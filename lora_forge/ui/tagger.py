@@ -122,6 +122,11 @@ def build(ctx: UiContext) -> None:
             mcut = gr.Checkbox(label="MCut: pick thresholds per image", elem_id="lora_forge_tagger_mcut")
             rating = gr.Checkbox(label="Add the rating tag", elem_id="lora_forge_tagger_rating")
             save_json = gr.Checkbox(label="Save confidences (.wd14.json)", elem_id="lora_forge_tagger_json")
+            escape = gr.Checkbox(
+                value=True,
+                label="Escape ( ) as \\( \\) (the WebUI reads ( ) as emphasis)",
+                elem_id="lora_forge_tagger_escape",
+            )
     with gr.Row():
         trigger = gr.Textbox(label="Trigger word (written first)", elem_id="lora_forge_tagger_trigger")
         exclude = gr.Textbox(label="Never write these tags (comma separated)", elem_id="lora_forge_tagger_exclude")
@@ -139,7 +144,12 @@ def build(ctx: UiContext) -> None:
     dataset_dir = ctx.shared.get("dataset_dir") or gr.Textbox(visible=False)
     stop_flag: dict[str, StopFlag] = {}
 
-    model.change(lambda c: model_info(ctx.settings(), c), inputs=[model], outputs=[info])
+    def pick(choice: str):
+        spec = registry.MODELS.get((choice or registry.DEFAULT_MODEL).split(SEP)[0])
+        thresholds = (spec.general_threshold, spec.character_threshold) if spec else (gr.update(), gr.update())
+        return model_info(ctx.settings(), choice), *thresholds
+
+    model.change(pick, inputs=[model], outputs=[info, general, character])
 
     def do_download(choice: str):
         settings = ctx.settings()
@@ -166,7 +176,9 @@ def build(ctx: UiContext) -> None:
         lambda c: model_info(ctx.settings(), c), inputs=[model], outputs=[info]
     )
 
-    def do_run(choice, folder_v, data_v, general_v, character_v, mcut_v, rating_v, json_v, trigger_v, exclude_v, ex_v):
+    def do_run(
+        choice, folder_v, data_v, general_v, character_v, mcut_v, rating_v, json_v, escape_v, trigger_v, exclude_v, ex_v
+    ):
         from lora_forge.tagger.batch import TagOptions, tag_folder
         from lora_forge.tagger.labels import CaptionOptions, Thresholds
         from lora_forge.tagger.session import TaggerSession
@@ -191,6 +203,7 @@ def build(ctx: UiContext) -> None:
                         exclude=tuple(t for t in (exclude_v or "").split(",") if t.strip()),
                         trigger=trigger_v or "",
                         rating=bool(rating_v),
+                        escape=bool(escape_v),
                     ),
                     existing=EXISTING[ex_v],
                     save_json=bool(json_v),
@@ -235,7 +248,20 @@ def build(ctx: UiContext) -> None:
 
     run.click(
         do_run,
-        inputs=[model, folder, dataset_dir, general, character, mcut, rating, save_json, trigger, exclude, existing],
+        inputs=[
+            model,
+            folder,
+            dataset_dir,
+            general,
+            character,
+            mcut,
+            rating,
+            save_json,
+            escape,
+            trigger,
+            exclude,
+            existing,
+        ],
         outputs=[status, results],
     ).then(refresh_models, inputs=[model], outputs=[model, info])
     stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
