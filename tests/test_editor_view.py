@@ -178,6 +178,9 @@ def test_thumbnails_are_made_once_and_remade_when_the_image_changes(tmp_path: Pa
         assert im.size == (40, 20) and im.getpixel((5, 5))[1] > 200
     (root / "broken.png").write_bytes(b"\x89PNG truncated")
     assert thumbnail(folder, root / "broken.png").name.startswith("unreadable")
+    Image.new("RGB", (8, 8)).save(root / "broken.png")  # fixed: a new mtime/size, so it is tried again
+    os.utime(root / "broken.png", ns=(made + 2 * 10**9, made + 2 * 10**9))
+    assert not thumbnail(folder, root / "broken.png").name.startswith("unreadable")
 
 
 # ------------------------------------------------------------------ command line

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 256
 PREVIEW_SIZE = 640
+# Keys (path, size, mtime) of images that failed to decode in this process: not retried (and not
+# logged again) on every page view; an edited image has a new key and is tried again.
+_FAILED: set[str] = set()
 
 
 def _temp_cache(name: str) -> Path:
@@ -91,12 +94,15 @@ def thumbnail(folder: Path, image: Path, size: int = GALLERY_SIZE) -> Path:
     path = folder / f"{key}.jpg"
     if path.exists():
         return path
+    if key in _FAILED:
+        return _placeholder(size)
     from PIL import Image
 
     try:
         data = _render(image, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # the image's fault, not ours
         log.warning("cannot make a thumbnail of %s: %s", image, e)
+        _FAILED.add(key)
         return _placeholder(size)
     try:
         fsio.atomic_write_bytes(path, data)
