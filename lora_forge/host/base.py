@@ -43,6 +43,9 @@ class Host(ABC):
     """The small interface every later stage is written against."""
 
     name: str = "host"
+    # True when requests that differ only in LoRA strength go through the UNet as one batch (the
+    # standalone host); the WebUI renders each `<lora:name:strength>` in its own process_images.
+    batches_lora_strengths: bool = False
 
     @abstractmethod
     def sd_model(self) -> Any:
@@ -80,6 +83,15 @@ class Host(ABC):
 
     def report(self, event: Progress) -> None:
         """Mirror a progress event into the host's own progress display."""
+
+    def annotate_grid(self, cells: Sequence[Any], rows: int, x_labels: list[str], y_labels: list[str]) -> Any:
+        """The host's own labelled grid of `cells` (row-major), as its users know it, or None when it
+        has none (the grid then draws its own labels)."""
+        return None
+
+    def save_grid(self, image: Any, infotext: str) -> Path | None:
+        """Save a grid picture where the host keeps its grids; None when it keeps none."""
+        return None
 
     @contextlib.contextmanager
     def job(self, job: str) -> Iterator[None]:

@@ -75,6 +75,7 @@ class StandaloneHost(Host):
     `clip_folder` names the CLIP tokenizer/config folder when it is not in the HF cache."""
 
     name = "standalone"
+    batches_lora_strengths = True  # _batch_key ignores strengths: a grid row is one UNet batch
 
     def __init__(
         self,

@@ -318,6 +318,29 @@ class WebUIHost(Host):
                 state.sampling_step = 0
         return images
 
+    def annotate_grid(self, cells: Sequence[Any], rows: int, x_labels: list[str], y_labels: list[str]) -> Any:
+        """The WebUI's own grid (images.image_grid + draw_grid_annotations), as its X/Y/Z plots look."""
+        from modules import images
+
+        grid = images.image_grid(list(cells), rows=rows)
+        w, h = max(c.width for c in cells), max(c.height for c in cells)
+        hor = [[images.GridAnnotation(t)] for t in x_labels]
+        ver = [[images.GridAnnotation(t)] for t in y_labels]
+        return images.draw_grid_annotations(grid, w, h, hor, ver, 0)
+
+    def save_grid(self, image: Any, infotext: str) -> Path | None:
+        """images.save_image(grid=True) into the folder the WebUI's own grids go to."""
+        from modules import images, paths, shared
+
+        opts = shared.opts
+        folder = (
+            getattr(opts, "outdir_grids", "")
+            or getattr(opts, "outdir_txt2img_grids", "")
+            or str(Path(paths.data_path) / "outputs" / "txt2img-grids")
+        )
+        fullfn, _txt = images.save_image(image, folder, "lora_forge_grid", extension="png", info=infotext, grid=True)
+        return Path(fullfn)
+
     def _prompt(self, r: RenderRequest) -> str:
         tokens = [f"<lora:{self.network_name(lora.path)}:{lora.strength:g}>" for lora in r.loras]
         return " ".join([r.prompt, *tokens]) if tokens else r.prompt

@@ -1,0 +1,481 @@
+"""What a grid will render, decided and checked before the first step: X = a run's epoch files,
+Y = strengths, one prompt, one seed.
+
+Every refusal a user can cause (no files, two runs mixed in one folder, a LoRA of another base
+family, strengths that do not parse, a grid too large for memory) happens here, so nothing is
+ever rendered half-way and then thrown away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.host.base import LoraRef, RenderRequest
+
+DEFAULT_STRENGTHS = "0.1-1 (+0.1)"
+QUALITY_TAGS = "masterpiece, best quality"
+# The trainer's generalisation probe (lora_forge.train.outputs.PROBE): the subject in clothes and
+# hair it was not shown in. Spelled out here so the grid does not import the training room.
+PROBE = "white hair, red dress"
+DEFAULT_NEGATIVE = "lowres, bad anatomy, bad hands, worst quality, low quality, jpeg artifacts, blurry"
+MAX_MEGAPIXELS = 200.0  # the WebUI's default img_max_size_mp for X/Y/Z grids
+MAX_STRENGTHS = 40
+MAX_FILES = 100
+CHARACTERISTIC_SHARE = 0.5  # a tag in at least half of the training captions describes the subject
+
+_EPOCH_RE = re.compile(r"^(?P<name>.+)-(?P<num>\d{6})$")  # kohya / our trainer: name-000006
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_RANGE_RE = re.compile(
+    rf"^(?P<a>{_NUMBER})\s*-\s*(?P<b>{_NUMBER})\s*(?:\(\s*(?P<step>{_NUMBER})\s*\)|\[\s*(?P<count>\d+)\s*\])?$"
+)
+
+
+@dataclass(frozen=True)
+class EpochFile:
+    """One column of the grid: a LoRA file and the epoch it stands for."""
+
+    path: Path
+    epoch: int
+    is_final: bool  # the file without a number (the run's last save), shown as its epoch
+    run: str  # the run's output name (file stem without -NNNNNN)
+    base: str = ""  # sd1 / sd2 / sdxl / flux/sd3 from the file's shapes or metadata; "" unknown
+
+    @property
+    def label(self) -> str:
+        """The X label: the NUM the tutorial's renamed file would carry."""
+        return f"{self.epoch:06d}" + (" (final)" if self.is_final else "")
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class GridPlan:
+    files: list[EpochFile]
+    strengths: list[float]
+    prompt: str  # without any <lora:…> token: the host adds the file per cell
+    negative_prompt: str = DEFAULT_NEGATIVE
+    seed: int = 1234
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    sampler: str = "Euler a"
+    trigger: str = ""
+    probe: str = PROBE
+    characteristic_tags: list[tuple[str, float]] = field(default_factory=list)  # (tag, share of captions)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def run(self) -> str:
+        return self.files[0].run
+
+    @property
+    def folder(self) -> Path:
+        return self.files[0].path.parent
+
+    @property
+    def cells(self) -> int:
+        return len(self.files) * len(self.strengths)
+
+    def request(self, file: EpochFile, strength: float) -> RenderRequest:
+        return RenderRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+            width=self.width,
+            height=self.height,
+            sampler=self.sampler,
+            loras=[LoraRef(file.path, strength)],
+        )
+
+    def x_labels(self) -> list[str]:
+        return [f.label for f in self.files]
+
+    def y_labels(self) -> list[str]:
+        return [format_strength(s) for s in self.strengths]
+
+
+def format_strength(s: float) -> str:
+    return f"{s:g}"
+
+
+# -- strengths -----------------------------------------------------------------------------------
+
+
+def parse_strengths(text: str | list[float] | tuple[float, ...]) -> list[float]:
+    """ "0.1,0.5,1", "0.1-1 (+0.1)", "0-1 [5]" (the X/Y/Z plot's range syntax) or a mix of them.
+
+    A range without a step counts in tenths, since strengths are fractions. Duplicates are dropped
+    keeping the first; the order the user wrote is kept (it is the order of the rows).
+    """
+    if isinstance(text, (list, tuple)):
+        values = [float(v) for v in text]
+    else:
+        values = []
+        tight = re.sub(r"\s*([-(\[)\]])\s*", r"\1", text.strip())  # "0.1 - 1 (+0.1)" → "0.1-1(+0.1)"
+        parts = [p for p in re.split(r"[,，;；\s]+", tight) if p]
+        for part in parts:
+            values.extend(_parse_part(part, text))
+    out: list[float] = []
+    for v in values:
+        if not math.isfinite(v):
+            raise ForgeError(f"strength {v} is not a number; use values like 0.1,0.5,1")
+        v = round(v, 6) + 0.0  # 0.30000000000000004 → 0.3, and -0.0 → 0.0
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise ForgeError("no strengths given; write them like 0.1,0.5,1 or 0.1-1 (+0.1)")
+    if len(out) > MAX_STRENGTHS:
+        raise ForgeError(f"{len(out)} strengths is too many for one grid (at most {MAX_STRENGTHS}); use a larger step")
+    return out
+
+
+def _parse_part(part: str, whole: str) -> list[float]:
+    compact = part.replace(" ", "")
+    try:
+        return [float(compact)]
+    except ValueError:
+        pass
+    m = _RANGE_RE.match(part.strip())
+    if m is None:
+        raise ForgeError(
+            f"cannot read the strength {part!r} in {whole!r}: write numbers separated by commas (0.1,0.5,1) "
+            "or a range like 0.1-1 (+0.1) or 0-1 [5]"
+        )
+    a, b = float(m["a"].replace(" ", "")), float(m["b"].replace(" ", ""))
+    if m["count"] is not None:
+        n = int(m["count"])
+        if n < 1 or n > MAX_STRENGTHS:
+            raise ForgeError(f"the range {part!r} asks for {n} values; give 1 to {MAX_STRENGTHS}")
+        return [a + (b - a) * i / max(1, n - 1) for i in range(n)] if n > 1 else [a]
+    step = float(m["step"].replace(" ", "")) if m["step"] else (0.1 if b >= a else -0.1)
+    if step == 0 or (b - a) * step < 0:
+        raise ForgeError(f"the range {part!r} never reaches its end with step {step:g}; check the sign of the step")
+    n = math.floor((b - a) / step + 1e-9) + 1
+    if n > MAX_STRENGTHS:
+        raise ForgeError(f"the range {part!r} gives {n} strengths (at most {MAX_STRENGTHS}); use a larger step")
+    return [a + step * i for i in range(n)]
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def split_name(stem: str) -> tuple[str, int | None]:
+    """("mychar", 6) for mychar-000006, ("mychar", None) for the final mychar."""
+    m = _EPOCH_RE.match(stem)
+    return (m["name"], int(m["num"])) if m else (stem, None)
+
+
+def _lora_info(path: Path) -> tuple[bool, str, dict[str, str]]:
+    """(is a LoRA, base family, metadata) from the header alone."""
+    from lora_forge.inspect import inspect_file
+    from lora_forge.lora.fileformat import read_metadata
+
+    report = inspect_file(path)
+    if report.kind != "lora":
+        return False, "", {}
+    try:
+        meta = read_metadata(path)
+    except (ForgeError, OSError, ValueError):
+        meta = {}
+    return True, str(report.details.get("base") or ""), meta
+
+
+def collect_files(sources: list[Path] | Path) -> tuple[list[EpochFile], dict[Path, dict[str, str]], list[str]]:
+    """The LoRA files of ONE run, ordered by epoch, the final file last; their metadata; notes.
+
+    A folder contributes its *.safetensors that are LoRAs (other models beside them are skipped
+    with a note); files named one by one must all be LoRAs.
+    """
+    sources = [sources] if isinstance(sources, Path) else [Path(s) for s in sources]
+    if not sources:
+        raise ForgeError("no LoRA files given: pick a run folder or the epoch files")
+    notes: list[str] = []
+    candidates: list[tuple[Path, bool]] = []  # (path, named explicitly)
+    for src in sources:
+        src = Path(str(src).strip().strip('"'))
+        if src.is_dir():
+            found = sorted(p for p in src.iterdir() if p.suffix.lower() == ".safetensors" and p.is_file())
+            if not found:
+                raise ForgeError(
+                    "no LoRA files (.safetensors) in this folder; pick the run folder that holds "
+                    "name-000001.safetensors … name.safetensors",
+                    path=src,
+                )
+            candidates += [(p, False) for p in found]
+        elif src.is_file():
+            if src.suffix.lower() != ".safetensors":
+                raise ForgeError("not a .safetensors LoRA file (the grid reads kohya-format LoRAs)", path=src)
+            candidates.append((src, True))
+        else:
+            raise ForgeError("no such file or folder", path=src)
+    infos: dict[Path, dict[str, str]] = {}
+    picked: list[tuple[Path, str, str | None, int | None]] = []  # path, base, ss_output_name, number
+    for path, explicit in dict.fromkeys(candidates):
+        is_lora, base, meta = _lora_info(path)
+        if not is_lora:
+            if explicit:
+                raise ForgeError("not a LoRA file (the model inspector tab says what it is)", path=path)
+            notes.append(f"skipped {path.name}: not a LoRA")
+            continue
+        infos[path] = meta
+        _name, number = split_name(path.stem)
+        picked.append((path, base, meta.get("ss_output_name") or None, number))
+    if not picked:
+        raise ForgeError("no LoRA files among the given files; pick a run folder of LoRA epoch files")
+    runs = sorted({split_name(p.stem)[0] for p, *_ in picked})
+    declared = sorted({n for _p, _b, n, _num in picked if n})
+    if len(runs) > 1 or len(declared) > 1:
+        shown = ", ".join((declared if len(declared) > 1 else runs)[:5])
+        raise ForgeError(
+            f"these files come from {max(len(runs), len(declared))} different runs ({shown}); a grid compares "
+            "the epochs of one run: pick one run's files, or move the other run to its own folder"
+        )
+    run = runs[0]
+    numbered = sorted((num, p, b) for p, b, _n, num in picked if num is not None)
+    finals = [(p, b) for p, b, _n, num in picked if num is None]
+    if len({num for num, _p, _b in numbered}) != len(numbered):
+        raise ForgeError("two files claim the same epoch number; keep one of each")
+    files = [EpochFile(p, num, False, run, b) for num, p, b in numbered]
+    for p, b in finals:
+        files.append(EpochFile(p, _final_epoch(infos[p], [f.epoch for f in files]), True, run, b))
+    if len(files) > MAX_FILES:
+        raise ForgeError(f"{len(files)} epoch files is too many for one grid (at most {MAX_FILES}); pick some")
+    return files, infos, notes
+
+
+def _final_epoch(meta: dict[str, str], taken: list[int]) -> int:
+    """The tutorial renames the final file to the next number; we only label it so. kohya writes
+    ss_epoch; a number already used by an epoch file means the final is a copy of that epoch's
+    weights (or a resumed run) and it still goes last, one past the highest."""
+    try:
+        epoch = int(float(meta.get("ss_epoch", "")))
+    except ValueError:
+        epoch = 0
+    if epoch > 0 and epoch not in taken and (not taken or epoch > max(taken)):
+        return epoch
+    return max(taken, default=0) + 1
+
+
+def check_family(files: list[EpochFile], sd_model: Any) -> None:
+    """Refuse LoRAs made for another base family than the loaded model, naming both."""
+    from lora_forge.inspect.lora import BASE_LABELS
+    from lora_forge.model.family import FAMILY_LABELS, base_family, model_family
+
+    family = model_family(sd_model)
+    base = base_family(family)
+    wrong = [f for f in files if f.base and base and f.base != base]
+    if wrong:
+        names = ", ".join(f.path.name for f in wrong[:3])
+        label = BASE_LABELS.get(wrong[0].base, wrong[0].base)
+        raise ForgeError(
+            f"{names} {'was' if len(wrong) == 1 else 'were'} trained for {label} but the loaded model is "
+            f"{FAMILY_LABELS.get(family, family)}; load a {label} checkpoint, or pick LoRAs made for this model"
+        )
+
+
+# -- prompt --------------------------------------------------------------------------------------
+
+
+def tag_counts(meta: dict[str, str]) -> tuple[Counter[str], int]:
+    """(tag → captions it is in, number of captions) from kohya's ss_tag_frequency / ss_dataset_dirs."""
+    counts: Counter[str] = Counter()
+    try:
+        freq = json.loads(meta.get("ss_tag_frequency") or "{}")
+    except ValueError:
+        freq = {}
+    for tags in freq.values() if isinstance(freq, dict) else []:
+        if isinstance(tags, dict):
+            for tag, n in tags.items():
+                if isinstance(n, (int, float)) and str(tag).strip():
+                    counts[str(tag).strip()] += int(n)
+    images = 0
+    try:
+        dirs = json.loads(meta.get("ss_dataset_dirs") or "{}")
+        images = sum(int(d.get("img_count", 0)) for d in dirs.values() if isinstance(d, dict))
+    except (ValueError, TypeError, AttributeError):
+        pass
+    if not images:
+        try:
+            images = int(float(meta.get("ss_num_train_images", "0")))
+        except ValueError:
+            images = 0
+    return counts, max(images, max(counts.values(), default=0))
+
+
+def run_config(folder: Path) -> dict[str, Any]:
+    """The run's config.toml (our trainer writes one; kohya users often keep theirs beside)."""
+    path = folder / "config.toml"
+    if not path.is_file():
+        return {}
+    try:
+        from lora_forge.train.config import parse_toml
+
+        return parse_toml(path.read_text(encoding="utf-8-sig"))
+    except (ForgeError, OSError, ValueError, ImportError):
+        return {}
+
+
+def find_trigger(meta: dict[str, str], config: dict[str, Any]) -> str:
+    """The word that calls the subject: as declared in the file, in the run config, else the tag
+    every training caption carries (kohya's keep_tokens convention puts it first)."""
+    for key in ("modelspec.trigger_phrase", "ssmd_keywords"):
+        if meta.get(key, "").strip():
+            return meta[key].strip()
+    if str(config.get("trigger_word") or "").strip():
+        return str(config["trigger_word"]).strip()
+    counts, images = tag_counts(meta)
+    if images:
+        for tag, n in counts.most_common(3):
+            if n >= images:
+                return tag
+    return ""
+
+
+def characteristic_tags(meta: dict[str, str], trigger: str, probe: str) -> list[tuple[str, float]]:
+    """Tags in at least half of the training captions, the trigger and the probe's attributes
+    excepted: what a faithful render of the subject should show."""
+    from lora_forge.tagger.labels import match_key
+
+    counts, images = tag_counts(meta)
+    if not images:
+        return []
+    skip = {match_key(trigger)} | {match_key(t) for t in probe.split(",")}
+    return [
+        (tag, round(n / images, 3))
+        for tag, n in counts.most_common()
+        if n / images >= CHARACTERISTIC_SHARE and match_key(tag) not in skip
+    ][:30]
+
+
+def build_prompt(trigger: str, user_prompt: str) -> str:
+    """Trigger word first (as in training), then the user's prompt; the trigger once only."""
+    from lora_forge.tagger.labels import match_key
+
+    user = user_prompt.strip().strip(",").strip()
+    have = {match_key(t) for t in user.split(",")}
+    parts = [trigger] if trigger and match_key(trigger) not in have else []
+    return ", ".join([*parts, user] if user else parts)
+
+
+# -- size ----------------------------------------------------------------------------------------
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM free now, where the platform says (Linux sysconf, else psutil when installed)."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+def grid_bytes(cols: int, rows: int, width: int, height: int) -> tuple[float, int]:
+    """(megapixels of the labelled grid, bytes held while assembling: the cells, the grid, its
+    heat-map copy and the PNG encoder's working copy)."""
+    pad_w, pad_h = width * 3 // 4, max(32, height // 6)
+    pixels = (cols * width + pad_w) * (rows * height + pad_h)
+    return pixels / 1e6, cols * rows * width * height * 3 + 3 * pixels * 3
+
+
+def check_size(plan: GridPlan, max_megapixels: float = MAX_MEGAPIXELS, available: int | None = -1) -> str:
+    """Refuse before rendering a grid whose picture is too large; returns the size as words."""
+    mp, need = grid_bytes(len(plan.files), len(plan.strengths), plan.width, plan.height)
+    words = (
+        f"{len(plan.files)} × {len(plan.strengths)} cells of {plan.width}×{plan.height} = "
+        f"{mp:.1f} megapixels (about {need / 2**20:.0f} MB of memory)"
+    )
+    if mp > max_megapixels:
+        raise ForgeError(
+            f"the grid would be {words}, over the {max_megapixels:g} megapixel limit; "
+            "use fewer epochs or strengths, or a smaller image size"
+        )
+    free = available_memory() if available == -1 else available
+    if free is not None and need > free * 0.5:
+        raise ForgeError(
+            f"the grid would be {words}, but only {free / 2**20:.0f} MB of memory is free; "
+            "use fewer epochs or strengths, or a smaller image size"
+        )
+    return words
+
+
+# -- the whole plan ------------------------------------------------------------------------------
+
+
+def make_plan(
+    sources: list[Path] | Path,
+    strengths: str | list[float] = DEFAULT_STRENGTHS,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    seed: int = 1234,
+    steps: int = 20,
+    cfg_scale: float = 7.0,
+    size: tuple[int, int] = (512, 512),
+    sampler: str = "Euler a",
+    sd_model: Any = None,
+    max_megapixels: float = MAX_MEGAPIXELS,
+) -> GridPlan:
+    """Everything checked: files of one run, the model's family, strengths, size, the prompt.
+
+    `prompt=None` means the default: quality tags and the run's generalisation probe; the trigger
+    word is put in front of whatever prompt is used.
+    """
+    values = parse_strengths(strengths)
+    width, height = size
+    if width % 8 or height % 8 or width < 64 or height < 64:
+        raise ForgeError(f"image size {width}x{height}: width and height must be multiples of 8, at least 64")
+    if steps < 1 or steps > 150:
+        raise ForgeError(f"{steps} sampling steps: use 1 to 150")
+    files, infos, notes = collect_files(sources)
+    if sd_model is not None:
+        check_family(files, sd_model)
+    meta = infos[files[-1].path]
+    config = run_config(files[0].path.parent)
+    trigger = find_trigger(meta, config)
+    user = f"{QUALITY_TAGS}, {PROBE}" if prompt is None else prompt
+    if not trigger:
+        notes.append("no trigger word found in the files or the run's config.toml; the prompt is used as typed")
+    plan = GridPlan(
+        files=files,
+        strengths=values,
+        prompt=build_prompt(trigger, user),
+        negative_prompt=DEFAULT_NEGATIVE if negative_prompt is None else negative_prompt,
+        seed=int(seed),
+        steps=int(steps),
+        cfg_scale=float(cfg_scale),
+        width=int(width),
+        height=int(height),
+        sampler=sampler,
+        trigger=trigger,
+        characteristic_tags=characteristic_tags(meta, trigger, PROBE),
+        notes=notes,
+    )
+    check_size(plan, max_megapixels)
+    return plan
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[x×*,]\s*(\d+)\s*", text or "")
+    if m is None:
+        m2 = re.fullmatch(r"\s*(\d+)\s*", text or "")
+        if m2 is None:
+            raise ForgeError(f"cannot read the size {text!r}; write it as WIDTHxHEIGHT, e.g. 512x768")
+        return int(m2[1]), int(m2[1])
+    return int(m[1]), int(m[2])
