@@ -13,6 +13,7 @@ a warm-up, alternating which goes first; the figure is median(ours) / median(flo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -76,8 +77,8 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
     """(floor_step, our_step, cleanup) for one case."""
     from lora_forge.model.schedule import NoiseSchedule
     from lora_forge.train.config import TrainConfig
-    from lora_forge.train.loop import backward, diffusion_loss, optimizer_step
-    from lora_forge.train.optim import make_optimizer, make_scheduler
+    from lora_forge.train.loop import backward, diffusion_loss, optimizer_for, optimizer_step
+    from lora_forge.train.optim import make_scheduler
     from lora_forge.train.session import open_session, precision_for
 
     unet = build_unet(kind)
@@ -93,9 +94,8 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
     )
     session = open_session(model, config)
     prec = precision_for(config, torch.device("cpu"), next(unet.parameters()).dtype)
-    groups = session.network.param_groups(config.unet_learning_rate, None)
-    params = [p for g in groups for p in g["params"]]
-    optimizer = make_optimizer("AdamW", groups)
+    lora_params = list(session.network.parameters())
+    optimizer, params = optimizer_for(session, config)
     scheduler = make_scheduler(optimizer, config, 1000)
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     schedule = NoiseSchedule(torch.cumprod(1 - betas, 0).float(), "eps")
@@ -103,26 +103,40 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
     x0 = torch.randn(1, 4, side, side, generator=gen)
     cond = torch.randn(1, 77, UNET[kind]["context_dim"], generator=gen)
     with torch.no_grad():  # a non-zero LoRA, as after the first steps (zero `up` would skip nothing anyway)
-        for p in params:
+        for p in lora_params:
             p.normal_(0, 0.01, generator=gen)
 
     def ours() -> None:
+        session.begin_step(prec.autocast_dtype)
         loss = diffusion_loss(unet, x0, lambda: cond, schedule, config, prec, gen)
         backward(loss, config, prec)
         optimizer_step(optimizer, scheduler, params, config, prec)
+        session.end_step()
 
     def floor() -> None:
-        session.network.remove()
-        try:
-            x = x0.clone().requires_grad_(True)
-            t = torch.randint(0, 1000, (1,), generator=gen)
-            with prec.autocast():
-                pred = unet(x, timesteps=t, context=cond)
-            torch.nn.functional.mse_loss(pred.float(), x0).backward()
-        finally:
-            session.network.apply_to()
+        x = x0.clone().requires_grad_(True)
+        t = torch.randint(0, 1000, (1,), generator=gen)
+        with prec.autocast():
+            pred = unet(x, timesteps=t, context=cond)
+        torch.nn.functional.mse_loss(pred.float(), x0).backward()
 
-    return floor, ours, session.close
+    def floor_without_lora() -> None:
+        with lora_off(session.network):
+            floor()
+
+    return floor_without_lora, ours, session.close
+
+
+@contextlib.contextmanager
+def lora_off(network):
+    """The training forwards taken off the targets for the floor, and put back afterwards."""
+    saved = [(m.target.module, m.target.module.__dict__.pop("forward", None)) for m in network.loras]
+    try:
+        yield
+    finally:
+        for module, fwd in saved:
+            if fwd is not None:
+                module.forward = fwd
 
 
 def timed(fn) -> float:
@@ -136,6 +150,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", choices=["tiny", "sd15"])
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--case", default="", help="run only cases whose name contains this, e.g. sd15_32")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,9 +160,11 @@ def main() -> int:
     for kind in kinds:
         for side in (16, 32):
             for precision in ("fp32", "bf16"):
+                if args.case not in f"{kind}_{side}_{precision}":
+                    continue
                 floor, ours, close = make_case(kind, side, precision, ckpt)
                 try:
-                    floor(), ours(), floor(), ours()  # warm-up (allocator, autocast caches, Adam state)
+                    floor(), ours()  # warm-up (allocator, autocast caches, Adam state)
                     tf, to = [], []
                     for r in range(args.rounds):
                         pair = [(floor, tf), (ours, to)]

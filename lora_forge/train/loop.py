@@ -86,7 +86,7 @@ def train(
 
     from lora_forge.model.schedule import schedule_from_model
     from lora_forge.train import memory, state
-    from lora_forge.train.optim import check_optimizer, make_optimizer, make_scheduler
+    from lora_forge.train.optim import check_optimizer, make_scheduler
     from lora_forge.train.session import offloaded, open_session, precision_for
 
     config, dataset, plan = prepared.config, prepared.dataset, prepared.plan
@@ -111,10 +111,7 @@ def train(
             for module in idle:
                 session.stack.enter_context(offloaded(module, device))
             schedule = schedule_from_model(sd_model, device)
-            groups = session.network.param_groups(config.unet_learning_rate, config.te_learning_rate)
-            if not config.train_text_encoder:
-                groups = [g for g in groups if g["name"] != "text_encoder"]
-            optimizer = make_optimizer(config.optimizer_type, groups)
+            optimizer, _ = optimizer_for(session, config)
             scheduler = make_scheduler(optimizer, config, plan.total_steps)
             pos = state.Position(0, 0, 0, plan.total_steps, time.time(), _config_hash(config))
             if prepared.resume_from is not None:
@@ -174,6 +171,13 @@ def _cache_latents(
     )
     conds.fill_cache(dataset)
     return cache
+
+
+def optimizer_for(session: Any, config: TrainConfig) -> tuple[Any, list[Any]]:
+    """The optimizer over the session's parameter groups, and those parameters."""
+    from lora_forge.train.optim import make_optimizer
+
+    return make_optimizer(config.optimizer_type, session.groups), [p for g in session.groups for p in g["params"]]
 
 
 def diffusion_loss(
@@ -242,6 +246,7 @@ class _Loop:
         flips = [c.flip_aug and rng.random() < 0.5 for _ in ids]
         x0 = torch.stack([self.latents.memory[(i, f)] for i, f in zip(ids, flips, strict=True)]).to(self.device)
         captions = [data.caption_for_step(self.dataset.items[i].caption, c, rng) for i in ids]
+        self.session.begin_step(self.precision.autocast_dtype)
         loss = diffusion_loss(
             self.session.unet, x0, lambda: self.conds(ids, captions), self.schedule, c, self.precision, gen
         )
@@ -271,6 +276,7 @@ class _Loop:
                     group = batches[k : k + accum]
                     loss = sum(float(self.micro_step(ids, pos.step * accum + j)) for j, ids in enumerate(group))
                     optimizer_step(optimizer, scheduler, params, c, self.precision)
+                    self.session.end_step()
                     k += len(group)
                     pos.step, pos.epoch, pos.batch = pos.step + 1, epoch, k
                     losses.append(loss / len(group))

@@ -64,13 +64,14 @@ def estimate(sd_model: Any, network: Any, config: TrainConfig, dataset: Any, dev
     on_cpu = device.type == "cpu"
     from lora_forge.train.data import captions_vary
 
-    te = sd_model.cond_stage_model
+    te = getattr(sd_model, "cond_stage_model", None)
+    vae = getattr(sd_model, "first_stage_model", None)
     te_stays = config.train_text_encoder or captions_vary(config) or not config.cache_text_encoder_outputs
     frozen = _bytes(unet.parameters())
-    if on_cpu or te_stays:
+    if te is not None and (on_cpu or te_stays):
         frozen += _bytes(te.parameters())
-    if on_cpu:
-        frozen += _bytes(sd_model.first_stage_model.parameters())
+    if vae is not None and on_cpu:
+        frozen += _bytes(vae.parameters())
     trained = [m for m in network.loras if config.train_text_encoder or m.target.part == "unet"]
     idle = [m for m in network.loras if m not in trained]  # untrained TE modules: weights only
     per_weight = 2 + OPTIMIZER_STATE.get(config.optimizer_type, 2.0)  # weight + grad + state
@@ -125,25 +126,33 @@ def _probe(unet: Any, side: int, config: TrainConfig) -> dict[str, dict[str, flo
     saved = dict.fromkeys(names, 0.0)
     inputs = dict.fromkeys(names, 0.0)
     seen: set[int] = set()
+    held: list[Any] = []  # this block's saved tensors, alive until it ends (so storages stay distinct)
     params = {p.data_ptr() for p in unet.parameters()}
     current = ["outside"]
 
     def pack(t: Any) -> Any:
+        """Count the tensor, hand autograd a placeholder: the probe never runs backward, so the
+        graph keeps nothing and the probe's own footprint stays at one block's activations."""
         ptr = t.untyped_storage().data_ptr()
         if ptr not in seen and ptr not in params:
             seen.add(ptr)
+            held.append(t)
             saved[current[0]] += t.untyped_storage().nbytes()
-        return t
+
+    def enter(name: str) -> None:
+        current[0] = name
+        held.clear()
+        seen.clear()
 
     hooks = []
     for name, block in zip(names, blocks, strict=False):
 
         def pre(_m: Any, args: Any, name: str = name) -> None:
-            current[0] = name
+            enter(name)
             inputs[name] += args[0].numel() * args[0].element_size()
 
         def post(_m: Any, _a: Any, _o: Any) -> None:
-            current[0] = "outside"
+            enter("outside")
 
         hooks += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
     wrappers = {id(b): b.__dict__.pop("forward") for b in blocks if "forward" in b.__dict__}
@@ -159,9 +168,9 @@ def _probe(unet: Any, side: int, config: TrainConfig) -> dict[str, dict[str, flo
         x = torch.zeros(1, 4, side, side, device=device, dtype=torch.float32, requires_grad=True)
         t = torch.full((1,), 500, device=device)
         cond = torch.zeros(1, 77 * (config.max_token_length // 75), ctx_dim, device=device, dtype=dtype)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            out = unet(x, timesteps=t, context=cond)
-        del out
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), autocast:
+            unet(x, timesteps=t, context=cond)
+        held.clear()
     finally:
         for h in hooks:
             h.remove()

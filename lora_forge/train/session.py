@@ -83,7 +83,17 @@ class Session:
     sd_model: Any
     network: Any
     unet: Any
+    groups: list[dict[str, Any]]  # optimizer parameter groups
+    fast: Any  # a FastLora, or None when lora/'s general forward runs (dropout, fused attention)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def begin_step(self, dtype: Any) -> None:
+        if self.fast is not None:
+            self.fast.begin_step(dtype)
+
+    def end_step(self) -> None:
+        if self.fast is not None:
+            self.fast.end_step()
 
     def close(self) -> None:
         self.stack.close()
@@ -93,6 +103,7 @@ def open_session(sd_model: Any, config: TrainConfig) -> Session:
     """Freeze the base, inject a fresh (or continued) LoRA, patch attention and checkpointing."""
     from lora_forge.lora.network import LoraNetwork
     from lora_forge.model.unet import frozen, sdp_attention, training_unet, unet_of
+    from lora_forge.train import fastlora
 
     stack = contextlib.ExitStack()
     try:
@@ -116,11 +127,18 @@ def open_session(sd_model: Any, config: TrainConfig) -> Session:
             state_dict, _ = load_lora(config.network_weights)
             network.load_kohya_state_dict(state_dict)
         network.train()
-        stack.enter_context(network.injected())
+        groups = network.param_groups(config.unet_learning_rate, config.te_learning_rate)
+        fast = None
+        if fastlora.supported(network, config):
+            fast = fastlora.FastLora(network, groups, passes=2 if config.gradient_checkpointing else 1)
+            stack.enter_context(fast.installed())
+            groups = fast.groups
+        else:
+            stack.enter_context(network.injected())
         if config.sdpa:
             stack.enter_context(sdp_attention())
         stack.enter_context(training_unet(unet, config.gradient_checkpointing))
     except BaseException:
         stack.close()
         raise
-    return Session(sd_model, network, unet, stack)
+    return Session(sd_model, network, unet, groups, fast, stack)

@@ -1,0 +1,168 @@
+"""The training-time forward of a LoraNetwork: same maths, fewer and cheaper operations.
+
+lora/ injects LoRA for every use (several networks at once, per-sample strengths for the grid,
+dropout); a training step needs only one network at strength 1, and there every extra tensor
+operation and module call per target shows up directly in the step time (bench/train_step.py).
+So while training, each target's instance forward computes its output in one of two exact forms,
+whichever costs fewer FLOPs at this call's shape:
+
+- merged:   y = layer(x; W + s·up·down)      one small matmul, then the layer's own op;
+             backward adds the weight gradient of the layer (tokens·in·out).
+- unmerged: y = layer(x; W) + s·up(down(x))  three ops (the scale rides on the add);
+             costs ~(passes + 3)·tokens·rank·(in + out).
+
+Wide layers at many tokens (SD1.5's 1280-channel blocks) go unmerged; narrow ones and the
+77-token cross-attention keys/values go merged. The parameters are the network's own, so the
+files, the optimizer and the resume state see no difference; LoRA dropout and OpenCLIP's fused
+attention need lora/'s general path, and the session falls back to it for them.
+
+Parameters are also moved into one flat buffer per optimizer group (views keep each module's
+tensors where they were), so AdamW and gradient clipping run as a handful of operations instead of
+a dozen per LoRA tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+
+def supported(network: Any, config: Any) -> bool:
+    """True when the fast forward computes exactly what lora/'s forward would."""
+    if config.network_dropout or config.rank_dropout or config.module_dropout:
+        return False
+    return all(m.target.kind in ("linear", "conv1x1", "conv") for m in network.loras)
+
+
+class FastLora:
+    """The network's trained tensors in one flat fp32 parameter per optimizer group, and the
+    training forwards that read them.
+
+    Each LoRA tensor of the network becomes a view into its group's flat parameter, so files,
+    resume state and renders keep working on the modules as usual. The forwards, however, take
+    their (down, up) from `begin_step()`: one cast of each flat parameter to the autocast dtype
+    and one split per step, instead of two casts per target per pass, and autograd accumulates
+    into one gradient per group. AdamW and clipping then run on a handful of tensors.
+    """
+
+    def __init__(self, network: Any, groups: list[dict[str, Any]], passes: int) -> None:
+        import torch
+
+        self.network, self.passes = network, passes
+        self.groups: list[dict[str, Any]] = []
+        self.layout: list[list[Any]] = []  # per group: the original parameters, in flat order
+        slot: dict[int, tuple[int, int]] = {}
+        for gi, group in enumerate(groups):
+            params = group["params"]
+            flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+            offset = 0
+            with torch.no_grad():
+                for pi, p in enumerate(params):
+                    n = p.numel()
+                    flat[offset : offset + n].copy_(p.detach().reshape(-1))
+                    p.data = flat[offset : offset + n].view_as(p)
+                    slot[id(p)] = (gi, pi)
+                    offset += n
+            self.groups.append({**group, "params": [torch.nn.Parameter(flat)]})
+            self.layout.append(params)
+        self.slots = [(slot[id(m.lora_down.weight)], slot[id(m.lora_up.weight)]) for m in network.loras]
+        self.current: list[tuple[Any, Any]] = []
+
+    @property
+    def params(self) -> list[Any]:
+        return [g["params"][0] for g in self.groups]
+
+    def begin_step(self, dtype: Any = None) -> None:
+        """(down, up) of every module for this step, in `dtype` (None: the fp32 masters)."""
+        views = []
+        for master, params in zip(self.params, self.layout, strict=True):
+            flat = master if dtype is None else master.to(dtype)
+            parts = flat.split([p.numel() for p in params])
+            views.append([part.view_as(p) for part, p in zip(parts, params, strict=True)])
+        self.current = [(views[gd][pd], views[gu][pu]) for (gd, pd), (gu, pu) in self.slots]
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The training forward on every target; the instance dicts are restored on exit."""
+        saved: list[tuple[Any, Any]] = []
+        try:
+            for i, lora in enumerate(self.network.loras):
+                module = lora.target.module
+                make = _linear_forward if lora.target.kind == "linear" else _conv_forward
+                saved.append((module, module.__dict__.get("forward")))
+                module.forward = make(module, lora, self.passes, self.current_of(i))
+            yield
+        finally:
+            for module, previous in reversed(saved):
+                if previous is None:
+                    del module.forward
+                else:
+                    module.forward = previous
+
+    def end_step(self) -> None:
+        """Drop this step's views (and their graph); renders then read the live weights."""
+        self.current = []
+
+    def current_of(self, i: int) -> Any:
+        def get(x: Any) -> tuple[Any, Any]:
+            if self.current:
+                return self.current[i]
+            # a render between steps (samples): the live fp32 values, cast when no autocast does it
+            import torch
+
+            lora = self.network.loras[i]
+            down, up = lora.lora_down.weight, lora.lora_up.weight
+            if down.dtype != x.dtype and not torch.is_autocast_enabled():
+                down, up = down.to(x.dtype), up.to(x.dtype)
+            return down, up
+
+        return get
+
+
+def _costs(n_in: int, n_out: int, rank: int, passes: int) -> tuple[int, int, int]:
+    """Per-token FLOPs of the merged and unmerged forms, and the merged form's per-call part."""
+    merged = n_in * n_out  # the layer's weight gradient
+    unmerged = (passes + 3) * rank * (n_in + n_out)
+    fixed = (passes + 2) * n_in * n_out * rank  # the small matmul, per call and in backward
+    return merged, unmerged, fixed
+
+
+def _linear_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    weight, bias = module.weight, module.bias
+    scale = float(lora.alpha) / lora.rank
+    n_out, n_in = weight.shape
+    merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, lora.rank, passes)
+
+    def forward(x: Any) -> Any:
+        down, up = get(x)
+        tokens = x.numel() // n_in
+        if tokens * merged_cost + fixed <= tokens * unmerged_cost:
+            return F.linear(x, torch.addmm(weight.to(up.dtype), up, down, alpha=scale).to(weight.dtype), bias)
+        return F.linear(x, weight, bias).add(F.linear(F.linear(x, down), up), alpha=scale)
+
+    return forward
+
+
+def _conv_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    weight, bias = module.weight, module.bias
+    scale = float(lora.alpha) / lora.rank
+    n_out, n_in = weight.shape[0], weight[0].numel()  # in_channels · kh · kw
+    merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, lora.rank, passes)
+
+    def forward(x: Any) -> Any:
+        down, up = get(x)
+        tokens = x.numel() // module.in_channels  # output positions, for the stride-1 layers that matter
+        if tokens * merged_cost + fixed <= tokens * unmerged_cost:
+            w = torch.addmm(weight.flatten(1).to(up.dtype), up.flatten(1), down.flatten(1), alpha=scale)
+            return module._conv_forward(x, w.view_as(weight).to(weight.dtype), bias)
+        lx = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
+        return module._conv_forward(x, weight, bias).add(F.conv2d(lx, up), alpha=scale)
+
+    return forward
