@@ -1,0 +1,304 @@
+"""Training inside the WebUI on its loaded model, leaving the model exactly as it was.
+
+The engine (lora_forge.train.loop) trains on whatever `host.sd_model()` returns; this module is
+what the WebUI needs around it (webui-internals.md §10): refuse what cannot train (--lowvram, fp8
+weights, SDXL for now; Forge 2 is refused by WebUIHost.sd_model), hold `queue_lock` for the whole
+run so generations and checkpoint switches wait, take the model to a pristine state (the Lora
+extension's merged weights restored, hypernetworks, tiling and alternative UNets off, eval mode)
+and put every piece of it back in a `finally`, then check each saved file through the Lora
+extension's own loader. Like webui.py, every `modules.*` import is inside a function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.events import Progress, ProgressFn, StopFlag
+
+log = logging.getLogger(__name__)
+
+WAIT_MESSAGE = "waiting for the WebUI to finish its current generation…"
+LOCK_NOTE = "txt2img/img2img and checkpoint changes wait until training ends (Stop in the 炼丹 tab, or Interrupt)"
+LOADBACK_TOLERANCE = 0.05  # relative difference of the LoRA's effect; fp16 merges stay well below
+_EMPHASIS = re.compile(r"([()\[\]\\:<>])")
+
+
+def escape_prompt(text: str) -> str:
+    """Tag text as literal prompt text: `(`, `)`, `[`, `]`, `:`, `<`, `>` and `\\` escaped so the
+    WebUI reads no emphasis, weight, or `<lora:…>` extra network in it."""
+    return _EMPHASIS.sub(r"\\\1", text)
+
+
+def clip_skip() -> int:
+    """The user's "Clip skip" setting (Settings → Stable Diffusion)."""
+    from modules import shared
+
+    return max(1, int(shared.opts.data.get("CLIP_stop_at_last_layers", 1) or 1))
+
+
+def check_trainable(sd_model: Any) -> None:
+    """Refuse, with what to do instead, what in-process training cannot work on."""
+    from modules import devices, shared
+
+    from lora_forge.model.family import model_family
+
+    opts = shared.cmd_opts
+    if getattr(opts, "lowvram", False) or (getattr(sd_model, "lowvram", False) and not _medvram()):
+        raise ForgeError(
+            "the WebUI runs with --lowvram, which keeps the model in pieces on the CPU; restart it without "
+            "--lowvram (use --medvram on 6-8 GB cards), or train headless with `python -m lora_forge train`"
+        )
+    if getattr(devices, "fp8", False):
+        raise ForgeError(
+            "the model's weights are stored in FP8 (Settings → Optimizations → FP8 weight), which cannot "
+            "be trained; set it to Disable, apply, then start again"
+        )
+    family = model_family(sd_model)
+    if family.startswith("sdxl"):
+        raise ForgeError(
+            "SDXL models cannot be trained in LoRA Forge yet; load an SD 1.5 or SD 2.x checkpoint "
+            "(the Stable Diffusion checkpoint list at the top), then start again"
+        )
+
+
+def _medvram() -> bool:
+    from modules import shared
+
+    opts = shared.cmd_opts
+    return bool(getattr(opts, "medvram", False) or getattr(opts, "medvram_sdxl", False))
+
+
+def medvram_overrides() -> dict[str, Any]:
+    """--medvram: everything the VAE and the text encoder compute is cached before the first step,
+    so only the UNet has to sit on the card while training."""
+    if not _medvram():
+        return {}
+    return {"cache_latents": True, "cache_text_encoder_outputs": True, "network_train_unet_only": True}
+
+
+# -- the pristine model --------------------------------------------------------------------------
+
+
+def _restore_lora_merges(sd_model: Any) -> None:
+    """Undo what the last generation's `<lora:…>` merged into the weights (the Lora extension
+    restores a layer lazily in its next forward; our training forward must not see merged weights)."""
+    networks = sys.modules.get("networks")
+    if networks is None or not hasattr(networks, "load_networks"):
+        return
+    networks.load_networks([])
+    restore = getattr(networks, "network_restore_weights_from_backup", None)
+    if restore is None:
+        return
+    import torch
+
+    with torch.no_grad():
+        for module in (getattr(sd_model, "network_layer_mapping", None) or {}).values():
+            if getattr(module, "network_current_names", ()):
+                restore(module)
+                module.network_current_names = ()
+
+
+def _device_of(module: Any) -> Any:
+    p = next(module.parameters(), None) if module is not None else None
+    return None if p is None else p.device
+
+
+@contextlib.contextmanager
+def pristine(sd_model: Any) -> Iterator[None]:
+    """§10.3 of webui-internals.md on the way in; everything put back on the way out."""
+    from modules import devices, shared
+
+    stack = contextlib.ExitStack()
+    with stack:
+        _restore_lora_merges(sd_model)
+
+        hypernetworks = list(getattr(shared, "loaded_hypernetworks", []))
+        shared.loaded_hypernetworks = []
+        stack.callback(setattr, shared, "loaded_hypernetworks", hypernetworks)
+
+        hijack = _optional("modules.sd_hijack")
+        if hijack is not None and hasattr(hijack.model_hijack, "apply_circular"):
+            was_circular = bool(getattr(hijack.model_hijack, "circular_enabled", False))
+            hijack.model_hijack.apply_circular(False)
+            stack.callback(hijack.model_hijack.apply_circular, was_circular)
+
+        sd_unet = _optional("modules.sd_unet")
+        if sd_unet is not None and getattr(sd_unet, "current_unet", None) is not None:
+            sd_unet.apply_unet("None")
+            stack.callback(sd_unet.apply_unet)  # back to the user's choice (opts.sd_unet)
+
+        modes = [(m, m.training) for m in sd_model.modules()]
+        flags = [(p, p.requires_grad) for p in sd_model.parameters()]
+        parts = [getattr(sd_model, n, None) for n in ("model", "first_stage_model", "cond_stage_model")]
+        places = [(m, _device_of(m)) for m in parts if _device_of(m) is not None]
+
+        def put_back() -> None:
+            for m, mode in modes:
+                m.training = mode  # not .train(): the sgm VAE asserts on it (§10.3)
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            for m, device in places:
+                if _device_of(m) != device:
+                    m.to(device)
+            processing = _optional("modules.processing")
+            for cls_name in ("StableDiffusionProcessing", "StableDiffusionProcessingTxt2Img"):
+                cls = getattr(processing, cls_name, None)
+                for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+                    if cls is not None and attr in vars(cls):  # stale conds after a TE change (§4.5)
+                        setattr(cls, attr, [None] * len(getattr(cls, attr)))
+            devices.torch_gc()
+
+        stack.callback(put_back)
+        for m, _ in modes:
+            m.training = False
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+
+
+def _optional(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def train_in_webui(host: Any, prepared: Any, out_dir: Path, progress: ProgressFn, stop: StopFlag) -> Any:
+    """The engine's run on the WebUI's model, under queue_lock, with the model restored after.
+
+    Returns the engine's TrainResult with `report["loadback"]` holding the load-back check's
+    problems (empty: every file renders in txt2img as it did in our samples)."""
+    import torch
+    from modules import shared
+
+    from lora_forge.train import outputs
+    from lora_forge.train.loop import train
+
+    progress(Progress(0, 0, WAIT_MESSAGE))
+    with host.exclusive("train"):
+        sd_model = host.sd_model()
+        check_trainable(sd_model)
+        config = prepared.config
+        if not config.sample_prompts:
+            first = [c.split(",")[0].strip() for c in (it.caption for it in prepared.dataset.items) if c]
+            prompts = outputs.default_prompts(config, first)
+            prepared.config = config.replace(sample_prompts=[escape_prompt(p) for p in prompts])
+        name = prepared.config.output_name
+
+        def relay(event: Progress) -> None:
+            if event.message:
+                shared.state.textinfo = f"LoRA Forge: training “{name}” — {event.message}. {LOCK_NOTE}"
+            if event.image is not None:
+                shared.state.assign_current_image(event.image)
+            progress(event)
+
+        try:
+            with pristine(sd_model):
+                result = train(host, prepared, out_dir, relay, stop)
+                problems = []
+                for path in [*result.epoch_files, result.final_file]:
+                    problem = loadback_check(host, sd_model, path)
+                    if problem:
+                        log.error(problem)
+                        problems.append(problem)
+                result.report["loadback"] = problems
+        except torch.OutOfMemoryError as e:
+            raise ForgeError(
+                "out of GPU memory while training; lower the batch size, the resolution or the rank, keep "
+                "gradient checkpointing on, or close other programs using the GPU (the WebUI's model is "
+                f"unchanged) [{str(e).splitlines()[0][:120]}]"
+            ) from e
+        finally:
+            shared.state.interrupted = False  # our Stop/Interrupt must not cancel the next generation
+    return result
+
+
+# -- load-back check -----------------------------------------------------------------------------
+
+
+def loadback_check(host: Any, sd_model: Any, path: Path) -> str:
+    """One denoising step on a fixed input, with the file applied by the Lora extension and by our
+    own modules; '' when the two agree, else a loud message (the file would not render as trained)."""
+    import torch
+
+    networks = sys.modules.get("networks")
+    if networks is None or not hasattr(networks, "load_networks"):
+        return ""
+    from lora_forge.lora.network import LoraNetwork
+
+    device = host.device
+    unet = sd_model.model.diffusion_model
+    dtype = next(unet.parameters()).dtype
+    gen = torch.Generator().manual_seed(20240727)
+    x = torch.randn((1, 4, 8, 8), generator=gen).to(device, dtype)
+    t = torch.tensor([500], device=device)
+    prompt = ["a photo"]
+
+    def step() -> Any:
+        cond = sd_model.get_learned_conditioning(prompt)
+        return sd_model.apply_model(x, t, cond).float()
+
+    name = host.network_name(path)
+    with torch.no_grad():
+        _restore_lora_merges(sd_model)
+        base = step()
+        try:
+            networks.load_networks([name], [1.0], [1.0], [None])
+            theirs = step()
+        finally:
+            _restore_lora_merges(sd_model)
+        net = LoraNetwork.from_file(sd_model, path, multiplier=1.0)
+        with net.injected():
+            ours = step()
+    effect = (ours - base).norm()
+    if not torch.isfinite(ours).all() or effect == 0:
+        return f"LOAD-BACK CHECK: {path.name} changes nothing even in our own modules"
+    diff = float((theirs - ours).norm() / effect)
+    if diff > LOADBACK_TOLERANCE:
+        return (
+            f"LOAD-BACK CHECK FAILED: the WebUI's Lora loader applies {path.name} differently from the trained "
+            f"LoRA (difference {diff:.0%} of its effect); renders with <lora:{name}:1> will not match the samples"
+        )
+    return ""
+
+
+# -- HTTP API guard ------------------------------------------------------------------------------
+
+
+def api_enabled() -> bool:
+    """Our training routes exist for cloud users who run the WebUI with --api (or --nowebui)."""
+    from modules import shared
+
+    return bool(getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False))
+
+
+def api_credentials() -> dict[str, str]:
+    """--api-auth "user:pass,user2:pass2" as the WebUI's Api class reads it (empty: no auth)."""
+    from modules import shared
+
+    raw = getattr(shared.cmd_opts, "api_auth", None) or ""
+    pairs = (item.split(":", 1) for item in raw.strip('"').replace("\n", "").split(",") if ":" in item)
+    return {user: password for user, password in pairs}
+
+
+def check_api_access(user: str | None, password: str | None) -> bool:
+    """The comparison the WebUI's Api.auth makes (constant time), for routes it does not cover."""
+    credentials = api_credentials()
+    if not credentials:
+        return True
+    if user is None or user not in credentials:
+        return False
+    return hmac.compare_digest(str(password or ""), credentials[user])

@@ -1,0 +1,251 @@
+"""训练: pick a preset, set the handful of values users touch, start; watch progress, the loss
+chart, memory and samples; stop, resume. The run itself lives in host.train_jobs (a worker
+thread); the Start/Resume/Watch handlers are generators that poll it, so gradio's event loop and
+the WebUI stay free while it trains.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.ui.context import UiContext
+
+TITLE = "Train"
+POLL_SECONDS = 1.0
+PRESET_LABELS = {
+    "person": "Person",
+    "anime": "Anime character",
+    "style": "Art style",
+    "product": "Product / object",
+    "custom": "Custom",
+}
+# the fields users touch: (config key, label, kind)
+MAIN_FIELDS = [
+    ("output_name", "LoRA name", "text"),
+    ("trigger_word", "Trigger word", "text"),
+    ("num_repeats", "Repeats (0 = planned for the preset)", "int"),
+    ("max_train_epochs", "Epochs", "int"),
+    ("network_dim", "Rank (dim)", "int"),
+    ("network_alpha", "Alpha", "float"),
+    ("learning_rate", "Learning rate", "float"),
+    ("resolution", "Resolution", "text"),
+    ("train_batch_size", "Batch size", "int"),
+    ("save_every_n_epochs", "Save every N epochs", "int"),
+    ("sample_every_n_steps", "Sample every N steps (0 = none)", "int"),
+]
+ADVANCED_FIELDS = [
+    ("text_encoder_lr", "Text encoder learning rate (0 = UNet only)", "float"),
+    ("clip_skip", "Clip skip (0 = the WebUI's setting)", "int"),
+    ("optimizer_type", "Optimizer", "text"),
+    ("lr_scheduler", "LR scheduler", "text"),
+    ("mixed_precision", "Mixed precision (no / fp16 / bf16)", "text"),
+    ("min_snr_gamma", "Min-SNR gamma (0 = off)", "float"),
+    ("noise_offset", "Noise offset", "float"),
+    ("seed", "Seed", "int"),
+]
+
+
+def _preset_values(preset: str) -> list[Any]:
+    from lora_forge.train.presets import preset_config
+
+    config = preset_config(_preset_name(preset))
+    values = []
+    for key, _, _ in MAIN_FIELDS + ADVANCED_FIELDS:
+        v = getattr(config, key)
+        values.append(0 if key == "clip_skip" else v)
+    return values
+
+
+def _overrides(values: list[Any], extra: str) -> dict[str, Any]:
+    from lora_forge.train.cli import parse_sets
+
+    out: dict[str, Any] = {}
+    for (key, _, kind), v in zip(MAIN_FIELDS + ADVANCED_FIELDS, values, strict=True):
+        if v is None or v == "":
+            continue
+        out[key] = int(v) if kind == "int" else float(v) if kind == "float" else str(v).strip()
+    if not out.get("text_encoder_lr"):
+        out["network_train_unet_only"] = True
+    lines = [line.strip() for line in (extra or "").splitlines() if line.strip() and not line.startswith("#")]
+    out.update(parse_sets(lines))
+    return out
+
+
+def _fmt_eta(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def render(status: Any) -> tuple[Any, ...]:
+    """(status markdown, progress html, chart, sample image, result markdown) for one poll."""
+    from lora_forge.host.train_jobs import GOOD_LOSS
+    from lora_forge.ui.train_chart import loss_chart
+
+    if status is None:
+        return "No training run yet.", "", None, None, ""
+    pct = 100.0 * status.step / status.total if status.total else 0.0
+    lines = [f"**{status.name or '…'}** — {status.state}"]
+    if status.plan:
+        lines.append(f"Plan: {status.plan}")
+    if status.state == "running" and status.total:
+        eta = f", ETA {_fmt_eta(status.eta_s)}" if status.eta_s else ""
+        lines.append(f"Step {status.step}/{status.total} (epoch {status.epoch}/{status.epochs}){eta}")
+    if status.memory_bytes:
+        lines.append(f"Memory in use: {status.memory_bytes / 1024**3:.2f} GiB")
+    if status.estimate:
+        lines.append(f"Memory plan: {status.estimate}")
+    if status.message and not status.done:
+        lines.append(status.message)
+    bar = (
+        f"<div class='lora-forge-progress' style='background:#ddd;border-radius:4px;height:14px'>"
+        f"<div style='width:{pct:.1f}%;background:#4a8;height:14px;border-radius:4px'></div></div>"
+        f"<span id='lora_forge_train_pct'>{pct:.0f}%</span>"
+    )
+    chart = loss_chart(status.losses, status.smoothed, GOOD_LOSS, status.total) if status.losses else None
+    sample = getattr(status, "_sample_image", None)
+    result = ""
+    if status.done:
+        result = ("❌ " + status.error) if status.state == "failed" else ("✅ " + status.message)
+        for w in status.warnings:
+            result += f"\n\n⚠️ **{w}**"
+    return "\n\n".join(lines), bar, chart, sample, result
+
+
+def _card_memory(host: Any) -> str:
+    import torch
+
+    device = host.device
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return f"{total / 1024**3:.1f} GiB on {torch.cuda.get_device_name(device)}"
+    return f"no GPU memory limit ({device.type})"
+
+
+def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) -> str:
+    from lora_forge.host.train_jobs import build_config
+    from lora_forge.train import memory
+    from lora_forge.train.loop import prepare
+    from lora_forge.train.session import open_session
+
+    try:
+        host = ctx.host()
+        config, user_keys = build_config(host, _preset_name(preset), _overrides(list(values[:-1]), values[-1]))
+        prepared = prepare(config, data_dir, user_keys)
+        with host.job("memory estimate"):
+            sd_model = host.sd_model()
+            session = open_session(sd_model, prepared.config)
+            try:
+                est = memory.estimate(sd_model, session.network, prepared.config, prepared.dataset)
+            finally:
+                session.close()
+    except ForgeError as e:
+        return f"❌ {e}"
+    return f"Memory plan: {est.summary()} — the card has {_card_memory(host)}. {prepared.plan.note}"
+
+
+def build(ctx: UiContext) -> None:
+    import gradio as gr
+
+    from lora_forge.host.train_jobs import RUNS
+
+    dataset_dir = ctx.shared["dataset_dir"]
+    preset = gr.Radio(
+        choices=list(PRESET_LABELS.values()),  # labels as values: the WebUI's localization translates them
+        value=PRESET_LABELS["person"],
+        label="Preset",
+        elem_id="lora_forge_train_preset",
+        elem_classes=["lora-forge-preset-cards"],
+    )
+    defaults = _preset_values("person")
+    components = []
+    with gr.Row():
+        for i, (key, label, kind) in enumerate(MAIN_FIELDS):
+            value = "my_lora" if key == "output_name" else defaults[i]
+            comp = gr.Textbox if kind == "text" else gr.Number
+            components.append(comp(value=value, label=label, elem_id=f"lora_forge_train_{key}", min_width=160))
+    with gr.Accordion("Advanced", open=False, elem_id="lora_forge_train_advanced"):
+        with gr.Row():
+            for j, (key, label, kind) in enumerate(ADVANCED_FIELDS):
+                value = defaults[len(MAIN_FIELDS) + j]
+                comp = gr.Textbox if kind == "text" else gr.Number
+                components.append(comp(value=value, label=label, elem_id=f"lora_forge_train_{key}", min_width=160))
+        extra = gr.Textbox(
+            label="More settings, one `key = value` per line (kohya names)",
+            lines=3,
+            elem_id="lora_forge_train_extra",
+        )
+    with gr.Row():
+        check = gr.Button("Check memory", elem_id="lora_forge_train_check")
+        start = gr.Button("Start training", variant="primary", elem_id="lora_forge_train_start")
+        stop = gr.Button("Stop", variant="stop", elem_id="lora_forge_train_stop")
+        resume = gr.Button("Resume", elem_id="lora_forge_train_resume")
+        watch = gr.Button("Show progress", elem_id="lora_forge_train_watch")
+    memory_md = gr.Markdown("", elem_id="lora_forge_train_memory")
+    status_md = gr.Markdown("No training run yet.", elem_id="lora_forge_train_status")
+    bar = gr.HTML("", elem_id="lora_forge_train_bar")
+    with gr.Row():
+        chart = gr.Image(label="Loss", type="pil", interactive=False, elem_id="lora_forge_train_chart")
+        sample = gr.Image(label="Latest sample", type="pil", interactive=False, elem_id="lora_forge_train_sample")
+    result_md = gr.Markdown("", elem_id="lora_forge_train_result")
+    outputs = [status_md, bar, chart, sample, result_md]
+
+    def follow(run_id: str):
+        while True:
+            status = RUNS.get(run_id)
+            yield render(status)
+            if status.done:
+                return
+            time.sleep(POLL_SECONDS)
+
+    def on_start(data_dir: str, preset_name: str, *values: Any):
+        try:
+            overrides = _overrides(list(values[:-1]), values[-1])
+            status = RUNS.start(ctx.host(), data_dir, _preset_name(preset_name), overrides)
+        except ForgeError as e:
+            yield "", "", None, None, f"❌ {e}"
+            return
+        yield from follow(status.id)
+
+    def on_resume(data_dir: str):
+        last = RUNS.latest()
+        if last is None or last.state not in ("stopped", "failed") or not last.run_dir:
+            yield "", "", None, None, "❌ nothing to resume: no stopped run in this session"
+            return
+        try:
+            status = RUNS.start(ctx.host(), data_dir or last.data_dir, resume=last.run_dir)
+        except ForgeError as e:
+            yield "", "", None, None, f"❌ {e}"
+            return
+        yield from follow(status.id)
+
+    def on_stop() -> str:
+        active = RUNS.active()
+        if active is None:
+            return "Nothing is training."
+        RUNS.stop(active.id)
+        return "Stopping after the current step…"
+
+    def on_watch():
+        active = RUNS.active() or RUNS.latest()
+        if active is None:
+            yield render(None)
+            return
+        yield from follow(active.id)
+
+    def on_preset(name: str) -> list[Any]:
+        values = _preset_values(name)
+        return [gr.update(value=v) for v in values[2:]]  # name and trigger word stay the user's
+
+    inputs = [dataset_dir, preset, *components, extra]
+    preset.change(on_preset, inputs=[preset], outputs=components[2:])
+    check.click(lambda *a: estimate_memory(ctx, a[0], a[1], *a[2:]), inputs=inputs, outputs=[memory_md])
+    start.click(on_start, inputs=inputs, outputs=outputs)
+    resume.click(on_resume, inputs=[dataset_dir], outputs=outputs)
+    stop.click(on_stop, outputs=[memory_md])
+    watch.click(on_watch, outputs=outputs)
+
+
+def _preset_name(label: str) -> str:
+    return next((name for name, text in PRESET_LABELS.items() if text == label), label or "custom")

@@ -1,0 +1,416 @@
+"""Training inside the WebUI (stand-in modules.*, real tiny ldm model): the model and a fixed
+txt2img render are identical before and after a finished, stopped, failed or out-of-memory run;
+generations and checkpoint switches wait for the run; files land where the Lora extension looks."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_forge.errors import ForgeError
+from lora_forge.host.base import RenderRequest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB_DIR = Path(__file__).resolve().parent / "webui_stub"
+FAST = {
+    "output_name": "zkw",
+    "trigger_word": "zkw",
+    "resolution": "64",
+    "min_bucket_reso": 64,
+    "max_bucket_reso": 128,
+    "num_repeats": 1,
+    "max_train_epochs": 2,
+    "network_dim": 4,
+    "network_alpha": 2.0,
+    "learning_rate": 1e-3,
+    "sample_every_n_steps": 4,
+    "sample_steps": 2,
+    "sample_cfg_scale": 1.0,
+    "cache_latents_to_disk": False,
+    "mixed_precision": "no",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("webui-train-data")
+    rng = np.random.default_rng(1)
+    for i, name in enumerate(["red", "green", "blue", "white"]):
+        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
+        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220), (250, 250, 250)][i]
+        Image.fromarray(arr).save(folder / f"{name}.png")
+        # tag text with the WebUI's prompt syntax in it: must be read literally
+        (folder / f"{name}.txt").write_text(f"zkw, {name} square, (noise:1.5), [bg]", encoding="utf-8")
+    return folder
+
+
+def start_stub(root: Path, sd_model, argv: list[str] | None = None):
+    if str(STUB_DIR) not in sys.path:
+        sys.path.insert(0, str(STUB_DIR))
+    import webui_stub
+
+    lora_dir = root / "models" / "Lora"
+    return webui_stub.start(root, sd_model, argv=["--lora-dir", str(lora_dir), *(argv or [])], extensions={"x": ROOT})
+
+
+@pytest.fixture
+def webui(tmp_path: Path, tiny_host):
+    stub = start_stub(tmp_path / "webui", tiny_host.sd_model())
+    yield stub
+    networks = sys.modules.get("networks")
+    if networks is not None:
+        networks.load_networks([])
+    from modules import devices, shared
+
+    shared.sd_model = None
+    shared.cmd_opts.lowvram = False
+    devices.fp8 = False
+
+
+@pytest.fixture
+def runs():
+    from lora_forge.host.train_jobs import Runs
+
+    return Runs()
+
+
+def weights_hash(sd_model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(sd_model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_hash(sd_model) -> str:
+    """Weights, requires_grad flags and train/eval modes."""
+    h = hashlib.sha256(weights_hash(sd_model).encode())
+    flags = [(n, p.requires_grad) for n, p in sd_model.named_parameters()]
+    modes = [(n, m.training) for n, m in sd_model.named_modules()]
+    h.update(repr((flags, modes)).encode())
+    return h.hexdigest()
+
+
+def render(prompt: str = "a photo of a cat") -> np.ndarray:
+    from lora_forge.host.webui import WebUIHost
+
+    req = RenderRequest(prompt, seed=7, steps=2, cfg_scale=1.0, width=64, height=64)
+    return np.asarray(WebUIHost().txt2img([req])[0], dtype=np.int16)
+
+
+def snapshot() -> tuple[str, np.ndarray]:
+    from modules import shared
+
+    return model_hash(shared.sd_model), render()
+
+
+def host():
+    from lora_forge.host.webui import host as webui_host
+
+    return webui_host()
+
+
+def run_to_end(runs, dataset, **changes):
+    status = runs.start(host(), str(dataset), "custom", {**FAST, **changes})
+    return runs.wait(status.id, timeout=300)
+
+
+def test_run_trains_saves_where_the_webui_looks_and_leaves_the_model_as_it_was(webui, runs, dataset):
+    from modules import shared
+
+    before = snapshot()
+    seen = []
+    from lora_forge.host import webui_train
+
+    original = webui_train.loadback_check
+
+    def spy(h, sd_model, path):
+        seen.append((shared.state.textinfo, shared.state.job_count, shared.state.job_no, path.name))
+        return original(h, sd_model, path)
+
+    webui_train.loadback_check = spy
+    try:
+        status = run_to_end(runs, dataset)
+    finally:
+        webui_train.loadback_check = original
+    assert status.state == "finished", status.error
+    assert snapshot()[0] == before[0]
+    assert np.array_equal(snapshot()[1], before[1])
+
+    lora_dir = Path(shared.cmd_opts.lora_dir)
+    run_dir = lora_dir / "zkw"
+    assert Path(status.run_dir) == run_dir
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    assert names == ["zkw-000001.safetensors", "zkw-000002.safetensors", "zkw.safetensors"]
+    assert (run_dir / "zkw-000002.preview.png").is_file() and (run_dir / "zkw.preview.png").is_file()
+    assert status.warnings == []  # the load-back check passed for every file
+    assert [s[3] for s in seen] == [*names[:2], "zkw.safetensors"]
+    assert "LoRA Forge" in seen[0][0] and seen[0][1] == status.total  # the WebUI's own progress
+    assert len(status.losses) == status.total == 8 and status.sample_path
+    assert "<lora:zkw-000002:0.8>" in status.message
+
+    networks = sys.modules["networks"]
+    assert "zkw-000002" in networks.available_networks  # the list was refreshed
+    with_lora = render("a photo of a cat <lora:zkw-000002:1>")
+    assert np.abs(with_lora - before[1]).max() > 0  # the file does something in txt2img
+    assert np.array_equal(render(), before[1])
+
+
+def test_second_run_gets_a_new_name_and_samples_escape_prompt_syntax(webui, runs, dataset):
+    first = run_to_end(runs, dataset, sample_every_n_steps=0, max_train_epochs=1)
+    second = run_to_end(runs, dataset, sample_every_n_steps=0, max_train_epochs=1)
+    assert (first.name, second.name) == ("zkw", "zkw-2")
+    assert Path(second.run_dir, "zkw-2-000001.safetensors").is_file()
+    from lora_forge.host.webui_train import escape_prompt
+
+    assert escape_prompt("zkw, (noise:1.5), [bg], <lora:x:1>") == r"zkw, \(noise\:1.5\), \[bg\], \<lora\:x\:1\>"
+
+
+def test_interrupt_stops_the_run_and_resume_continues(webui, runs, dataset, monkeypatch):
+    from modules import shared
+
+    from lora_forge.train import loop
+
+    before = snapshot()
+    calls = {"n": 0}
+    original = loop.optimizer_step
+
+    def step_then_interrupt(*a, **k):
+        original(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            shared.state.interrupt()  # the WebUI's Interrupt button
+
+    monkeypatch.setattr(loop, "optimizer_step", step_then_interrupt)
+    stopped = run_to_end(runs, dataset, sample_every_n_steps=0)
+    assert stopped.state == "stopped" and stopped.step == 3
+    assert "Resume" in stopped.message
+    assert shared.state.interrupted is False  # the next generation is not cancelled
+    assert snapshot()[0] == before[0]
+    assert np.array_equal(snapshot()[1], before[1])
+
+    monkeypatch.setattr(loop, "optimizer_step", original)
+    resumed = runs.wait(runs.start(host(), str(dataset), resume=stopped.run_dir).id, timeout=300)
+    assert resumed.state == "finished", resumed.error
+    assert resumed.name == "zkw-2" and resumed.step == 8
+    assert snapshot()[0] == before[0]
+
+
+@pytest.mark.parametrize("failure", ["error", "oom"])
+def test_failed_run_restores_the_model_and_the_webui_keeps_working(webui, runs, dataset, monkeypatch, failure):
+    from modules import call_queue, shared
+
+    from lora_forge.train import loop
+
+    # a LoRA merged by the last generation, hypernetworks and tiling on: all reset, then put back
+    shared.loaded_hypernetworks = ["hn"]
+    from modules import sd_hijack
+
+    sd_hijack.model_hijack.apply_circular(True)
+    sd_hijack.model_hijack.apply_circular(False)
+    before = snapshot()
+    calls = {"n": 0}
+    original = loop.diffusion_loss
+    seen = {}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        seen["hn"] = list(shared.loaded_hypernetworks)
+        seen["lock"] = call_queue.queue_lock.acquire(blocking=False)
+        if calls["n"] == 3:
+            raise (
+                torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                if failure == "oom"
+                else (RuntimeError("injected failure"))
+            )
+        return original(*a, **k)
+
+    monkeypatch.setattr(loop, "diffusion_loss", failing)
+    status = run_to_end(runs, dataset, sample_every_n_steps=0)
+    assert status.state == "failed"
+    if failure == "oom":
+        assert status.error.startswith("out of GPU memory") and "batch size" in status.error
+    else:
+        assert "injected failure" in status.error
+    assert seen == {"hn": [], "lock": False}  # hypernetworks off and queue_lock held during the run
+    assert shared.loaded_hypernetworks == ["hn"]
+    assert call_queue.queue_lock.acquire(blocking=False)
+    call_queue.queue_lock.release()
+    assert snapshot()[0] == before[0]
+    assert np.array_equal(snapshot()[1], before[1])
+
+
+def test_pristine_undoes_a_merged_lora_tiling_and_an_alternative_unet(webui, runs, dataset, monkeypatch):
+    from modules import sd_hijack, sd_unet, shared
+
+    from lora_forge.host import webui_train
+
+    status = run_to_end(runs, dataset, sample_every_n_steps=0, max_train_epochs=1)
+    base_hash, base_image = weights_hash(shared.sd_model), render()
+    render(f"a photo of a cat <lora:{status.name}-000001:1>")  # leaves the LoRA merged (stub: eagerly)
+    assert weights_hash(shared.sd_model) != base_hash
+    sd_hijack.model_hijack.apply_circular(True)
+
+    class Option(sd_unet.SdUnetOption):
+        label, model_name = "TRT", None
+
+        def create_unet(self):
+            return sd_unet.SdUnet()
+
+    sd_unet.unet_options.append(Option())
+    monkeypatch.setitem(shared.opts.data, "sd_unet", "TRT")
+    sd_unet.apply_unet()
+    inside = {}
+    with webui_train.pristine(shared.sd_model):
+        inside["hash"] = weights_hash(shared.sd_model)
+        inside["circular"] = sd_hijack.model_hijack.circular_enabled
+        inside["unet"] = sd_unet.current_unet
+    assert inside == {"hash": base_hash, "circular": False, "unet": None}
+    assert sd_hijack.model_hijack.circular_enabled and sd_unet.current_unet is not None
+    sd_hijack.model_hijack.apply_circular(False)
+    sd_unet.apply_unet("None")
+    sd_unet.unet_options.clear()
+    assert np.array_equal(render(), base_image)
+
+
+def test_generation_and_checkpoint_switch_wait_for_the_run(webui, runs, dataset, monkeypatch):
+    from modules import call_queue
+
+    from lora_forge.train import loop
+
+    release = threading.Event()
+    entered = threading.Event()
+    original = loop.optimizer_step
+
+    def slow(*a, **k):
+        entered.set()
+        release.wait(60)
+        original(*a, **k)
+
+    monkeypatch.setattr(loop, "optimizer_step", slow)
+    status = runs.start(host(), str(dataset), "custom", {**FAST, "sample_every_n_steps": 0, "max_train_epochs": 1})
+    assert entered.wait(120)
+    done = []
+    switch = threading.Thread(target=call_queue.wrap_queued_call(lambda: done.append(("switch", status.step))))
+    gen = threading.Thread(target=lambda: done.append(("txt2img", render().shape)))
+    switch.start()
+    gen.start()
+    time.sleep(1.0)
+    assert done == []  # both wait in the FIFO queue behind the run
+    release.set()
+    runs.wait(status.id, timeout=300)
+    switch.join(60)
+    gen.join(120)
+    assert status.state == "finished"
+    assert sorted(d[0] for d in done) == ["switch", "txt2img"]
+    assert ("switch", status.total) in done  # it ran only once every step was done
+
+
+def test_start_while_a_generation_runs_waits_and_says_so(webui, runs, dataset):
+    from modules import call_queue
+
+    call_queue.queue_lock.acquire()  # a txt2img in progress
+    try:
+        status = runs.start(host(), str(dataset), "custom", {**FAST, "sample_every_n_steps": 0, "max_train_epochs": 1})
+        time.sleep(0.5)
+        assert status.state == "waiting" and "waiting for the WebUI" in status.message
+        with pytest.raises(ForgeError, match="still going"):
+            runs.start(host(), str(dataset), "custom", FAST)  # twice at once
+    finally:
+        call_queue.queue_lock.release()
+    assert runs.wait(status.id, timeout=300).state == "finished"
+
+
+def test_bad_input_is_refused_with_a_message_and_nothing_changes(webui, runs, dataset, tmp_path, monkeypatch):
+    from modules import devices, shared
+
+    before = snapshot()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    uncaptioned = tmp_path / "uncaptioned"
+    uncaptioned.mkdir()
+    Image.new("RGB", (64, 64), "red").save(uncaptioned / "a.png")
+    for folder in (empty, uncaptioned):
+        with pytest.raises(ForgeError):
+            runs.start(host(), str(folder), "custom", FAST)
+    with pytest.raises(ForgeError, match="dataset folder"):
+        runs.start(host(), "", "custom", FAST)
+
+    monkeypatch.setattr(shared.cmd_opts, "lowvram", True, raising=False)
+    with pytest.raises(ForgeError, match="--lowvram"):
+        runs.start(host(), str(dataset), "custom", FAST)
+    monkeypatch.setattr(shared.cmd_opts, "lowvram", False)
+    monkeypatch.setattr(devices, "fp8", True)
+    with pytest.raises(ForgeError, match="FP8"):
+        runs.start(host(), str(dataset), "custom", FAST)
+    monkeypatch.setattr(devices, "fp8", False)
+    shared.sd_model.is_sdxl = True
+    try:
+        with pytest.raises(ForgeError, match="SDXL"):
+            runs.start(host(), str(dataset), "custom", FAST)
+    finally:
+        del shared.sd_model.is_sdxl
+    model = shared.sd_model
+    shared.sd_model = None
+    try:
+        with pytest.raises(ForgeError, match="no checkpoint is loaded"):
+            runs.start(host(), str(dataset), "custom", FAST)
+    finally:
+        shared.sd_model = model
+    assert runs.list() == []
+    assert snapshot()[0] == before[0]
+
+
+def test_loadback_check_reports_a_file_the_webui_applies_differently(webui, runs, dataset, monkeypatch):
+    from modules import shared
+
+    from lora_forge.host import webui_train
+
+    status = run_to_end(runs, dataset, sample_every_n_steps=0, max_train_epochs=1)
+    path = Path(status.files[-1])
+    assert webui_train.loadback_check(host(), shared.sd_model, path) == ""
+    networks = sys.modules["networks"]
+    original = networks._find_module
+
+    def misses_output_blocks(mapping, key):  # a loader whose name rules miss half the UNet
+        return (key, None) if "up_blocks" in key or "output_blocks" in key else original(mapping, key)
+
+    monkeypatch.setattr(networks, "_find_module", misses_output_blocks)
+    message = webui_train.loadback_check(host(), shared.sd_model, path)
+    assert message.startswith("LOAD-BACK CHECK FAILED") and path.name in message
+
+
+def test_clip_skip_and_medvram_come_from_the_webui(webui):
+    from modules import shared
+
+    from lora_forge.host.train_jobs import build_config
+
+    shared.opts.data["CLIP_stop_at_last_layers"] = 2
+    try:
+        config, _ = build_config(host(), "person", {})
+        assert config.clip_skip == 2  # the preset says 1; the user's WebUI setting wins
+        config, _ = build_config(host(), "person", {"clip_skip": 3})
+        assert config.clip_skip == 3
+        shared.cmd_opts.medvram = True
+        config, _ = build_config(host(), "person", {})
+        assert config.cache_latents and config.cache_text_encoder_outputs and not config.train_text_encoder
+    finally:
+        shared.opts.data.pop("CLIP_stop_at_last_layers")
+        shared.cmd_opts.medvram = False
