@@ -95,6 +95,13 @@ def layout_from_signature(parameter_names: list[str]) -> str:
     )
 
 
+def axis_index(labels: list[str]) -> int:
+    """Where Prompt S/R is in the running script's txt2img axis list (its dropdown is type="index")."""
+    if PROMPT_SR not in labels:
+        raise ForgeError("this WebUI's X/Y/Z plot has no Prompt S/R axis; set the grid up by hand")
+    return labels.index(PROMPT_SR)
+
+
 def csv_join(values: list[str]) -> str:
     """What the script's csv_string_to_list_strip reads back into `values` (quotes where needed)."""
     buf = io.StringIO()
@@ -117,11 +124,14 @@ def strength_values(strengths: list[float], forbidden: list[str]) -> list[str]:
     raise ForgeError("cannot find a spelling of the first strength that the prompt does not already contain")
 
 
-def xyz_settings(plan: GridPlan, network_names: list[str], layout: str = "1.8-1.10") -> XyzSettings:
+def xyz_settings(
+    plan: GridPlan, network_names: list[str], layout: str = "1.8-1.10", prompt_sr_index: int = PROMPT_SR_INDEX
+) -> XyzSettings:
     """Prompt + script_args for the X/Y/Z plot (Prompt S/R on X = epoch files, Y = strengths).
 
     `network_names` are the names the host's Lora extension knows the plan's files by (one per
-    file, in order; WebUIHost.network_name), usually the file stems.
+    file, in order; WebUIHost.network_name), usually the file stems. `prompt_sr_index` is where
+    Prompt S/R sits in the running WebUI's txt2img axis list (7 in A1111; forks insert options).
     """
     if layout not in LAYOUTS:
         raise ForgeError(f"unknown X/Y/Z layout {layout!r}; known: {', '.join(LAYOUTS)}")
@@ -139,10 +149,10 @@ def xyz_settings(plan: GridPlan, network_names: list[str], layout: str = "1.8-1.
     tag = f"<lora:{head}:{y_values[0]}>"
     prompt = f"{base} {tag}" if base else tag
     values = {
-        "x_type": PROMPT_SR_INDEX,
+        "x_type": prompt_sr_index,
         "x_values": csv_join(x_values),
         "x_values_dropdown": [],
-        "y_type": PROMPT_SR_INDEX,
+        "y_type": prompt_sr_index,
         "y_values": csv_join(y_values),
         "y_values_dropdown": [],
         "z_type": 0,

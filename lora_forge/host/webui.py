@@ -341,6 +341,23 @@ class WebUIHost(Host):
         fullfn, _txt = images.save_image(image, folder, "lora_forge_grid", extension="png", info=infotext, grid=True)
         return Path(fullfn)
 
+    def xyz_layout(self) -> tuple[str, int]:
+        """(layout key, Prompt S/R axis index) of the loaded X/Y/Z plot script, read from its `run`
+        signature and axis list rather than from a version string (forks keep A1111's numbers)."""
+        from modules import scripts
+
+        from lora_forge.grid.xyz import SCRIPT_TITLE, axis_index, layout_from_signature
+
+        runner = getattr(scripts, "scripts_txt2img", None)
+        script = next((s for s in getattr(runner, "selectable_scripts", []) if s.title() == SCRIPT_TITLE), None)
+        if script is None:
+            raise ForgeError(
+                "the WebUI's X/Y/Z plot script is not loaded (Settings → Scripts); set the grid up by hand"
+            )
+        layout = layout_from_signature(list(inspect.signature(script.run).parameters))
+        labels = [o.label for o in getattr(script, "current_axis_options", [])]
+        return layout, axis_index(labels) if labels else 7
+
     def _prompt(self, r: RenderRequest) -> str:
         tokens = [f"<lora:{self.network_name(lora.path)}:{lora.strength:g}>" for lora in r.loras]
         return " ".join([r.prompt, *tokens]) if tokens else r.prompt

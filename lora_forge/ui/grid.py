@@ -1,0 +1,284 @@
+"""测试: render a run's epoch × strength grid, read the scores, keep the chosen file.
+
+Wiring only: the work is lora_forge.grid. Rendering runs in a worker thread inside the host's job
+lock (the WebUI's queue) and this handler streams its progress; Stop ends it after the cell (or
+batched column) in hand, and a stopped grid is shown and saved as partial.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.events import Progress, StopFlag
+from lora_forge.ui.context import UiContext
+
+log = logging.getLogger(__name__)
+
+TITLE = "Test grid"
+HEADERS = ["Epoch", "Strength", "Fidelity", "Face", "Flexibility", "Combined"]
+NO_RUN = "(type a folder below)"
+
+
+def _paths(text: str) -> list[Path]:
+    """A folder, or files one per line (Windows' "Copy as path" quotes removed)."""
+    return [Path(line.strip().strip('"').strip("'")) for line in (text or "").splitlines() if line.strip()]
+
+
+def run_choices(ctx: UiContext) -> list[str]:
+    from lora_forge.grid.files import run_folders
+
+    try:
+        lora_dir = ctx.host().lora_dir()
+    except ForgeError:
+        return [NO_RUN]
+    return [NO_RUN, *[str(p) for p in run_folders(lora_dir)]]
+
+
+def sources(run: str, typed: str) -> list[Path]:
+    typed_paths = _paths(typed)
+    if typed_paths:
+        return typed_paths
+    if run and run != NO_RUN:
+        return [Path(run)]
+    raise ForgeError("pick a run folder, or type a folder (or epoch files, one per line)")
+
+
+def scores_markdown(scores: Any) -> str:
+    if scores is None:
+        return ""
+    parts = []
+    rec = scores.recommendation
+    if rec is not None:
+        parts.append(f"**Recommended: `{html.escape(rec.file.path.name)}` at strength {rec.strength:g}.** {rec.reason}")
+    else:
+        parts.append("No recommendation: nothing could be measured (see the notes).")
+    if scores.warning:
+        parts.append(f"⚠ {scores.warning}")
+    parts.append("*Advice from automatic tags: look at the grid too.*")
+    parts += [f"- {html.escape(n)}" for n in scores.notes]
+    return "\n\n".join(parts)
+
+
+def send_settings(ctx: UiContext, plan: Any) -> tuple[str, str]:
+    """(infotext for the WebUI's paste, Markdown showing the prompt and script_args)."""
+    from lora_forge.grid.xyz import xyz_settings
+
+    if plan is None:
+        raise ForgeError("render a grid first (the settings are those of the grid on screen)")
+    host = ctx.host()
+    layout_of = getattr(host, "xyz_layout", None)
+    if layout_of is None:
+        settings = xyz_settings(plan, [f.path.stem for f in plan.files])
+        note = "No WebUI here: these are the settings for WebUI 1.8 – 1.10.1 to enter by hand.\n\n"
+        return "", note + _settings_md(settings)
+    layout, index = layout_of()
+    names = [host.network_name(f.path) for f in plan.files]
+    settings = xyz_settings(plan, names, layout, prompt_sr_index=index)
+    return settings.infotext, _settings_md(settings)
+
+
+def _settings_md(settings: Any) -> str:
+    return (
+        f"Prompt: `{settings.prompt}`\n\nX values (Prompt S/R): `{', '.join(settings.x_values)}`\n\n"
+        f"Y values (Prompt S/R): `{', '.join(settings.y_values)}`\n\n"
+        f"API script_args ({settings.layout}): `{json.dumps(settings.script_args)}`"
+    )
+
+
+def build(ctx: UiContext) -> None:
+    import gradio as gr
+
+    from lora_forge.grid.plan import DEFAULT_NEGATIVE, DEFAULT_STRENGTHS, PROBE, QUALITY_TAGS
+    from lora_forge.tagger import registry
+
+    with gr.Row():
+        run = gr.Dropdown([NO_RUN], value=NO_RUN, label="Run folder", elem_id="lora_forge_grid_run")
+        refresh = gr.Button("🔄", elem_id="lora_forge_grid_refresh", scale=0, min_width=40)
+        typed = gr.Textbox(
+            label="Or a folder / epoch files (one per line)",
+            lines=1,
+            placeholder="D:\\sd\\models\\Lora\\mychar",
+            elem_id="lora_forge_grid_paths",
+        )
+    with gr.Row():
+        strengths = gr.Textbox(DEFAULT_STRENGTHS, label="Strengths (Y)", elem_id="lora_forge_grid_strengths")
+        prompt = gr.Textbox(
+            f"{QUALITY_TAGS}, {PROBE}",
+            label="Prompt (after the trigger word)",
+            elem_id="lora_forge_grid_prompt",
+        )
+        negative = gr.Textbox(DEFAULT_NEGATIVE, label="Negative prompt", elem_id="lora_forge_grid_negative")
+    with gr.Row():
+        seed = gr.Number(1234, label="Seed", precision=0, elem_id="lora_forge_grid_seed")
+        steps = gr.Number(20, label="Steps", precision=0, elem_id="lora_forge_grid_steps")
+        cfg = gr.Number(7.0, label="CFG scale", elem_id="lora_forge_grid_cfg")
+        width = gr.Number(512, label="Width", precision=0, elem_id="lora_forge_grid_width")
+        height = gr.Number(512, label="Height", precision=0, elem_id="lora_forge_grid_height")
+        sampler = gr.Textbox("Euler a", label="Sampler", elem_id="lora_forge_grid_sampler")
+    with gr.Row():
+        score = gr.Checkbox(True, label="Score the cells (WD14 tagger)", elem_id="lora_forge_grid_score")
+        tagger = gr.Textbox(registry.DEFAULT_MODEL, label="Tagger model or folder", elem_id="lora_forge_grid_tagger")
+    with gr.Row():
+        go = gr.Button("Render grid", variant="primary", elem_id="lora_forge_grid_go")
+        stop = gr.Button("Stop", elem_id="lora_forge_grid_stop")
+    status = gr.Markdown("", elem_id="lora_forge_grid_status")
+    with gr.Row():
+        with gr.Column(scale=3):
+            picture = gr.Image(label="Grid", type="pil", interactive=False, elem_id="lora_forge_grid_image")
+            full = gr.Button("Open full size", elem_id="lora_forge_grid_full")
+        with gr.Column(scale=2):
+            advice = gr.Markdown("", elem_id="lora_forge_grid_advice")
+            table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="lora_forge_grid_scores")
+            heat = gr.Image(label="Scores over the grid", type="pil", interactive=False, elem_id="lora_forge_grid_heat")
+    with gr.Row():
+        chosen = gr.Dropdown([], label="Keep this file", elem_id="lora_forge_grid_keep_file")
+        trash = gr.Checkbox(
+            False, label="Move the run's other files to a trash folder", elem_id="lora_forge_grid_trash"
+        )
+        keep = gr.Button("Keep", elem_id="lora_forge_grid_keep")
+    with gr.Row():
+        send = gr.Button("Send to txt2img (X/Y/Z plot)", elem_id="lora_forge_grid_send")
+    send_info = gr.Markdown("", elem_id="lora_forge_grid_send_info")
+    xyz_text = gr.Textbox(visible=False, elem_id="lora_forge_grid_xyz")
+    plan_state = gr.State(None)
+    dataset_dir = ctx.shared.get("dataset_dir") or gr.Textbox(visible=False)
+    stop_flag: dict[str, StopFlag] = {}
+
+    refresh.click(lambda: gr.update(choices=run_choices(ctx)), None, [run])
+
+    def do_render(
+        run_v, typed_v, str_v, prompt_v, neg_v, seed_v, steps_v, cfg_v, w_v, h_v, sampler_v, score_v, tagger_v, data_v
+    ):
+        from lora_forge.grid.job import make_grid
+        from lora_forge.grid.plan import make_plan
+
+        flag = stop_flag["current"] = StopFlag()
+        events: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                host = ctx.host()
+                plan = make_plan(
+                    sources(run_v, typed_v),
+                    str_v,
+                    prompt_v,
+                    neg_v,
+                    int(seed_v or 0),
+                    int(steps_v or 20),
+                    float(cfg_v or 7),
+                    (int(w_v or 512), int(h_v or 512)),
+                    (sampler_v or "Euler a").strip(),
+                    sd_model=host.sd_model(),
+                )
+                outcome["plan"] = plan
+                files = None
+                if score_v:
+                    from lora_forge.tagger import registry as reg
+
+                    settings = ctx.settings()
+                    key = (tagger_v or reg.DEFAULT_MODEL).strip().strip('"')
+                    files = reg.resolve(settings, key)
+                    if files.spec is not None and reg.download_state(files.folder) != "present":
+                        events.put(f"Downloading the tagger {files.name} …")
+                        reg.ensure_downloaded(settings, files)
+                data = Path(data_v.strip().strip('"')) if (data_v or "").strip() else None
+
+                def on_progress(e: Progress) -> None:
+                    events.put(f"{e.message} ({e.data.get('cells', 0)}/{e.data.get('of', '?')} cells)")
+
+                outcome["output"] = make_grid(
+                    host, plan, on_progress, flag, tagger=files, dataset=data, settings=ctx.settings()
+                )
+            except ForgeError as e:
+                outcome["error"] = str(e)
+            except Exception as e:  # a bug: the traceback to the log, one line to the user
+                log.exception("grid failed")
+                outcome["error"] = f"unexpected {e.__class__.__name__}: {e} (details in the console)"
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        keep_upd = gr.update()
+        while (line := events.get()) is not None:
+            yield line, gr.update(), gr.update(), gr.update(), gr.update(), keep_upd, gr.update()
+        if "error" in outcome:
+            yield f"**Error:** {outcome['error']}", None, "", None, None, gr.update(), outcome.get("plan")
+            return
+        out = outcome["output"]
+        plan = out.result.plan
+        notes = "".join(f"\n\n- {html.escape(n)}" for n in plan.notes)
+        text = f"**{out.summary()}**.\n\nPrompt: `{plan.prompt}`{notes}"
+        scores = out.scores
+        rows = scores.table(plan) if scores else None
+        names = [str(f.path) for f in plan.files]
+        best = str(scores.recommendation.file.path) if scores and scores.recommendation else names[-1]
+        yield (
+            text,
+            out.image,
+            scores_markdown(scores),
+            rows,
+            out.heatmap,
+            gr.update(choices=names, value=best),
+            plan,
+        )
+
+    go.click(
+        do_render,
+        inputs=[
+            run,
+            typed,
+            strengths,
+            prompt,
+            negative,
+            seed,
+            steps,
+            cfg,
+            width,
+            height,
+            sampler,
+            score,
+            tagger,
+            dataset_dir,
+        ],
+        outputs=[status, picture, advice, table, heat, chosen, plan_state],
+    )
+    stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
+    full.click(None, None, None, _js="() => window.loraForgeGrid && window.loraForgeGrid.openFull()")
+
+    def do_keep(plan: Any, keep_v: str, trash_v: bool) -> str:
+        from lora_forge.grid.files import keep_only
+
+        try:
+            if plan is None or not keep_v:
+                raise ForgeError("render a grid first, then pick the file to keep")
+            if not trash_v:
+                return f"Keeping `{Path(keep_v).name}`; tick the box to move the other files to a trash folder."
+            folder, moved = keep_only(plan.files, Path(keep_v), ctx.settings().models_dir / "trash")
+            return (
+                f"Kept `{Path(keep_v).name}`; moved {len(moved)} other files to `{folder}` (move them back to restore)."
+            )
+        except ForgeError as e:
+            return f"**Error:** {e}"
+
+    keep.click(do_keep, inputs=[plan_state, chosen, trash], outputs=[send_info])
+
+    def do_send(plan: Any) -> tuple[str, str]:
+        try:
+            return send_settings(ctx, plan)
+        except ForgeError as e:
+            return "", f"**Error:** {e}"
+
+    send.click(do_send, inputs=[plan_state], outputs=[xyz_text, send_info]).then(
+        None,
+        inputs=[xyz_text, send_info],
+        outputs=[send_info],
+        _js="(text, info) => window.loraForgeGrid ? window.loraForgeGrid.sendToTxt2img(text, info) : info",
+    )
