@@ -237,3 +237,21 @@ def test_unreadable_caption_is_reported_not_fatal(tmp_path: Path) -> None:
     assert [it.rel for it in ds.items] == ["a.png"]
     assert ds.report.unreadable and "b.txt" in ds.report.unreadable[0]
     assert any("could not be read" in n for n in ds.report.notes())
+
+
+def test_an_edit_landing_while_a_save_runs_stays_unsaved(tmp_path: Path, monkeypatch) -> None:
+    ds = Dataset.load(make_dataset(tmp_path / "set"))
+    ds.apply(ds.plan(range(len(ds)), *build_op("add", tags="first")))
+    real = captions.save_captions
+
+    def save_with_a_concurrent_edit(*args, **kwargs):
+        entry = real(*args, **kwargs)
+        ds.apply(ds.plan([0], *build_op("add", tags="second")))  # e.g. another click of the same page
+        return entry
+
+    monkeypatch.setattr(captions, "save_captions", save_with_a_concurrent_edit)
+    ds.save()
+    assert ds.dirty() == [0]  # the disk has "first" only; the later edit is still to be saved
+    monkeypatch.setattr(captions, "save_captions", real)
+    ds.save()
+    assert (ds.root / "a.txt").read_text("utf-8").endswith("first, second")

@@ -58,7 +58,7 @@ def wait_tag_listed(page, tag: str, listed: bool) -> None:
 def open_editor(page, url: str, folder: Path, n: int) -> None:
     page.goto(url)
     wait_gradio(page)
-    page.locator("#lora_forge_sections button", has_text="Edit tags").click()
+    page.locator("#lora_forge_sections > .tab-nav > button", has_text="Edit tags").click()
     page.fill("#lora_forge_dataset_dir textarea", str(folder))
     page.click("#lora_forge_editor_load")
     wait_status(page, f"{n} images")
@@ -130,7 +130,7 @@ def test_bad_regex_and_missing_folder_show_a_message_not_a_traceback(tab_url: st
     make_dataset(folder, n=3)
     page.goto(tab_url)
     wait_gradio(page)
-    page.locator("#lora_forge_sections button", has_text="Edit tags").click()
+    page.locator("#lora_forge_sections > .tab-nav > button", has_text="Edit tags").click()
     page.fill("#lora_forge_dataset_dir textarea", str(tmp_path / "nope"))
     page.click("#lora_forge_editor_load")
     wait_message(page, "does not exist")
@@ -178,8 +178,8 @@ def test_shortcuts_act_only_in_the_visible_editor_and_never_while_typing(webui_l
     make_dataset(folder, n=5)
     page.goto(webui_like_url)
     wait_gradio(page)
-    page.locator("#tabs button", has_text="炼丹").click()
-    page.locator("#lora_forge_sections button", has_text="Edit tags").click()
+    page.locator("#tabs > .tab-nav > button", has_text="炼丹").click()
+    page.locator("#lora_forge_sections > .tab-nav > button", has_text="Edit tags").click()
     page.fill("#lora_forge_dataset_dir textarea", str(folder))
     page.click("#lora_forge_editor_load")
     wait_status(page, "5 images")
@@ -209,7 +209,7 @@ def test_shortcuts_act_only_in_the_visible_editor_and_never_while_typing(webui_l
     assert (folder / "img01.txt").read_text("utf-8") == "edited, by hand"
 
     # on the txt2img tab our editor is hidden: keys do nothing to it, typed or not
-    page.locator("#tabs button", has_text="txt2img").click()
+    page.locator("#tabs > .tab-nav > button", has_text="txt2img").click()
     prompt = page.locator("#txt2img_prompt textarea")
     prompt.click()
     page.keyboard.type("masterpiece")
@@ -219,7 +219,7 @@ def test_shortcuts_act_only_in_the_visible_editor_and_never_while_typing(webui_l
     page.keyboard.press("ArrowRight")
     page.keyboard.press("Control+z")
     page.wait_for_timeout(700)
-    page.locator("#tabs button", has_text="炼丹").click()
+    page.locator("#tabs > .tab-nav > button", has_text="炼丹").click()
     assert current(page).startswith("img01")
     assert "undo 1 / redo 0" in status(page)
     assert (folder / "img01.txt").read_text("utf-8") == "edited, by hand"

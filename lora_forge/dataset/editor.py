@@ -302,12 +302,13 @@ class Dataset:
         ids = self.dirty()
         if not ids:
             return 0, None
-        changes = {self.items[i].caption: join_tags(self.tags[i]) for i in ids}
+        saved = {i: self.tags[i] for i in ids}
+        changes = {self.items[i].caption: join_tags(tags) for i, tags in saved.items()}
         expected = {self.items[i].caption: self.disk_text[i] for i in ids}
         entry = captions.save_captions(changes, self.root, reason, expected=expected)
-        for i in ids:
-            self.disk_text[i] = changes[self.items[i].caption]
-            self.disk_tags[i] = self.tags[i]
+        for i, tags in saved.items():  # what was written, even if an edit landed meanwhile
+            self.disk_text[i] = join_tags(tags)
+            self.disk_tags[i] = tags
         return (len(entry.files) if entry else 0), entry
 
 

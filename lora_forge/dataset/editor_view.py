@@ -8,6 +8,7 @@ can fix arrive as ForgeError and leave the session as it was.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from lora_forge.dataset import captions
@@ -36,6 +37,9 @@ OPERATIONS: dict[str, tuple[str, dict]] = {
 
 class EditorSession:
     def __init__(self) -> None:
+        # gradio runs events of one page in parallel threads (a double click, Save pressed while a
+        # batch edit runs): the UI holds this lock around every call so they happen one at a time.
+        self.lock = threading.RLock()
         self.ds: Dataset | None = None
         self.view: list[int] = []
         self.page = 0

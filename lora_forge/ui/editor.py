@@ -9,6 +9,7 @@ would reset the gallery's scroll.
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,18 @@ def message_html(text: str, error: bool = False) -> str:
 def table(headers: list[str], rows: list[list]) -> dict[str, Any]:
     """Dataframe value that keeps its headers when empty (a bare [] makes gradio 3.41 number them)."""
     return {"headers": headers, "data": rows}
+
+
+def with_session(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the handler this page's EditorSession (made on first use) and hold its lock."""
+
+    @functools.wraps(fn)
+    def handler(s, *args):
+        s = s or EditorSession()
+        with s.lock:
+            return fn(s, *args)
+
+    return handler
 
 
 def build(ctx: UiContext) -> None:
@@ -159,8 +172,8 @@ def build(ctx: UiContext) -> None:
     def action(fn: Callable[..., str | None], with_gallery: bool = False) -> Callable[..., list[Any]]:
         """A handler that runs fn(session, *inputs) and shows its message, or its ForgeError."""
 
+        @with_session
         def handler(s, *args):
-            s = s or EditorSession()
             try:
                 msg = fn(s, *args) or ""
             except ForgeError as e:
@@ -169,8 +182,8 @@ def build(ctx: UiContext) -> None:
 
         return handler
 
+    @with_session
     def refresh_lists(s, search_text, sort_key):
-        s = s or EditorSession()
         return table(TAG_HEADERS, s.tag_rows(search_text or "", sort_key or "count")), gr.update(
             choices=s.history_choices()
         )
@@ -204,8 +217,8 @@ def build(ctx: UiContext) -> None:
 
     # Moving to another image first applies what was typed in the caption box (keep_typed).
     def step(delta):
+        @with_session
         def handler(s, typed):
-            s = s or EditorSession()
             msg = s.keep_typed(typed)
             page_changed = s.step(delta)  # the gallery is re-sent only when the step crossed a page
             return view(s, msg, False, page_changed)
@@ -216,13 +229,13 @@ def build(ctx: UiContext) -> None:
     next_img.click(step(1), [state, caption], view_outputs).then(**lists)
 
     def select_image(s, typed, evt):
-        s = s or EditorSession()
         msg = s.keep_typed(typed)
         s.select_on_page(int(evt.index))
         return view(s, msg, False, False)
 
-    select_image.__annotations__ = {"evt": gr.SelectData}  # gradio finds the event by this annotation
-    gallery.select(select_image, [state, caption], view_outputs).then(**lists)
+    # gradio finds the event argument by this annotation (a string under `from __future__` would not do)
+    select_image.__annotations__ = {"evt": gr.SelectData}
+    gallery.select(with_session(select_image), [state, caption], view_outputs).then(**lists)
 
     def clear(s):
         return ["", "", "", *action(lambda s: s.set_filter("", "", ""), with_gallery=True)(s)]
@@ -230,7 +243,6 @@ def build(ctx: UiContext) -> None:
     clear_filter.click(clear, [state], [all_of, any_of, none_of, *view_outputs]).then(**lists)
 
     def click_tag(s, rows, evt):
-        s = s or EditorSession()
         row, col = evt.index if isinstance(evt.index, (list, tuple)) else (int(evt.index), 0)
         # a click on the tag cell names the tag itself (right even after sorting by a column header)
         tag = str(evt.value) if col == 0 else str(rows[row][0]) if rows and row < len(rows) else ""
@@ -240,10 +252,10 @@ def build(ctx: UiContext) -> None:
         return [text, *view(s, msg, False, True)]
 
     click_tag.__annotations__ = {"evt": gr.SelectData}
-    tag_table.select(click_tag, [state, tag_table], [all_of, *view_outputs]).then(**lists)
+    tag_table.select(with_session(click_tag), [state, tag_table], [all_of, *view_outputs]).then(**lists)
 
+    @with_session
     def preview(s, op, tags, repl, pos, rscope, sc):
-        s = s or EditorSession()
         try:
             p = s.preview(op, tags, repl, pos, rscope, sc)
         except ForgeError as e:
