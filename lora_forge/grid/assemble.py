@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge.fsio import atomic_write_bytes, unused_path
-from lora_forge.grid.plan import GridPlan, format_strength
+from lora_forge.grid.plan import GridPlan
 from lora_forge.grid.render import GridResult
 from lora_forge.host.base import Host
 
@@ -147,18 +147,21 @@ def draw_labelled(
     return canvas, Layout(left, top, w, h)
 
 
+def labelled(result: GridResult) -> tuple[Any, Layout]:
+    """Our labelled picture of `result` (missing cells marked), and where its cells are."""
+    plan = result.plan
+    return draw_labelled(filled_cells(result), plan.x_labels(), plan.y_labels(), f"{plan.run}: epoch", "strength")
+
+
 def grid_picture(result: GridResult, host: Host | None = None) -> tuple[Any, Layout | None]:
     """The labelled grid; the host's own annotator when it has one (Layout is then None)."""
     plan = result.plan
-    cells = filled_cells(result)
-    x_labels = [f.label for f in plan.files]
-    y_labels = [format_strength(s) for s in plan.strengths]
     if host is not None:
-        flat = [c for row in cells for c in row]
-        image = host.annotate_grid(flat, len(cells), x_labels, y_labels)
+        flat = [c for row in filled_cells(result) for c in row]
+        image = host.annotate_grid(flat, len(plan.strengths), plan.x_labels(), plan.y_labels())
         if image is not None:
             return image, None
-    return draw_labelled(cells, x_labels, y_labels, x_title=f"{plan.run}: epoch", y_title="strength")
+    return labelled(result)
 
 
 def infotext(result: GridResult, model_name: str = "") -> str:
@@ -180,7 +183,7 @@ def infotext(result: GridResult, model_name: str = "") -> str:
             "X Type": "LoRA epoch",
             "X Values": ", ".join(f.path.stem for f in plan.files),
             "Y Type": "LoRA strength",
-            "Y Values": ", ".join(format_strength(s) for s in plan.strengths),
+            "Y Values": ", ".join(plan.y_labels()),
             "Trigger": plan.trigger,
         }
     )

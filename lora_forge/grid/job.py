@@ -66,9 +66,7 @@ def make_grid(
     if tagger is not None:
         progress(Progress(plan.cells, plan.cells, "scoring the cells"))
         output.scores = _score(result, tagger, dataset, settings)
-        own, layout = assemble.draw_labelled(
-            assemble.filled_cells(result), plan.x_labels(), plan.y_labels(), f"{plan.run}: epoch", "strength"
-        )
+        own, layout = assemble.labelled(result)
         values = [[c.combined if c.combined is not None else c.fidelity for c in row] for row in output.scores.cells]
         labels = [[c.label() for c in row] for row in output.scores.cells]
         output.heatmap = assemble.heatmap(own, layout, values, labels)

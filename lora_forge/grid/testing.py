@@ -22,7 +22,8 @@ def write_run(
     scale: float = 0.15,
     seed: int = 0,
 ) -> list[Path]:
-    """name-000001 … name-00000N (+ name.safetensors as the final save) in `folder`."""
+    """name-000001 … name-00000N in `folder`, plus name.safetensors as kohya's final save: the
+    epoch after the last numbered one (kohya writes no numbered file for the last epoch)."""
     import torch
 
     from lora_forge.lora import LoraNetwork, lora_metadata, save_lora
@@ -34,7 +35,7 @@ def write_run(
     paths = []
     stems = [f"{name}-{e:06d}" for e in range(1, epochs + 1)] + ([name] if final else [])
     for k, stem in enumerate(stems):
-        step = min(k + 1, epochs)
+        step = k + 1
         with torch.no_grad():
             for p, d in zip(net.parameters(), directions, strict=True):
                 p.copy_(d.to(p.device) * scale * step)
