@@ -12,6 +12,7 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from lora_forge.fsio import atomic_write_text, is_within, read_text, unused_path
+from tests.dataset_support import as_ordinary_user
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,12 +25,30 @@ def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
-@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root ignores file permissions")
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_atomic_write_keeps_files_readable_by_others(tmp_path: Path) -> None:
+    fresh = tmp_path / "new.txt"
+    atomic_write_text(fresh, "x")
+    assert fresh.stat().st_mode & 0o044 == 0o044 & ~_umask_now()  # like open(): group/others may read
+    shared = tmp_path / "shared.txt"
+    shared.write_text("old", encoding="utf-8")
+    shared.chmod(0o664)
+    atomic_write_text(shared, "new")
+    assert shared.stat().st_mode & 0o777 == 0o664
+
+
+def _umask_now() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
 def test_atomic_write_refuses_read_only_file(tmp_path: Path) -> None:
     target = tmp_path / "ro.txt"
     target.write_text("keep me", encoding="utf-8")
     target.chmod(0o444)
-    with pytest.raises(ForgeError, match="read-only"):
+    with as_ordinary_user(), pytest.raises(ForgeError, match="read-only"):
         atomic_write_text(target, "new")
     assert target.read_text(encoding="utf-8") == "keep me"
 
