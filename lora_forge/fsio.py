@@ -19,7 +19,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     The caller decides whether replacing an existing file is allowed.
     """
     path = Path(path)
-    if path.exists() and not os.access(path, os.W_OK):
+    # A file with no write bit was marked read-only on purpose; honour that even when we could
+    # replace it (root in a container, or a rename into a writable folder).
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
         raise ForgeError("the file is read-only; make it writable or choose another folder", path=path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
