@@ -27,7 +27,6 @@ import shutil
 import stat
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +259,8 @@ def _commit(root: Path, new_data: dict[Path, bytes | None], reason: str) -> Hist
     except OSError as e:
         raise ForgeError(f"cannot create the history folder ({e.strerror}); nothing was saved", path=root) from e
     # All old versions go into one zip: one file to fsync instead of one per caption.
+    import zipfile  # here, not at the top: the WebUI imports us at start-up
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for path, old in old_data.items():
@@ -360,6 +361,8 @@ def rollback(dataset_root: str | os.PathLike[str], entry_id: str) -> HistoryEntr
         raise ForgeError(f"no saved history entry {entry_id!r}; list them with `tags DIR --history`", path=root)
     entry = match[0]
     assert entry.folder is not None
+    import zipfile
+
     data: dict[Path, bytes | None] = {}
     try:
         with zipfile.ZipFile(entry.folder / BACKUP_NAME) as zf:
