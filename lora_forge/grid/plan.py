@@ -355,7 +355,7 @@ def characteristic_tags(meta: dict[str, str], trigger: str, probe: str) -> list[
     skip = {match_key(trigger)} | {match_key(t) for t in probe.split(",")}
     return [
         (tag, round(n / images, 3))
-        for tag, n in counts.most_common()
+        for tag, n in sorted(counts.items(), key=lambda tn: (-tn[1], tn[0]))
         if n / images >= CHARACTERISTIC_SHARE and match_key(tag) not in skip
     ][:30]
 

@@ -150,7 +150,8 @@ def caption_shares(folder: Path) -> list[tuple[str, float]]:
         if tags:
             n += 1
             counts.update(tags)
-    return [(t, round(c / n, 3)) for t, c in counts.most_common() if n and c / n >= CHARACTERISTIC_SHARE]
+    ordered = sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))
+    return [(t, round(c / n, 3)) for t, c in ordered if n and c / n >= CHARACTERISTIC_SHARE]
 
 
 # -- faces ---------------------------------------------------------------------------------------
