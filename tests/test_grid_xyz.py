@@ -115,7 +115,7 @@ def test_1_6_layout_and_unknown_versions():
 
 def test_layout_from_the_running_scripts_signature():
     assert layout_from_signature(["self", "p", *RUN_1_10_1]) == "1.8-1.10"
-    reforge = RUN_1_10_1[:10] + ["draw_individual_labels", "skip_grid", "items_per_grid"] + RUN_1_10_1[10:]
+    reforge = [*RUN_1_10_1[:10], "draw_individual_labels", "skip_grid", "items_per_grid", *RUN_1_10_1[10:]]
     with pytest.raises(ForgeError, match="21 arguments in an order LoRA Forge does not know"):
         layout_from_signature(["self", "p", *reforge])
 
@@ -149,8 +149,10 @@ def test_webui_host_reads_the_layout_from_the_loaded_script(monkeypatch):
     exec(f"def run(self, p, {', '.join(RUN_1_10_1)}): pass", namespace)  # 1.10.1's signature
 
     class XYZ:
-        current_axis_options = [Option(a) for a in ["Nothing", "Seed", "Distilled CFG", *AXES_1_10_1[2:]]]
         run = namespace["run"]
+
+        def __init__(self) -> None:
+            self.current_axis_options = [Option(a) for a in ["Nothing", "Seed", "Distilled CFG", *AXES_1_10_1[2:]]]
 
         def title(self) -> str:
             return "X/Y/Z plot"
