@@ -16,6 +16,7 @@ from lora_forge import __version__
 from lora_forge.cli import module_exists
 from lora_forge.errors import ForgeError
 from lora_forge.host.base import Host
+from lora_forge.safety import PathPolicy, check_request_values
 from lora_forge.settings import Settings
 
 PREFIX = "/lora_forge/v1"
@@ -27,17 +28,36 @@ ROUTES: list[str] = ["lora_forge.host.train_routes"]
 class ApiContext:
     host: Callable[[], Host]  # called per request that needs it; never at registration
     settings: Callable[[], Settings]
+    paths: Callable[[], PathPolicy] = PathPolicy
 
 
-def register(app: Any, host: Callable[[], Host], settings: Callable[[], Settings]) -> list[str]:
+def register(
+    app: Any,
+    host: Callable[[], Host],
+    settings: Callable[[], Settings],
+    paths: Callable[[], PathPolicy] = PathPolicy,
+) -> list[str]:
     """Mount our routes on `app`; returns the paths added (the tests and the start-up log use it)."""
     import importlib
 
-    from fastapi import APIRouter, Request
+    from fastapi import APIRouter, Depends, Request
     from fastapi.responses import JSONResponse
 
-    ctx = ApiContext(host=host, settings=settings)
-    router = APIRouter(prefix=PREFIX)
+    ctx = ApiContext(host=host, settings=settings, paths=paths)
+
+    async def check_paths(request: Request) -> None:
+        """Every path-like field of the query and the JSON body through the path policy (safety.py)."""
+        values: dict[str, Any] = dict(request.query_params)
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                values["body"] = await request.json()  # FastAPI has read and cached the body already
+            except ValueError:
+                pass
+        check_request_values(paths(), values)
+
+    check_paths.__annotations__ = {"request": Request, "return": None}  # a string under __future__
+
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(check_paths)])
 
     @router.get("/version")
     def version() -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_tab_opens_with_every_present_section_and_no_js_errors(tab_url: str, pag
     present = [name for name in tab.SECTIONS if module_exists(name)]
     for name in present:
         title = importlib.import_module(name).TITLE
-        button = page.locator("#lora_forge_sections button", has_text=title)
+        button = page.locator(
+            "#lora_forge_sections .tab-nav button", has_text=re.compile(rf"^\s*{re.escape(title)}\s*$")
+        )
         assert button.count() == 1, f"no tab button for {name} ({title!r})"
         button.click()
         assert page.locator(f"#lora_forge_tab_{name.rsplit('.', 1)[1]}").is_visible()

@@ -407,11 +407,29 @@ def host() -> WebUIHost:
     return _host
 
 
+def path_policy() -> Any:
+    """The WebUI's rule for extensions (cmd_opts.disable_extension_access: --listen, --share,
+    --ngrok or --server-name without --enable-insecure-extension-access) as a PathPolicy: then
+    paths must stay inside the WebUI's folders and ours. Read afresh per use (cheap)."""
+    from modules import paths
+
+    from lora_forge.safety import PathPolicy
+
+    opts = _cmd_opts()
+    settings = settings_from_opts()
+    gradio_tmp = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
+    return PathPolicy.build(
+        bool(getattr(opts, "disable_extension_access", False)),
+        [paths.data_path, paths.models_path, host().lora_dir(), settings.dataset_dir, settings.models_dir],
+        [paths.script_path, gradio_tmp, getattr(opts, "ckpt_dir", None)],
+    )
+
+
 def on_ui_tabs() -> list[tuple[Any, str, str]]:
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
 
-    blocks = tab.build(UiContext(host=host, settings=settings_from_opts))
+    blocks = tab.build(UiContext(host=host, settings=settings_from_opts, paths=path_policy))
     return [(blocks, TAB_TITLE, TAB_ID)]
 
 
@@ -436,4 +454,4 @@ def on_app_started(_demo: Any, app: Any) -> None:
     from lora_forge import api
 
     keep_on_sys_path()
-    api.register(app, host=host, settings=settings_from_opts)
+    api.register(app, host=host, settings=settings_from_opts, paths=path_policy)

@@ -77,6 +77,24 @@ def standalone_host_factory(
     return host
 
 
+def standalone_policy(
+    settings: Callable[[], Settings], listen: bool, ckpt: Path | None, lora_dir: Path | None
+) -> Callable[[], Any]:
+    """--listen plays the WebUI's --listen: only our folders, the model's and gradio's uploads."""
+    import tempfile
+
+    from lora_forge.safety import PathPolicy
+
+    def policy() -> PathPolicy:
+        s = settings()
+        model_dir = ckpt.parent if ckpt is not None else None
+        loras = lora_dir or (model_dir / "Lora" if model_dir is not None else None)
+        uploads = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
+        return PathPolicy.build(listen, [s.dataset_dir, s.models_dir, loras], [model_dir, uploads])
+
+    return policy
+
+
 def build_app(
     ckpt: Path | None,
     vae: Path | None = None,
@@ -84,8 +102,10 @@ def build_app(
     device: str = "cpu",
     lora_dir: Path | None = None,
     settings: Callable[[], Settings] = Settings.from_env,
+    listen: bool = False,
 ) -> Any:
-    """The page: the same tab the WebUI shows, plus the extension's css and js."""
+    """The page: the same tab the WebUI shows, plus the extension's css and js. With `listen`
+    path inputs are held to our folders, the checkpoint's and the Lora folder (safety.py)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -93,7 +113,11 @@ def build_app(
     from lora_forge.ui.context import UiContext
 
     css, js = page_assets()
-    ctx = UiContext(host=standalone_host_factory(ckpt, vae, clip_folder, device, lora_dir), settings=settings)
+    ctx = UiContext(
+        host=standalone_host_factory(ckpt, vae, clip_folder, device, lora_dir),
+        settings=settings,
+        paths=standalone_policy(settings, listen, ckpt, lora_dir),
+    )
     tab_blocks = tab.build(ctx)
     with gr.Blocks(title=TITLE, css=css, analytics_enabled=False) as demo:
         tab_blocks.render()
@@ -125,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             raise ForgeError(f"{label} {path}: no such file")
     if args.clip_folder is not None and not args.clip_folder.is_dir():
         raise ForgeError(f"--clip-folder {args.clip_folder}: no such folder")
-    demo = build_app(args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir)
+    demo = build_app(args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir, listen=args.listen)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
     demo.queue(concurrency_count=4).launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)

@@ -1,11 +1,15 @@
-"""What every section of the tab gets: the host, the settings, and the components they share."""
+"""What every section of the tab gets: the host, the settings, the path policy and the components
+they share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from lora_forge.host.base import Host
+from lora_forge.safety import PathPolicy
 from lora_forge.settings import Settings
 
 
@@ -15,4 +19,13 @@ class UiContext:
     settings: Callable[[], Settings]
     # Components created once by the tab and shared by the sections (e.g. "dataset_dir": the folder
     # of prepared images that 裁剪 writes and 打标/编辑/训练 read). Sections add their own entries.
+    # "grid_scores" (a gr.State): a section that scores a grid may put GridScores.to_json(plan) plus
+    # {"run_dir": …} there; 优化 reads it (it also finds <grid>-scores.json files in run folders).
     shared: dict[str, Any] = field(default_factory=dict)
+    # Where path inputs may point: the tab checks every section's path boxes with it before a
+    # handler runs (lora_forge.ui.tab.guard_paths); sections may call ctx.paths().check(...) too.
+    paths: Callable[[], PathPolicy] = PathPolicy
+
+    def projects_root(self) -> Path:
+        """Projects live in the settings' dataset folder (Settings → LoRA Forge)."""
+        return Path(self.settings().dataset_dir)

@@ -1,0 +1,452 @@
+"""炼丹 projects: one folder per LoRA the user is making, so the work survives a WebUI restart.
+
+    <projects root>/<short-safe-folder>/
+        lora_forge_project.json   the manifest: schema version, display name, id, revision, where the
+                                  user left off (step), settings, the runs it started
+        dataset/                  prepared images + captions (素材/裁剪 write here, 打标/编辑 read)
+        configs/                  run configs made by 优化 ("train again with these changes")
+        grids/                    grids rendered for this project
+
+Trained files stay in the host's Lora folder (each run in its own folder there), because that is
+where the WebUI's Lora extension finds them; the manifest lists those run folders.
+
+The folder name is ASCII, short and unique (Windows' 260-character path limit and zip tools that
+mangle non-ASCII names); the name the user typed, Chinese or 200 characters long, lives in the
+manifest. Saves are atomic and carry a revision number: a second browser tab that saved in
+between makes a save fail with a message instead of silently overwriting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_forge.errors import ForgeError
+from lora_forge.fsio import atomic_write_text, is_within, unused_path
+
+SCHEMA_VERSION = 1
+MANIFEST = "lora_forge_project.json"
+LAST_OPENED = ".lora_forge_last_project.json"
+RECOVERED = ".lora_forge_recovered"
+SUBDIRS = ("dataset", "configs", "grids")
+MAX_NAME = 200
+MAX_FOLDER = 32
+LOCK_STALE_S = 30.0
+WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+# the user's path, in order; 编辑 (edit) is optional
+STEPS = ("images", "crop", "tag", "edit", "train", "test")
+STEP_TABS = {
+    "images": "prepare",
+    "crop": "prepare",
+    "tag": "tagger",
+    "edit": "editor",
+    "train": "train",
+    "test": "grid",
+}
+STEP_LABELS = {
+    "images": "Images",
+    "crop": "Crop",
+    "tag": "Tag",
+    "edit": "Edit",
+    "train": "Train",
+    "test": "Test",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def clean_name(name: str) -> str:
+    """The display name: control characters removed, spaces collapsed, at most MAX_NAME characters."""
+    text = "".join(ch for ch in str(name or "") if unicodedata.category(ch)[0] != "C")
+    text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        raise ForgeError("give the project a name (any language)")
+    if len(text) > MAX_NAME:
+        raise ForgeError(f"the project name is {len(text)} characters; keep it under {MAX_NAME}")
+    return text
+
+
+def folder_name(name: str) -> str:
+    """A short ASCII folder name for `name`: its ASCII letters and digits, else 'project'."""
+    ascii_part = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_part).strip("-").lower()[:MAX_FOLDER].strip("-")
+    if not slug or slug in WINDOWS_RESERVED:
+        slug = f"project-{slug}" if slug else "project"
+    return slug
+
+
+@dataclass
+class StepState:
+    key: str
+    state: str  # "done", "attention" or "todo"
+    note: str = ""
+
+
+@dataclass
+class Project:
+    folder: Path
+    data: dict[str, Any]
+    read_only: str = ""  # why saving is refused (a newer extension made it), else ""
+
+    @property
+    def id(self) -> str:
+        return str(self.data.get("id", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name") or self.folder.name)
+
+    @property
+    def revision(self) -> int:
+        return int(self.data.get("revision", 0))
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.folder / "dataset"
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.folder / "configs"
+
+    @property
+    def grids_dir(self) -> Path:
+        return self.folder / "grids"
+
+    @property
+    def step(self) -> str:
+        step = str(self.data.get("step") or "images")
+        return step if step in STEPS else "images"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.data.get("settings") or {})
+
+    @property
+    def runs(self) -> list[Path]:
+        return [Path(p) for p in self.data.get("runs", [])]
+
+    # ------------------------------------------------------------------ saving
+    def save(self, changes: dict[str, Any], check_revision: bool = True) -> None:
+        """Apply `changes` to the manifest on disk.
+
+        With `check_revision` the save is refused when another tab saved since this one loaded the
+        project; without it (where the user left off, a run it started) the change is merged into
+        what is on disk, since both tabs' values are true.
+        """
+        if self.read_only:
+            raise ForgeError(self.read_only)
+        self._follow_rename()
+        with _locked(self.folder):
+            on_disk = _read_manifest(self.folder / MANIFEST)
+            if check_revision and int(on_disk.get("revision", 0)) != self.revision:
+                raise ForgeError(
+                    f"project “{self.name}” was changed in another browser tab or window since you opened it; "
+                    "nothing was overwritten: press Open to load the newer version, then make your change again"
+                )
+            merged = {**on_disk, **changes, "revision": int(on_disk.get("revision", 0)) + 1, "saved": time.time()}
+            atomic_write_text(self.folder / MANIFEST, json.dumps(merged, ensure_ascii=False, indent=2))
+        self.data = merged
+
+    def set_step(self, step: str) -> None:
+        if step in STEPS and not self.read_only:
+            self.save({"step": step}, check_revision=False)
+
+    def add_run(self, run_dir: str | Path) -> None:
+        """Record a run folder (once); merged, since a run is a fact whichever tab started it."""
+        run = str(Path(run_dir))
+        if run in self.data.get("runs", []) or self.read_only:
+            return
+        on_disk = _read_manifest(self.folder / MANIFEST) if (self.folder / MANIFEST).is_file() else self.data
+        self.save({"runs": [*on_disk.get("runs", []), run]}, check_revision=False)
+
+    def _follow_rename(self) -> None:
+        """A folder renamed or moved within the projects root is found again by its id; a deleted
+        one keeps the unsaved state in a recovery file so nothing the user typed is lost."""
+        if (self.folder / MANIFEST).is_file():
+            return
+        root = self.folder.parent
+        for candidate in _manifests(root):
+            with contextlib.suppress(ForgeError):
+                if _read_manifest(candidate).get("id") == self.id:
+                    self.folder = candidate.parent
+                    return
+        keep = unused_path(root / RECOVERED / f"{folder_name(self.name)}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        with contextlib.suppress(OSError):
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(keep, json.dumps(self.data, ensure_ascii=False, indent=2))
+        raise ForgeError(
+            f"the folder of project “{self.name}” is gone (deleted, or moved out of {root}); "
+            f"what this page had is kept in {keep}: create the project again or open it from its new place"
+        )
+
+
+# -- opening and listing --------------------------------------------------------------------------
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as e:
+        raise ForgeError("no project here (no lora_forge_project.json)", path=path.parent) from e
+    except (OSError, ValueError) as e:
+        raise ForgeError(
+            f"the project file cannot be read ({e.__class__.__name__}); fix or remove it", path=path
+        ) from e
+    if not isinstance(data, dict):
+        raise ForgeError("the project file is not a JSON object; fix or remove it", path=path)
+    return data
+
+
+def _manifests(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p / MANIFEST for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """A lock file for the few milliseconds of a save (two tabs are two threads or processes)."""
+    if not folder.is_dir():
+        raise ForgeError("the project folder is gone", path=folder)
+    lock = folder / ".lora_forge_project.lock"
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - lock.stat().st_mtime > LOCK_STALE_S:  # left by a crashed save
+                    lock.unlink()
+                    continue
+            if time.monotonic() > deadline:
+                raise ForgeError("the project is being saved by another tab; try again in a moment") from None
+            time.sleep(0.02)
+    try:
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def create(root: str | Path, name: str) -> Project:
+    """A new project folder under `root` (never an existing one)."""
+    display = clean_name(name)
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ForgeError(f"cannot create the projects folder ({e.strerror}); check Settings → LoRA Forge") from e
+    for other in list_projects(root):
+        if other.name.casefold() == display.casefold():
+            raise ForgeError(f"a project named “{display}” already exists; open it or choose another name")
+    while True:
+        folder = unused_path(root / folder_name(display))
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    for sub in SUBDIRS:
+        (folder / sub).mkdir()
+    data = {
+        "schema": SCHEMA_VERSION,
+        "id": uuid.uuid4().hex,
+        "name": display,
+        "created": time.time(),
+        "revision": 1,
+        "step": "images",
+        "settings": {},
+        "runs": [],
+    }
+    atomic_write_text(folder / MANIFEST, json.dumps(data, ensure_ascii=False, indent=2))
+    remember(root, folder)
+    return Project(folder, data)
+
+
+def open_project(folder: str | Path) -> Project:
+    folder = Path(folder)
+    data = _read_manifest(folder / MANIFEST)
+    schema = data.get("schema")
+    if not isinstance(schema, int) or schema < 1:
+        raise ForgeError("the project file has no valid schema number; fix or remove it", path=folder / MANIFEST)
+    read_only = ""
+    if schema > SCHEMA_VERSION:
+        read_only = (
+            f"project “{data.get('name', folder.name)}” was saved by a newer LoRA Forge (project format {schema}; "
+            f"this one knows up to {SCHEMA_VERSION}); it is open read-only: update the extension to change it"
+        )
+    return Project(folder, data, read_only)
+
+
+def list_projects(root: str | Path) -> list[Project]:
+    """Projects under `root`, most recently saved first; unreadable ones are left out."""
+    out = []
+    for manifest in _manifests(Path(root)):
+        with contextlib.suppress(ForgeError):
+            out.append(open_project(manifest.parent))
+    return sorted(out, key=lambda p: -float(p.data.get("saved") or p.data.get("created") or 0))
+
+
+def find(root: str | Path, key: str) -> Project:
+    """By display name or folder name (the list shows names; names are unique per root)."""
+    for p in list_projects(root):
+        if key in (p.name, p.folder.name):
+            return p
+    raise ForgeError(f"no project “{key}” in {root}; press 🔄 to refresh the list")
+
+
+def remember(root: Path, folder: Path) -> None:
+    """The project to reopen after a restart (one per projects root: one user per WebUI)."""
+    with contextlib.suppress(OSError):
+        atomic_write_text(Path(root) / LAST_OPENED, json.dumps({"folder": Path(folder).name}, ensure_ascii=False))
+
+
+def last_opened(root: str | Path) -> Project | None:
+    root = Path(root)
+    try:
+        name = json.loads((root / LAST_OPENED).read_text(encoding="utf-8")).get("folder", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    folder = root / str(name)
+    if not name or not is_within(folder, root) or not (folder / MANIFEST).is_file():
+        return None
+    try:
+        return open_project(folder)
+    except ForgeError:
+        return None
+
+
+# -- where the project stands -----------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    folder: Path
+    name: str
+    final: bool  # the run's last file is there
+    resumable: bool  # a saved training state to continue from
+    grids: list[Path] = field(default_factory=list)
+
+
+def run_info(run_dir: Path) -> RunInfo | None:
+    """What a run folder holds; None when it is gone."""
+    if not (run_dir / "config.toml").is_file():
+        return None
+    name = run_dir.name
+    with contextlib.suppress(ForgeError, OSError):
+        from lora_forge.train.config import read_config_file
+
+        name = str(read_config_file(run_dir / "config.toml").get("output_name") or name)
+    final = (run_dir / f"{name}.safetensors").is_file()
+    resumable = (run_dir / "state" / "state.json").is_file()
+    grids = sorted(p for p in run_dir.glob("*-grid-*.png") if not p.stem.endswith("-scores"))
+    return RunInfo(run_dir, name, final, resumable, grids)
+
+
+def interrupted_runs(project: Project, active: set[str] = frozenset()) -> list[RunInfo]:
+    """Runs with no final file that are not training now: stopped by a restart or a crash."""
+    out = []
+    for run in project.runs:
+        info = run_info(run)
+        if info is not None and not info.final and str(run) not in active:
+            out.append(info)
+    return out
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and ".lora_forge" not in p.parts)
+
+
+def step_states(project: Project, active: set[str] = frozenset()) -> list[StepState]:
+    """Each step's state, from what is on disk (so it is right after a restart or a manual copy)."""
+    from lora_forge.dataset.captions import STATE_DIR
+    from lora_forge.dataset.manifest import MANIFEST_NAME
+
+    data = project.dataset_dir
+    images = _images(data)
+    has_manifest = (data / MANIFEST_NAME).is_file()
+    states: dict[str, StepState] = {}
+    states["images"] = (
+        StepState("images", "done", f"{len(images)} images")
+        if images or has_manifest
+        else StepState("images", "todo", "drop images or a zip in 素材/裁剪, or copy them into the dataset folder")
+    )
+    if not images:
+        states["crop"] = StepState("crop", "todo", "")
+    elif has_manifest:
+        missing = _missing_outputs(data)
+        states["crop"] = (
+            StepState("crop", "attention", f"{missing} prepared images are missing; prepare again")
+            if missing
+            else StepState("crop", "done", f"{len(images)} prepared images")
+        )
+    else:
+        states["crop"] = StepState("crop", "done", "your own images (not cropped here)")
+    captioned = [p for p in images if p.with_suffix(".txt").is_file()]
+    if not images:
+        states["tag"] = StepState("tag", "todo", "")
+    elif len(captioned) == len(images):
+        states["tag"] = StepState("tag", "done", f"all {len(images)} images have captions")
+    elif captioned:
+        missing_n = len(images) - len(captioned)
+        states["tag"] = StepState("tag", "attention", f"{missing_n} of {len(images)} images have no caption")
+    else:
+        states["tag"] = StepState("tag", "todo", "no captions yet")
+    history = data / STATE_DIR / "history"
+    edited = history.is_dir() and any(history.iterdir())
+    states["edit"] = StepState("edit", "done" if edited else "todo", "optional")
+    runs = [r for r in (run_info(p) for p in project.runs) if r is not None]
+    finished = [r for r in runs if r.final]
+    stopped = [r for r in runs if not r.final and str(r.folder) not in active]
+    if any(str(r.folder) in active for r in runs):
+        states["train"] = StepState("train", "attention", "training now")
+    elif finished:
+        states["train"] = StepState("train", "done", f"{len(finished)} finished run(s)")
+    elif stopped:
+        states["train"] = StepState("train", "attention", f"run {stopped[-1].name} did not finish")
+    else:
+        states["train"] = StepState("train", "todo", "")
+    grids = [g for r in runs for g in r.grids] + _images(project.grids_dir)
+    states["test"] = StepState("test", "done", f"{len(grids)} grid(s)") if grids else StepState("test", "todo", "")
+    return [states[k] for k in STEPS]
+
+
+def _missing_outputs(folder: Path) -> int:
+    from lora_forge.dataset.manifest import Manifest
+
+    try:
+        return sum(1 for _, out in Manifest.load(folder).images() if not (folder / out.file).is_file())
+    except (ForgeError, OSError, ValueError):
+        return 0
+
+
+NEXT_HINTS = {
+    "images": "Next: bring your images in (素材/裁剪): drop 20–50 pictures of the subject or a zip.",
+    "crop": "Next: prepare (crop) the images in 素材/裁剪.",
+    "tag": "Next: caption the images in 打标 (or copy your own .txt captions beside them).",
+    "train": "Next: train in 训练 (编辑 first if you want to clean up tags).",
+    "test": "Next: compare the epochs at several strengths in 测试.",
+}
+
+
+def next_hint(states: list[StepState]) -> str:
+    """One sentence: what needs attention first, else the first step not done (编辑 is optional)."""
+    for s in states:
+        if s.state == "attention":
+            return f"Needs attention — {STEP_LABELS[s.key]}: {s.note}"
+    for s in states:
+        if s.state != "done" and s.key != "edit":
+            return NEXT_HINTS[s.key]
+    return "All steps done. 优化 below suggests what to change if the recommended LoRA is not right yet."

@@ -1,0 +1,322 @@
+"""The project bar above the sections: pick or create a 炼丹 project, see its steps (done / needs
+attention / not started) and what to do next, and pick up where you left off after a restart —
+including resuming a training run the restart cut short.
+
+Wiring only: the logic is lora_forge.project. The bar reaches the sections' boxes (dataset folder,
+prepare's output folder, the training fields) by their elem_ids, so no section had to change.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+from lora_forge import project as projects
+from lora_forge.errors import ForgeError
+from lora_forge.ui.context import UiContext
+
+STATE_LABELS = {"done": "done", "attention": "needs attention", "todo": "not started"}
+STATE_ICONS = {"done": "✔", "attention": "!", "todo": "○"}
+# which tab shows which step, and the step a tab stands for when the user opens it
+TAB_STEP = {"prepare": "images", "tagger": "tag", "editor": "edit", "train": "train", "grid": "test"}
+RECORD_WAIT_S = 30.0  # how long after Start the bar looks for the new run to record it
+
+
+def steps_html(states: list[projects.StepState] | None) -> str:
+    """The path as a row of chips; each says its state in words too (not by colour alone)."""
+    if not states:
+        return '<div class="lf-steps lf-steps-empty">Open or create a project to see its steps.</div>'
+    chips = []
+    for i, s in enumerate(states, 1):
+        label = projects.STEP_LABELS[s.key]
+        note = f" — {html.escape(s.note)}" if s.note else ""
+        chips.append(
+            f'<div class="lf-step lf-step-{s.state}" id="lora_forge_step_{s.key}" title="{html.escape(s.note)}">'
+            f'<span class="lf-step-icon">{STATE_ICONS[s.state]}</span> <b>{i}. {label}</b> '
+            f'<span class="lf-step-state">{STATE_LABELS[s.state]}</span><span class="lf-step-note">{note}</span></div>'
+        )
+    return f'<div class="lf-steps">{"".join(chips)}</div>'
+
+
+def _active_runs() -> set[str]:
+    from lora_forge.cli import module_exists
+
+    if not module_exists("lora_forge.host.train_jobs"):
+        return set()
+    from lora_forge.host.train_jobs import RUNS
+
+    return {r.run_dir for r in RUNS.list() if not r.done and r.run_dir}
+
+
+def sync_runs(project: projects.Project) -> None:
+    """Record the runs this process trained on the project's dataset (a restart loses RUNS, the
+    manifest keeps them)."""
+    from lora_forge.cli import module_exists
+    from lora_forge.fsio import is_within
+
+    if project.read_only or not module_exists("lora_forge.host.train_jobs"):
+        return
+    from lora_forge.host.train_jobs import RUNS
+
+    for r in RUNS.list():
+        mine = r.run_dir and r.data_dir and is_within(r.data_dir.strip().strip('"'), project.dataset_dir)
+        if mine and Path(r.run_dir).is_dir():
+            project.add_run(r.run_dir)
+
+
+def train_values(project: projects.Project) -> dict[str, Any]:
+    """The training fields to show: the project's next config (from 优化) when newer than its
+    last run, else the last run's config; {} for a new project."""
+    from lora_forge.train.config import read_config_file
+
+    candidates = [Path(p) / "config.toml" for p in project.runs]
+    next_config = project.settings.get("next_config")
+    if next_config:
+        candidates.append(Path(next_config))
+    existing = [c for c in candidates if c.is_file()]
+    if not existing:
+        return {}
+    newest = max(existing, key=lambda c: c.stat().st_mtime)
+    try:
+        values = read_config_file(newest)
+    except ForgeError:
+        return {}
+    if values.get("network_train_unet_only"):
+        values["text_encoder_lr"] = 0
+    return values
+
+
+def build_bar(ctx: UiContext) -> dict[str, Any]:
+    import gradio as gr
+
+    with gr.Group(elem_id="lora_forge_project_bar"):
+        with gr.Row(elem_classes="lf-toolbar"):
+            choice = gr.Dropdown([], label="Project", elem_id="lora_forge_project", scale=3)
+            refresh = gr.Button("🔄", elem_id="lora_forge_project_refresh", scale=0, min_width=40)
+            open_btn = gr.Button("Open", elem_id="lora_forge_project_open", scale=1)
+            new_name = gr.Textbox(
+                label="New project name",
+                placeholder="any name, e.g. 我的角色",
+                elem_id="lora_forge_project_new",
+                scale=3,
+            )
+            create_btn = gr.Button("Create project", variant="primary", elem_id="lora_forge_project_create", scale=1)
+        steps = gr.HTML(steps_html(None), elem_id="lora_forge_steps")
+        hint = gr.Markdown("", elem_id="lora_forge_next")
+        message = gr.Markdown("", elem_id="lora_forge_project_msg")
+        with gr.Row(visible=False, elem_id="lora_forge_resume_row") as resume_row:
+            resume_md = gr.Markdown("", elem_id="lora_forge_resume_text")
+            resume_btn = gr.Button("Resume interrupted run", elem_id="lora_forge_resume", scale=0)
+        with (
+            gr.Accordion("Project settings", open=False, elem_id="lora_forge_project_settings"),
+            gr.Row(elem_classes="lf-toolbar"),
+        ):
+            rename_to = gr.Textbox(label="Rename the project to", elem_id="lora_forge_project_rename_to")
+            rename_btn = gr.Button("Rename", elem_id="lora_forge_project_rename")
+    state = gr.State(None)  # {"folder": str, "data": manifest as loaded}: this browser tab's copy
+    ctx.shared["project"] = state
+    return {
+        "choice": choice,
+        "refresh": refresh,
+        "open": open_btn,
+        "new_name": new_name,
+        "create": create_btn,
+        "steps": steps,
+        "hint": hint,
+        "message": message,
+        "resume_row": resume_row,
+        "resume_md": resume_md,
+        "resume": resume_btn,
+        "rename_to": rename_to,
+        "rename": rename_btn,
+        "state": state,
+    }
+
+
+def to_state(project: projects.Project) -> dict[str, Any]:
+    return {"folder": str(project.folder), "data": project.data, "read_only": project.read_only}
+
+
+def from_state(value: Any) -> projects.Project:
+    if not value:
+        raise ForgeError("open or create a project first (the bar at the top)")
+    return projects.Project(Path(value["folder"]), dict(value["data"]), value.get("read_only", ""))
+
+
+def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: dict[str, Any]) -> None:
+    import gradio as gr
+
+    from lora_forge.ui.tab import find_component
+
+    state = bar["state"]
+    dataset_dir = ctx.shared["dataset_dir"]
+    prepare_out = find_component(blocks, "lora_forge_prepare_out")
+    train_fields: dict[str, Any] = {}
+    for comp in blocks.blocks.values():
+        elem_id = getattr(comp, "elem_id", None) or ""
+        if elem_id.startswith("lora_forge_train_") and comp.__class__.__name__ in ("Textbox", "Number"):
+            train_fields[elem_id.removeprefix("lora_forge_train_")] = comp
+    train_fields.pop("extra", None)
+
+    def status(project: projects.Project) -> list[Any]:
+        """[state, steps, hint, resume_row, resume_md] for `project` as it is on disk now."""
+        sync_runs(project)
+        active = _active_runs()
+        states = projects.step_states(project, active)
+        hint = projects.next_hint(states)
+        if project.read_only:
+            hint = f"⚠ {project.read_only}\n\n{hint}"
+        stopped = [r for r in projects.interrupted_runs(project, active) if r.resumable]
+        if stopped:
+            text = (
+                f"Run **{stopped[-1].name}** stopped before it finished (a restart or a crash). "
+                "Its saved state can continue it."
+            )
+            resume = [gr.update(visible=True), text]
+        else:
+            resume = [gr.update(visible=False), ""]
+        return [to_state(project), steps_html(states), hint, *resume]
+
+    status_outputs = [state, bar["steps"], bar["hint"], bar["resume_row"], bar["resume_md"]]
+
+    def names() -> list[str]:
+        return [p.name for p in projects.list_projects(ctx.projects_root())]
+
+    def show(project: projects.Project, msg: str) -> list[Any]:
+        folder = str(project.dataset_dir)
+        out = [
+            *status(project),
+            gr.update(choices=names(), value=project.name),
+            msg,
+            folder,
+            gr.update(selected=projects.STEP_TABS.get(project.step, "prepare")),
+        ]
+        if prepare_out is not None:
+            out.append(folder)
+        values = train_values(project)
+        out += [gr.update(value=values[k]) if k in values else gr.update() for k in train_fields]
+        return out
+
+    show_outputs = [*status_outputs, bar["choice"], bar["message"], dataset_dir, sections]
+    if prepare_out is not None:
+        show_outputs.append(prepare_out)
+    show_outputs += list(train_fields.values())
+
+    def unchanged(msg: str) -> list[Any]:
+        return [gr.update()] * 6 + [msg] + [gr.update()] * (len(show_outputs) - 7)
+
+    def on_load():
+        root = ctx.projects_root()
+        project = projects.last_opened(root)
+        if project is None:
+            out = unchanged("")
+            out[5] = gr.update(choices=names())
+            return out
+        return show(project, f"Reopened project “{project.name}” where you left off.")
+
+    def on_open(name: str):
+        try:
+            root = ctx.projects_root()
+            project = projects.find(root, name or "")
+            project = projects.open_project(project.folder)
+            projects.remember(root, project.folder)
+        except ForgeError as e:
+            return unchanged(f"**Error:** {e}")
+        msg = f"⚠ {project.read_only}" if project.read_only else f"Opened project “{project.name}”."
+        return show(project, msg)
+
+    def on_create(name: str):
+        try:
+            project = projects.create(ctx.projects_root(), name)
+        except ForgeError as e:
+            return unchanged(f"**Error:** {e}")
+        return show(project, f"Created project “{project.name}” in `{project.folder}`.")
+
+    def on_refresh(value: Any):
+        return gr.update(choices=names())
+
+    def on_rename(value: Any, new: str):
+        try:
+            project = from_state(value)
+            display = projects.clean_name(new)
+            if any(
+                p.name == display and p.folder != project.folder for p in projects.list_projects(project.folder.parent)
+            ):
+                raise ForgeError(f"a project named “{display}” already exists")
+            project.save({"name": display})
+        except ForgeError as e:
+            return [gr.update()] * 5 + [gr.update(), f"**Error:** {e}"]
+        return [*status(project), gr.update(choices=names(), value=project.name), f"Renamed to “{project.name}”."]
+
+    blocks.load(on_load, None, show_outputs)
+    bar["open"].click(on_open, [bar["choice"]], show_outputs)
+    bar["choice"].select(on_open, [bar["choice"]], show_outputs)
+    bar["create"].click(on_create, [bar["new_name"]], show_outputs)
+    bar["refresh"].click(on_refresh, [state], [bar["choice"]])
+    bar["rename"].click(on_rename, [state, bar["rename_to"]], [*status_outputs, bar["choice"], bar["message"]])
+
+    def make_select(step: str):
+        def on_select(value: Any):
+            if not value:
+                return [gr.update()] * len(status_outputs)
+            try:
+                project = from_state(value)
+                project.set_step(step)
+                return status(project)
+            except ForgeError as e:
+                return [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
+
+        return on_select
+
+    for key, tab_item in tabs.items():
+        if key in TAB_STEP:
+            tab_item.select(make_select(TAB_STEP[key]), [state], status_outputs)
+
+    def on_resume(value: Any):
+        from lora_forge.host.train_jobs import RUNS
+
+        try:
+            project = from_state(value)
+            stopped = [r for r in projects.interrupted_runs(project, _active_runs()) if r.resumable]
+            if not stopped:
+                raise ForgeError("no interrupted run with a saved state in this project")
+            run = RUNS.start(ctx.host(), str(project.dataset_dir), resume=str(stopped[-1].folder))
+            project.add_run(run.run_dir)
+        except ForgeError as e:
+            return [gr.update()] * 5 + [f"**Error:** {e}", gr.update()]
+        msg = f"Resuming run {stopped[-1].name} as {run.name}; its progress is in 训练."
+        return [*status(project), msg, gr.update(selected="train")]
+
+    watch_js = (
+        "() => { const root = typeof gradioApp === 'function' ? gradioApp() : document;"
+        " const b = root.querySelector('#lora_forge_train_watch'); if (b) b.click(); }"
+    )
+    bar["resume"].click(on_resume, [state], [*status_outputs, bar["message"], sections]).then(
+        None, None, None, _js=watch_js
+    )
+
+    start = find_component(blocks, "lora_forge_train_start")
+    if start is not None:
+
+        def record_run(value: Any):
+            """A second listener on 训练's Start: record the run the click started in the project."""
+            if not value:
+                return [gr.update()] * len(status_outputs)
+            project = from_state(value)
+            clicked = time.time()
+            deadline = time.monotonic() + RECORD_WAIT_S
+            from lora_forge.host.train_jobs import RUNS
+
+            while time.monotonic() < deadline:
+                fresh = [r for r in RUNS.list() if r.started >= clicked - 2 and r.run_dir]
+                if fresh or any(r.done and r.error for r in RUNS.list() if r.started >= clicked - 2):
+                    break
+                time.sleep(0.5)
+            try:
+                return status(project)
+            except ForgeError as e:
+                return [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
+
+        start.click(record_run, [state], status_outputs)

@@ -1,0 +1,52 @@
+"""优化: advice from grid scores, and the next run's config written beside the previous run's."""
+
+from __future__ import annotations
+
+from lora_forge import optimise
+from lora_forge.train.config import TrainConfig, read_config_file
+
+
+def _scores(
+    best_epoch: int, best_strength: float, fid: float, epochs=(1, 2, 3, 4), strengths=(0.5, 0.75, 1.0), warn=""
+):
+    cells = [
+        {"epoch": e, "strength": s, "fidelity": fid if (e, s) == (best_epoch, best_strength) else 0.1}
+        for e in epochs
+        for s in strengths
+    ]
+    rec = {"epoch": best_epoch, "strength": best_strength, "reason": "best balance"}
+    return {"cells": cells, "recommendation": rec, "overfitting_warning": warn}
+
+
+def test_underfit_trains_longer():
+    a = optimise.advise(_scores(4, 1.0, 0.3), {"max_train_epochs": 4, "num_repeats": 8})
+    assert a.kind == "underfit"
+    assert a.changes["max_train_epochs"] > 4 and a.changes["num_repeats"] > 8
+
+
+def test_early_epoch_or_low_strength_is_overfit():
+    a = optimise.advise(_scores(2, 1.0, 0.8), {"max_train_epochs": 4, "num_repeats": 8})
+    assert a.kind == "overfit" and a.changes == {"max_train_epochs": 2, "num_repeats": 6}
+    b = optimise.advise(_scores(4, 0.5, 0.8), {"max_train_epochs": 4, "num_repeats": 1, "learning_rate": 1e-4})
+    assert b.kind == "overfit" and b.strength == 0.5 and b.changes["learning_rate"] < 1e-4
+    c = optimise.advise(_scores(4, 1.0, 0.8, warn="Possible overfitting: …"), {"max_train_epochs": 4})
+    assert c.kind == "overfit" and "Possible overfitting" in c.markdown()
+
+
+def test_good_run_changes_nothing_and_no_scores_says_so():
+    assert optimise.advise(_scores(4, 1.0, 0.9), {"max_train_epochs": 4}).kind == "good"
+    assert optimise.advise({"cells": [], "recommendation": None}, {}).kind == "unknown"
+
+
+def test_next_config_keeps_the_previous_run(tmp_path):
+    run = tmp_path / "Lora" / "mine"
+    run.mkdir(parents=True)
+    previous = TrainConfig(output_name="mine", max_train_epochs=10, num_repeats=8, resume="x").to_toml()
+    (run / "config.toml").write_text(previous, encoding="utf-8")
+    path, values = optimise.next_config(run, {"max_train_epochs": 6}, tmp_path / "configs")
+    again, _ = optimise.next_config(run, {"max_train_epochs": 5}, tmp_path / "configs")
+    assert (run / "config.toml").read_text(encoding="utf-8") == previous
+    assert path != again and path.parent == tmp_path / "configs"
+    saved = read_config_file(path)
+    assert saved["max_train_epochs"] == 6 and saved["num_repeats"] == 8 and not saved.get("resume")
+    assert values["max_train_epochs"] == 6

@@ -1,0 +1,146 @@
+"""炼丹 projects: names, manifest versions, two tabs, vanished folders, steps from disk, interrupted runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lora_forge import project as pj
+from lora_forge.errors import ForgeError
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(path)
+
+
+def test_chinese_and_long_names_get_short_ascii_folders(tmp_path):
+    a = pj.create(tmp_path, "我的角色")
+    b = pj.create(tmp_path, "我的角色 第二版")
+    long_name = "Alice in Wonderland " * 9
+    c = pj.create(tmp_path, long_name)
+    assert a.folder.name == "project" and b.folder.name == "project-2"
+    assert len(c.folder.name) <= pj.MAX_FOLDER and c.folder.name.isascii()
+    assert pj.open_project(a.folder).name == "我的角色"
+    assert pj.open_project(c.folder).name == long_name.strip()
+    for p in (a, b, c):
+        assert {d.name for d in p.folder.iterdir() if d.is_dir()} == set(pj.SUBDIRS)
+    with pytest.raises(ForgeError, match="already exists"):
+        pj.create(tmp_path, "我的角色")
+    with pytest.raises(ForgeError, match="keep it under"):
+        pj.create(tmp_path, "x" * 201)
+    with pytest.raises(ForgeError, match="give the project a name"):
+        pj.create(tmp_path, " \t\n")
+    assert pj.create(tmp_path, "CON").folder.name != "con"  # a Windows device name
+
+
+def test_listing_and_last_opened_survive_a_restart(tmp_path):
+    first = pj.create(tmp_path, "first")
+    second = pj.create(tmp_path, "second")
+    second.set_step("train")
+    assert [p.name for p in pj.list_projects(tmp_path)] == ["second", "first"]
+    reopened = pj.last_opened(tmp_path)  # a new process reads only the disk
+    assert reopened is not None and reopened.name == "second" and reopened.step == "train"
+    pj.remember(tmp_path, first.folder)
+    assert pj.last_opened(tmp_path).name == "first"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / pj.MANIFEST).write_text("{not json", encoding="utf-8")
+    assert {p.name for p in pj.list_projects(tmp_path)} == {"first", "second"}
+    with pytest.raises(ForgeError, match="cannot be read"):
+        pj.open_project(tmp_path / "broken")
+
+
+def test_two_tabs_cannot_clobber_each_other(tmp_path):
+    pj.create(tmp_path, "shared")
+    tab_a = pj.find(tmp_path, "shared")
+    tab_b = pj.find(tmp_path, "shared")
+    tab_a.save({"settings": {"note": "from A"}})
+    with pytest.raises(ForgeError, match="another browser tab"):
+        tab_b.save({"settings": {"note": "from B"}})
+    assert pj.find(tmp_path, "shared").settings == {"note": "from A"}
+    # where the user left off and runs merge instead: both tabs' facts are true
+    tab_b.set_step("tag")
+    tab_b.add_run(tmp_path / "some-run")
+    on_disk = pj.find(tmp_path, "shared")
+    assert on_disk.settings == {"note": "from A"} and on_disk.step == "tag" and on_disk.runs == [tmp_path / "some-run"]
+
+
+def test_renamed_folder_is_followed_and_deleted_one_keeps_the_work(tmp_path):
+    p = pj.create(tmp_path, "moving")
+    p.folder.rename(tmp_path / "moved-by-hand")
+    p.save({"settings": {"epochs": 12}})
+    assert p.folder == tmp_path / "moved-by-hand"
+    assert pj.open_project(p.folder).settings == {"epochs": 12}
+
+    q = pj.create(tmp_path, "doomed")
+    import shutil
+
+    shutil.rmtree(q.folder)
+    with pytest.raises(ForgeError, match="is gone") as err:
+        q.save({"settings": {"epochs": 30}})
+    kept = list((tmp_path / pj.RECOVERED).glob("*.json"))
+    assert len(kept) == 1 and str(kept[0]) in str(err.value)
+    assert json.loads(kept[0].read_text(encoding="utf-8"))["name"] == "doomed"
+
+
+def test_newer_project_opens_read_only(tmp_path):
+    p = pj.create(tmp_path, "future")
+    data = json.loads((p.folder / pj.MANIFEST).read_text(encoding="utf-8"))
+    data["schema"] = pj.SCHEMA_VERSION + 1
+    (p.folder / pj.MANIFEST).write_text(json.dumps(data), encoding="utf-8")
+    opened = pj.open_project(p.folder)
+    assert "newer LoRA Forge" in opened.read_only
+    before = (p.folder / pj.MANIFEST).read_bytes()
+    with pytest.raises(ForgeError, match="read-only"):
+        opened.save({"name": "changed"})
+    opened.set_step("train")  # silently not saved
+    assert (p.folder / pj.MANIFEST).read_bytes() == before
+
+
+def _run(folder: Path, name: str, final: bool, state: bool) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(f'output_name = "{name}"\n', encoding="utf-8")
+    if final:
+        (folder / f"{name}.safetensors").write_bytes(b"x")
+    if state:
+        (folder / "state").mkdir()
+        (folder / "state" / "state.json").write_text("{}", encoding="utf-8")
+    return folder
+
+
+def test_steps_follow_what_is_on_disk(tmp_path):
+    p = pj.create(tmp_path / "projects", "steps")
+    states = {s.key: s.state for s in pj.step_states(p)}
+    assert set(states.values()) == {"todo"}
+    assert "bring your images in" in pj.next_hint(pj.step_states(p))
+
+    for i in range(3):  # a user who brings their own images and captions
+        _image(p.dataset_dir / f"{i}.png")
+    (p.dataset_dir / "0.png").with_suffix(".txt").write_text("a, b", encoding="utf-8")
+    s = {x.key: x for x in pj.step_states(p)}
+    assert s["images"].state == "done" and s["crop"].state == "done"
+    assert s["tag"].state == "attention" and "2 of 3" in s["tag"].note
+    assert "Needs attention" in pj.next_hint(list(s.values()))
+    for i in (1, 2):
+        (p.dataset_dir / f"{i}.txt").write_text("a", encoding="utf-8")
+    s = {x.key: x for x in pj.step_states(p)}
+    assert s["tag"].state == "done" and s["train"].state == "todo"
+    assert "训练" in pj.next_hint(list(s.values()))
+
+    lora = tmp_path / "Lora"
+    cut = _run(lora / "mine", "mine", final=False, state=True)
+    p.add_run(cut)
+    s = {x.key: x for x in pj.step_states(p)}
+    assert s["train"].state == "attention" and "did not finish" in s["train"].note
+    assert [r.name for r in pj.interrupted_runs(p)] == ["mine"] and pj.interrupted_runs(p)[0].resumable
+    assert pj.interrupted_runs(p, active={str(cut)}) == []  # still training in this process
+
+    done = _run(lora / "mine-2", "mine-2", final=True, state=True)
+    p.add_run(done)
+    (done / "mine-2-grid-20260101-000000.png").write_bytes(b"png")
+    s = {x.key: x for x in pj.step_states(p)}
+    assert s["train"].state == "done" and s["test"].state == "done"
+    assert "All steps done" in pj.next_hint(list(s.values()))

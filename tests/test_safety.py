@@ -1,0 +1,112 @@
+"""The server's files stay safe: path policy, every path box of the tab guarded, the API refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lora_forge.errors import ForgeError
+from lora_forge.safety import PathPolicy, check_request_values
+
+
+def test_policy_when_listening(tmp_path):
+    inside = tmp_path / "data"
+    (inside / "sets").mkdir(parents=True)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (inside / "link").symlink_to(outside)
+    policy = PathPolicy.build(True, [inside], [uploads])
+    assert policy.check(inside / "sets", for_write=True) == (inside / "sets").resolve()
+    assert policy.check(f'"{inside / "new"}"', for_write=True) == (inside / "new").resolve()
+    assert policy.check(uploads / "a.png") == (uploads / "a.png").resolve()
+    with pytest.raises(ForgeError, match="may write"):
+        policy.check(uploads / "a.png", for_write=True)
+    for bad in (outside, inside / "link", inside / "link" / "x", "/etc/passwd"):
+        with pytest.raises(ForgeError, match="outside the folders"):
+            policy.check(bad)
+    with pytest.raises(ForgeError, match=r"“\.\.”"):
+        policy.check(f"{inside}/sets/../sets")
+    with pytest.raises(ForgeError, match="enable-insecure-extension-access"):
+        policy.check_lines(f"{inside}/sets\n{outside}")
+    with pytest.raises(ForgeError, match="outside"):
+        check_request_values(policy, {"body": {"data_dir": str(outside), "config": {"network_dim": 4}}})
+    check_request_values(policy, {"body": {"data_dir": str(inside / "sets"), "preset": "/etc"}})
+
+
+def test_local_server_allows_any_path_but_limits_uploads(tmp_path):
+    policy = PathPolicy.build(False, [tmp_path / "data"], max_upload_bytes=1000)
+    assert policy.check("/etc/hosts") == Path("/etc/hosts")
+    big = tmp_path / "big.zip"
+    big.write_bytes(b"0" * 2000)
+    small = tmp_path / "small.png"
+    small.write_bytes(b"0" * 10)
+    policy.check_upload([str(small)])
+    with pytest.raises(ForgeError, match="limit is"):
+        policy.check_upload([type("F", (), {"name": str(big)})()])
+
+
+def test_every_path_box_of_the_tab_is_guarded(tmp_path, monkeypatch):
+    """Build the whole tab as the WebUI would with --listen and run each path handler with a path
+    outside: gradio's error, never the handler."""
+    import gradio as gr
+
+    from lora_forge.settings import Settings
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets")
+    policy = PathPolicy.build(True, [tmp_path / "datasets", tmp_path / "models"])
+    ctx = UiContext(host=lambda: pytest.fail("no host needed"), settings=lambda: settings, paths=lambda: policy)
+    blocks = tab.build(ctx)
+    guarded = 0
+    for fn in blocks.fns:
+        for i, comp in enumerate(fn.inputs):
+            if tab._path_kind(comp) is None or fn.fn is None:
+                continue
+            args = [None] * len(fn.inputs)
+            args[i] = "/etc"
+            with pytest.raises(gr.Error, match="outside the folders"):
+                result = fn.fn(*args)
+                if hasattr(result, "__next__"):
+                    next(result)
+            guarded += 1
+    ids = {getattr(c, "elem_id", None) for c in blocks.blocks.values()}
+    assert "lora_forge_dataset_dir" in ids and guarded >= 5
+
+
+def test_api_refuses_a_path_outside_when_listening(tmp_path):
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    from lora_forge import api
+    from lora_forge.settings import Settings
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets")
+    policy = PathPolicy.build(True, [tmp_path / "datasets"])
+    app = FastAPI()
+    started = []
+
+    def host():
+        started.append(1)
+        raise ForgeError("no model")
+
+    api.register(app, host=host, settings=lambda: settings, paths=lambda: policy)
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return (
+                await client.post(f"{api.PREFIX}/train", json={"data_dir": "/etc", "config": {}}),
+                await client.get(f"{api.PREFIX}/version", params={"dataset": "/root"}),
+                await client.get(f"{api.PREFIX}/version"),
+            )
+
+    refused, refused_query, fine = asyncio.run(calls())
+    assert refused.status_code == 400 and "outside the folders" in refused.json()["error"] and not started
+    assert refused_query.status_code == 400
+    assert fine.status_code == 200
