@@ -110,3 +110,49 @@ def test_api_refuses_a_path_outside_when_listening(tmp_path):
     assert refused.status_code == 400 and "outside the folders" in refused.json()["error"] and not started
     assert refused_query.status_code == 400
     assert fine.status_code == 200
+
+
+def test_webui_started_with_listen_refuses_paths_outside(tmp_path, tiny_host):
+    """The stand-in WebUI with --listen: cmd_opts.disable_extension_access → the policy is on for
+    the tab and for the API; --enable-insecure-extension-access would be the WebUI's way out."""
+    import asyncio
+    import sys
+
+    import httpx
+    from fastapi import FastAPI
+
+    from tests.test_webui_host import ROOT, STUB_DIR
+
+    if str(STUB_DIR) not in sys.path:
+        sys.path.insert(0, str(STUB_DIR))
+    import webui_stub
+
+    lora_dir = tmp_path / "webui" / "models" / "Lora"
+    stub = webui_stub.start(
+        tmp_path / "webui",
+        tiny_host.sd_model(),
+        argv=["--listen", "--lora-dir", str(lora_dir)],
+        extensions={"lora-forge": ROOT},
+    )
+    try:
+        from lora_forge.host import webui
+
+        policy = webui.path_policy()
+        assert policy.enforced
+        assert policy.check(tmp_path / "webui" / "data-folder", for_write=True)
+        with pytest.raises(ForgeError, match="enable-insecure-extension-access"):
+            policy.check(tmp_path / "elsewhere")
+        app = FastAPI()
+        stub.app_started(app)
+
+        async def post():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://webui") as client:
+                return await client.post("/lora_forge/v1/train", json={"data_dir": str(tmp_path / "elsewhere")})
+
+        r = asyncio.run(post())
+        assert r.status_code == 400 and "outside the folders" in r.json()["error"]
+    finally:
+        from modules import shared
+
+        shared.sd_model = None

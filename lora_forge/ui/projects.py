@@ -31,11 +31,11 @@ def steps_html(states: list[projects.StepState] | None) -> str:
     chips = []
     for i, s in enumerate(states, 1):
         label = projects.STEP_LABELS[s.key]
-        note = f" — {html.escape(s.note)}" if s.note else ""
         chips.append(
             f'<div class="lf-step lf-step-{s.state}" id="lora_forge_step_{s.key}" title="{html.escape(s.note)}">'
-            f'<span class="lf-step-icon">{STATE_ICONS[s.state]}</span> <b>{i}. {label}</b> '
-            f'<span class="lf-step-state">{STATE_LABELS[s.state]}</span><span class="lf-step-note">{note}</span></div>'
+            f'<span class="lf-step-icon">{STATE_ICONS[s.state]}</span><span class="lf-step-num">{i}</span>'
+            f'<b>{label}</b><span class="lf-step-state">{STATE_LABELS[s.state]}</span>'
+            f'<span class="lf-step-note">{html.escape(s.note)}</span></div>'
         )
     return f'<div class="lf-steps">{"".join(chips)}</div>'
 
