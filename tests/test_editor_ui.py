@@ -224,3 +224,54 @@ def test_shortcuts_act_only_in_the_visible_editor_and_never_while_typing(webui_l
     assert "undo 1 / redo 0" in status(page)
     assert (folder / "img01.txt").read_text("utf-8") == "edited, by hand"
     assert js_errors(page) == []
+
+
+@pytest.mark.browser
+def test_trigger_word_selection_and_history_rollback(tab_url: str, page, tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    original = make_dataset(folder, n=4)
+    open_editor(page, tab_url, folder, 4)
+
+    # trigger word first in every caption, saved
+    page.fill("#lora_forge_editor_trigger textarea", "sks")
+    page.click("#lora_forge_editor_add_trigger")
+    wait_status(page, "4 unsaved")
+    page.click("#lora_forge_editor_save")
+    wait_status(page, "all saved")
+    assert all(text.startswith("sks, ") for text in disk(folder).values())
+
+    # pick two images one by one and edit only those
+    page.click("#lora_forge_editor_select")  # img00
+    wait_status(page, "1 selected")
+    page.click("#lora_forge_editor_next")
+    page.click("#lora_forge_editor_next")
+    page.wait_for_function("() => document.querySelector('#lora_forge_editor_current').innerText.startsWith('img02')")
+    page.click("#lora_forge_editor_select")
+    wait_status(page, "2 selected")
+    page.locator("#lora_forge_editor_op input").click()
+    page.locator("ul.options li", has_text="Add tags").click()
+    page.fill("#lora_forge_editor_op_tags textarea", "picked")
+    page.locator("#lora_forge_editor_scope label", has_text="Selected images").click()
+    page.click("#lora_forge_editor_preview")
+    page.wait_for_function(
+        "() => document.querySelector('#lora_forge_editor_preview_text').innerText.includes('2 of 2')"
+    )
+    page.click("#lora_forge_editor_apply")
+    wait_status(page, "2 unsaved")
+    page.click("#lora_forge_editor_save")
+    wait_status(page, "all saved")
+    picked = sorted(name for name, text in disk(folder).items() if text.endswith(", picked"))
+    assert picked == ["img00.txt", "img02.txt"]
+
+    # roll back the first save (the trigger word) from the history list: every file as it was,
+    # since the second save's files are rolled back to their state before the first save too
+    page.locator("#lora_forge_editor_history_box .label-wrap").click()
+    page.locator("#lora_forge_editor_history input").click()
+    # the list refreshes right after each save
+    page.wait_for_function("() => document.querySelectorAll('ul.options li').length === 2")
+    options = page.locator("ul.options li")
+    options.nth(1).click()  # newest first: the second entry is the trigger-word save
+    page.click("#lora_forge_editor_rollback")
+    wait_message(page, "caption file(s) restored")
+    assert disk(folder) == original
+    assert js_errors(page) == []

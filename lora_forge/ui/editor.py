@@ -145,7 +145,9 @@ def build(ctx: UiContext) -> None:
             add_trigger = gr.Button("Put trigger word first in every caption", elem_id="lora_forge_editor_add_trigger")
 
     with (
-        gr.Accordion("History (saved edits, also from earlier sessions)", open=False),
+        gr.Accordion(
+            "History (saved edits, also from earlier sessions)", open=False, elem_id="lora_forge_editor_history_box"
+        ),
         gr.Row(elem_classes="lf-toolbar"),
     ):
         history = gr.Dropdown([], label="Saved edits, newest first", elem_id="lora_forge_editor_history")
