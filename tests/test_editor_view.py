@@ -234,3 +234,17 @@ def test_cli_lists_tags_and_reports_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = cli(str(root), "--replace", r"\=_\==face")  # a kaomoji tag, its '=' escaped
     assert r.returncode == 0 and (root / "d.txt").read_text("utf-8") == "1girl, solo, face, name_(series)"
+
+
+def test_translations_show_in_both_tag_lists_and_search(tmp_path: Path) -> None:
+    s = EditorSession()
+    s.load(str(make_dataset(tmp_path / "set")))
+    csv = tmp_path / "zh.csv"
+    csv.write_bytes("\ufefftag,translation\nsmile,微笑\nlong hair,长发\n".encode())
+    assert s.load_translations(str(csv)) == "3 translations loaded"
+    assert ["long_hair", 1, "长发"] in s.tag_rows()  # underscore and space spellings both match
+    assert s.tag_rows(search="微笑") == [["smile", 2, "微笑"]]
+    assert ["smile", 2, "微笑"] in s.current_tags()
+    with pytest.raises(ForgeError, match="translation file not found"):
+        s.load_translations(str(tmp_path / "none.csv"))
+    assert s.load_translations("") == "translations off" and s.tag_rows(search="微笑") == []
