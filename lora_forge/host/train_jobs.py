@@ -213,7 +213,10 @@ class Runs:
                 result = train(host, prepared, out_dir, progress, stop)
             self._finish(status, host, prepared, result)
         except ForgeError as e:
-            status.state, status.error = "failed", str(e)
+            if stop.requested:  # stopped before anything was trained (while encoding the images)
+                status.state, status.message = "stopped", str(e)
+            else:
+                status.state, status.error = "failed", str(e)
         except Exception as e:  # a bug: loud in the log, one line for the user
             log.exception("training run %s failed", status.name)
             status.state, status.error = "failed", f"{type(e).__name__}: {e}"
@@ -294,7 +297,7 @@ def finish_message(status: RunStatus, stopped: str) -> str:
     try_name = names[-2] if len(names) > 1 else names[-1] if names else status.name
     return (
         f"{head}. {len(names)} LoRA file(s) in {status.run_dir}. Try one in txt2img with "
-        f"<lora:{try_name}:0.8>, or compare every epoch at several strengths in the Test grid section."
+        f"`<lora:{try_name}:0.8>`, or compare every epoch at several strengths in the Test grid section."
         + (" Press Resume to continue this run." if stopped else "")
     )
 

@@ -4,9 +4,10 @@ list runs and LoRA files — so cloud users can train without the browser.
 Inside the WebUI they answer only when it runs with --api (or --nowebui), and they check
 --api-auth themselves: the WebUI applies it to its own /sdapi routes only, not to routes an
 extension adds in on_app_started (webui-internals.md §1.7).
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime, and
+the request model is defined inside routes() (pydantic is not imported at WebUI start-up).
+"""
 
 import base64
 from typing import Any

@@ -95,7 +95,7 @@ def render(status: Any) -> tuple[Any, ...]:
     if status.memory_bytes:
         lines.append(f"Memory in use: {status.memory_bytes / 1024**3:.2f} GiB")
     if status.estimate:
-        lines.append(f"Memory plan: {status.estimate}")
+        lines.append("Memory plan: " + status.estimate.removeprefix("memory plan: "))
     if status.message and not status.done:
         lines.append(status.message)
     bar = (
@@ -103,13 +103,14 @@ def render(status: Any) -> tuple[Any, ...]:
         f"<div style='width:{pct:.1f}%;background:#4a8;height:14px;border-radius:4px'></div></div>"
         f"<span id='lora_forge_train_pct'>{pct:.0f}%</span>"
     )
-    chart = loss_chart(status.losses, status.smoothed, GOOD_LOSS, status.total) if status.losses else None
+    first = status.step - len(status.losses)  # a resumed run charts from where it resumed
+    chart = loss_chart(status.losses, status.smoothed, GOOD_LOSS, status.total, first) if status.losses else None
     sample = getattr(status, "_sample_image", None)
     result = ""
     if status.done:
-        result = ("❌ " + status.error) if status.state == "failed" else ("✅ " + status.message)
+        result = ("**Failed:** " + status.error) if status.state == "failed" else status.message
         for w in status.warnings:
-            result += f"\n\n⚠️ **{w}**"
+            result += f"\n\n**Warning: {w}**"
     return "\n\n".join(lines), bar, chart, sample, result
 
 
@@ -141,7 +142,7 @@ def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) ->
             finally:
                 session.close()
     except ForgeError as e:
-        return f"❌ {e}"
+        return f"**Failed:** {e}"
     return f"Memory plan: {est.summary()} — the card has {_card_memory(host)}. {prepared.plan.note}"
 
 
@@ -186,15 +187,17 @@ def build(ctx: UiContext) -> None:
     status_md = gr.Markdown("No training run yet.", elem_id="lora_forge_train_status")
     bar = gr.HTML("", elem_id="lora_forge_train_bar")
     with gr.Row():
-        chart = gr.Image(label="Loss", type="pil", interactive=False, elem_id="lora_forge_train_chart")
-        sample = gr.Image(label="Latest sample", type="pil", interactive=False, elem_id="lora_forge_train_sample")
+        chart = gr.Image(label="Loss", type="pil", interactive=False, height=240, elem_id="lora_forge_train_chart")
+        sample = gr.Image(
+            label="Latest sample", type="pil", interactive=False, height=240, elem_id="lora_forge_train_sample"
+        )
     result_md = gr.Markdown("", elem_id="lora_forge_train_result")
-    outputs = [status_md, bar, chart, sample, result_md]
+    outputs = [status_md, bar, chart, sample, result_md, memory_md]
 
     def follow(run_id: str):
         while True:
             status = RUNS.get(run_id)
-            yield render(status)
+            yield (*render(status), "")
             if status.done:
                 return
             time.sleep(POLL_SECONDS)
@@ -204,19 +207,19 @@ def build(ctx: UiContext) -> None:
             overrides = _overrides(list(values[:-1]), values[-1])
             status = RUNS.start(ctx.host(), data_dir, _preset_name(preset_name), overrides)
         except ForgeError as e:
-            yield "", "", None, None, f"❌ {e}"
+            yield "", "", None, None, f"**Failed:** {e}", ""
             return
         yield from follow(status.id)
 
     def on_resume(data_dir: str):
         last = RUNS.latest()
         if last is None or last.state not in ("stopped", "failed") or not last.run_dir:
-            yield "", "", None, None, "❌ nothing to resume: no stopped run in this session"
+            yield "", "", None, None, "Nothing to resume: no stopped run in this session.", ""
             return
         try:
             status = RUNS.start(ctx.host(), data_dir or last.data_dir, resume=last.run_dir)
         except ForgeError as e:
-            yield "", "", None, None, f"❌ {e}"
+            yield "", "", None, None, f"**Failed:** {e}", ""
             return
         yield from follow(status.id)
 
@@ -230,7 +233,7 @@ def build(ctx: UiContext) -> None:
     def on_watch():
         active = RUNS.active() or RUNS.latest()
         if active is None:
-            yield render(None)
+            yield (*render(None), "")
             return
         yield from follow(active.id)
 

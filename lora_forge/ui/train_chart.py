@@ -8,8 +8,11 @@ from typing import Any
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 560, 220, 44, 12, 12, 24
 
 
-def loss_chart(raw: list[float], smoothed: list[float], band: tuple[float, float], total: int = 0) -> Any:
-    """Raw loss (thin grey), smoothed (thick blue), the good-loss band (green) as guidance."""
+def loss_chart(
+    raw: list[float], smoothed: list[float], band: tuple[float, float], total: int = 0, first: int = 0
+) -> Any:
+    """Raw loss (thin grey), smoothed (thick blue), the good-loss band (green) as guidance; the
+    first value is step `first + 1` (a resumed run)."""
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (W, H), "white")
@@ -17,7 +20,7 @@ def loss_chart(raw: list[float], smoothed: list[float], band: tuple[float, float
     values = [v for v in raw + smoothed if v == v and v != float("inf")]
     top = max([band[1] * 1.5, *values]) if values else band[1] * 1.5
     top = min(top, max(band[1] * 4, sorted(values)[int(len(values) * 0.95)] * 1.2) if values else top)
-    steps = max(total, len(raw), 2)
+    steps = max(total, first + len(raw), 2)
     x0, x1, y0, y1 = PAD_L, W - PAD_R, PAD_T, H - PAD_B
 
     def xy(i: int, v: float) -> tuple[float, float]:
@@ -30,9 +33,9 @@ def loss_chart(raw: list[float], smoothed: list[float], band: tuple[float, float
         y = xy(0, v)[1]
         draw.text((4, y - 6), f"{v:.3f}", fill=(90, 90, 90))
     draw.text((x0 + 4, xy(0, band[1])[1] - 12), f"good: {band[0]:g}-{band[1]:g}", fill=(40, 120, 40))
-    draw.text((x1 - 60, y1 + 6), f"step {len(raw)}", fill=(90, 90, 90))
+    draw.text((x1 - 60, y1 + 6), f"step {first + len(raw)}", fill=(90, 90, 90))
     for series, color, width in ((raw, (170, 170, 170), 1), (smoothed, (30, 90, 200), 3)):
-        points = [xy(i, v) for i, v in enumerate(series) if v == v]
+        points = [xy(first + i, v) for i, v in enumerate(series) if v == v]
         if len(points) > 1:
             draw.line(points, fill=color, width=width)
         elif points:

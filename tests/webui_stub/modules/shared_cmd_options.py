@@ -23,6 +23,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--medvram-sdxl", action="store_true")
     p.add_argument("--lowvram", action="store_true")
     p.add_argument("--api", action="store_true")
+    p.add_argument("--api-auth", type=str, default=None)
     p.add_argument("--nowebui", action="store_true")
     p.add_argument("--listen", action="store_true")
     p.add_argument("--share", action="store_true")

@@ -1,0 +1,141 @@
+"""The 训练 section end to end in real headless Chromium, inside a WebUI-like page over the
+stand-in WebUI and the real tiny model: preset, start, progress and a sample, stop, resume,
+finish, files on disk. Also takes the README's screenshots (docs/img/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_webui_train import dataset, one_thread, start_stub  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
+IMG = ROOT / "docs" / "img"
+EXTRA = """min_bucket_reso = 64
+max_bucket_reso = 128
+sample_steps = 2
+sample_cfg_scale = 1
+cache_latents_to_disk = false
+mixed_precision = no"""
+
+
+@pytest.fixture
+def webui(tmp_path: Path, tiny_host):
+    stub = start_stub(tmp_path / "webui", tiny_host.sd_model())
+    yield stub
+    from modules import shared
+
+    shared.sd_model = None
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+# what the WebUI's javascript/localization.js does with the chosen localization: text nodes (and
+# nodes added later) whose whole text is a key are replaced; for the README's Chinese screenshots
+TRANSLATE_JS = """(d) => {
+  const root = document.querySelector('gradio-app');
+  const app = (root && root.shadowRoot) || document.body;
+  const tr = (node) => {
+    const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const key = n.textContent.trim();
+      if (key && d[key]) n.textContent = n.textContent.replace(key, d[key]);
+    }
+  };
+  tr(app);
+  new MutationObserver((ms) => ms.forEach((m) => m.addedNodes.forEach((x) => tr(x.nodeType === 3 ? x.parentNode : x))))
+    .observe(app, {childList: true, subtree: true});
+}"""
+
+
+def _shot(page, name: str) -> None:
+    """A small PNG of the section for the README (kept under 200 KB)."""
+    from PIL import Image
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    path = IMG / name
+    page.locator("#tab_lora_forge").screenshot(path=str(path))
+    image = Image.open(path)
+    if image.width > 900:
+        image = image.resize((900, round(image.height * 900 / image.width)))
+    image.convert("P", palette=Image.ADAPTIVE, colors=128).save(path, optimize=True)
+    assert path.stat().st_size < 200_000
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_train_section_end_to_end(webui, serve_blocks, page, dataset) -> None:  # noqa: F811
+    import gradio as gr
+    from modules import shared
+
+    from tests.browser import js_errors, wait_gradio
+
+    tabs = webui.build_ui()
+    css = (ROOT / "style.css").read_text(encoding="utf-8") if (ROOT / "style.css").is_file() else None
+    with gr.Blocks(analytics_enabled=False, css=css) as demo, gr.Tabs(elem_id="tabs"):
+        with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            gr.Textbox(label="Prompt", elem_id="txt2img_prompt")
+        for blocks, title, elem_id in tabs:
+            with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                blocks.render()
+    page.goto(serve_blocks(demo))
+    wait_gradio(page)
+    page.locator("#tabs button", has_text="炼丹").click()
+    page.locator("#lora_forge_sections").get_by_role("button", name="Train", exact=True).click()
+    _fill(page, "lora_forge_dataset_dir", str(dataset))
+
+    page.locator("#lora_forge_train_preset label", has_text="Anime character").click()
+    # the preset's values arrive in the fields
+    page.wait_for_function("document.querySelector('#lora_forge_train_network_dim input').value === '32'")
+    for elem_id, value in {
+        "lora_forge_train_output_name": "mychar",
+        "lora_forge_train_trigger_word": "zkw",
+        "lora_forge_train_num_repeats": "1",
+        "lora_forge_train_max_train_epochs": "6",
+        "lora_forge_train_network_dim": "4",
+        "lora_forge_train_network_alpha": "2",
+        "lora_forge_train_learning_rate": "0.001",
+        "lora_forge_train_resolution": "64",
+        "lora_forge_train_sample_every_n_steps": "2",
+    }.items():
+        _fill(page, elem_id, value)
+    page.locator("#lora_forge_train_advanced").click()
+    _fill(page, "lora_forge_train_extra", EXTRA)
+
+    zh = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
+    page.evaluate(TRANSLATE_JS, zh)
+    assert page.locator("#lora_forge_train_start").inner_text().strip() == "开始炼丹"
+    page.locator("#lora_forge_train_check").click()
+    page.locator("div.prose#lora_forge_train_memory", has_text="Memory plan").wait_for(timeout=120_000)
+
+    page.locator("#lora_forge_train_start").click()
+    page.locator("div.prose#lora_forge_train_status", has_text="Step").wait_for(timeout=120_000)
+    page.locator("#lora_forge_train_sample img").wait_for(timeout=120_000)
+    page.locator("#lora_forge_train_chart img").wait_for(timeout=60_000)
+    status = page.locator("div.prose#lora_forge_train_status").inner_text()
+    assert "Step" in status and "Memory plan" in status
+    assert page.locator("#lora_forge_train_pct").inner_text().endswith("%")
+    _shot(page, "train-running.png")
+    page.locator("#lora_forge_train_stop").click()
+    page.locator("div.prose#lora_forge_train_result", has_text="Stopped").wait_for(timeout=120_000)
+
+    page.locator("#lora_forge_train_resume").click()
+    page.locator("div.prose#lora_forge_train_result", has_text="Finished").wait_for(timeout=300_000)
+    result = page.locator("div.prose#lora_forge_train_result").inner_text()
+    assert "<lora:mychar-2-000006:0.8>" in result and "Test grid" in result
+    _shot(page, "train-finished.png")
+
+    lora_dir = Path(shared.cmd_opts.lora_dir)
+    assert (lora_dir / "mychar").is_dir()  # the stopped run's files stay
+    assert sorted(p.name for p in (lora_dir / "mychar-2").glob("*.safetensors"))[-2:] == [
+        "mychar-2-000006.safetensors",
+        "mychar-2.safetensors",
+    ]
+    assert (lora_dir / "mychar-2" / "mychar-2.preview.png").is_file()
+    assert js_errors(page) == []
