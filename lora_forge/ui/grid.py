@@ -217,6 +217,11 @@ def build(ctx: UiContext) -> None:
         notes = "".join(f"\n\n- {html.escape(n)}" for n in plan.notes)
         text = f"**{out.summary()}**.\n\nPrompt: `{plan.prompt}`{notes}"
         scores = out.scores
+        if scores is not None and out.saved:  # for 优化 (ui/optimise.py), also after a restart
+            from lora_forge.fsio import atomic_write_text
+
+            data = {**scores.to_json(plan), "run_dir": str(plan.folder)}
+            atomic_write_text(out.saved[0].with_name(out.saved[0].stem + "-scores.json"), json.dumps(data))
         rows = scores.table(plan) if scores else None
         names = [str(f.path) for f in plan.files]
         best = str(scores.recommendation.file.path) if scores and scores.recommendation else names[-1]

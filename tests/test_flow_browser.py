@@ -1,0 +1,190 @@
+"""The whole path in real Chromium on the tiny model: new project → upload → crop → tag (tiny ONNX)
+→ edit → train a few steps → grid with scores → 优化 advice → "train again"; then a restart (a new
+app over the same folders) reopens the project where the user left off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lora_forge.settings import Settings
+from lora_forge.tagger.testing import GREEN, RED, build_test_model, solid_image
+from tests.browser import js_errors, wait_gradio
+
+ROOT = Path(__file__).resolve().parent.parent
+IMG = ROOT / "docs" / "img"
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def _tab(page, title: str) -> None:
+    page.locator("#lora_forge_sections .tab-nav button", has_text=title).first.click()
+
+
+def _wait_text(page, selector: str, text: str, timeout: int = 120_000) -> str:
+    page.wait_for_function(
+        "([s, t]) => { const e = document.querySelector(s); return !!e && e.innerText.includes(t); }",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+    return page.inner_text(selector)
+
+
+def _shot(page, name: str) -> None:
+    """A small PNG of the tab for the README (under 200 KB), the full one in test-artifacts/."""
+    from PIL import Image
+
+    from tests.browser import ARTIFACTS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    full = ARTIFACTS / f"flow-{name}"
+    page.locator("#lora_forge").screenshot(path=str(full))
+    IMG.mkdir(parents=True, exist_ok=True)
+    image = Image.open(full)
+    if image.width > 900:
+        image = image.resize((900, round(image.height * 900 / image.width)))
+    image.convert("P", palette=Image.ADAPTIVE, colors=96).save(IMG / name, optimize=True)
+    assert (IMG / name).stat().st_size < 200_000
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_images_to_grid_and_advice_in_one_project(tiny_files, serve_blocks, page, tmp_path) -> None:
+    from lora_forge.ui.app import build_app
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    lora_dir = tmp_path / "Lora"
+    tagger = build_test_model(tmp_path / "tagger")
+    photos = []
+    for i, colour in enumerate([RED, GREEN, RED, GREEN]):
+        path = tmp_path / "photos" / f"照片{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        solid_image(colour, size=96).save(path)
+        photos.append(str(path))
+
+    def app():
+        return build_app(
+            ckpt=tiny_files.checkpoint, clip_folder=tiny_files.clip_folder, lora_dir=lora_dir, settings=lambda: settings
+        )
+
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(serve_blocks(app()))
+    wait_gradio(page)
+    _fill(page, "lora_forge_project_new", "我的角色")
+    page.click("#lora_forge_project_create")
+    _wait_text(page, "#lora_forge_project_msg", "Created project")
+    project = tmp_path / "projects" / "project"
+    assert json.loads((project / "lora_forge_project.json").read_text(encoding="utf-8"))["name"] == "我的角色"
+    assert page.input_value("#lora_forge_dataset_dir textarea") == str(project / "dataset")
+    assert "not started" in page.inner_text("#lora_forge_step_images")
+
+    # 素材/裁剪: upload, prepare into the project's dataset folder
+    _tab(page, "Images & crop")
+    page.set_input_files("#lora_forge_prepare_files input[type=file]", photos)
+    page.wait_for_timeout(500)
+    page.click("#lora_forge_prepare_run")
+    _wait_text(page, "#lora_forge_prepare_report", "→")
+    assert len(list((project / "dataset").glob("*.jpg"))) == 4
+    _shot(page, "flow-1-prepare.png")
+
+    # 打标 with the tiny ONNX tagger
+    _tab(page, "Tagging")
+    _wait_text(page, "#lora_forge_next", "打标")
+    _fill(page, "lora_forge_tagger_folder", str(tagger))
+    _fill(page, "lora_forge_tagger_trigger", "zkw")
+    page.click("#lora_forge_tagger_run")
+    _wait_text(page, "#lora_forge_tagger_status", "written")
+    assert len(list((project / "dataset").glob("*.txt"))) == 4
+
+    # 编辑: load and save (the captions are usable as they are)
+    _tab(page, "Edit tags")
+    page.click("#lora_forge_editor_load")
+    _wait_text(page, "#lora_forge_editor_status", "4")
+
+    # 训练: a few steps at 64 px
+    _tab(page, "Train")
+    for elem_id, value in {
+        "lora_forge_train_output_name": "mychar",
+        "lora_forge_train_trigger_word": "zkw",
+        "lora_forge_train_num_repeats": "1",
+        "lora_forge_train_max_train_epochs": "2",
+        "lora_forge_train_network_dim": "4",
+        "lora_forge_train_network_alpha": "2",
+        "lora_forge_train_learning_rate": "0.001",
+        "lora_forge_train_resolution": "64",
+        "lora_forge_train_sample_every_n_steps": "0",
+        "lora_forge_train_mixed_precision": "no",
+    }.items():
+        _fill(page, elem_id, value)
+    page.click("#lora_forge_train_start")
+    _wait_text(page, "#lora_forge_train_result", "Finished", timeout=400_000)
+    run = lora_dir / "mychar"
+    assert (run / "mychar.safetensors").is_file()
+    _wait_text(page, "#lora_forge_step_train", "done")
+
+    # 测试: the grid with scores
+    _tab(page, "Test grid")
+    _fill(page, "lora_forge_grid_paths", str(run))
+    for elem_id, value in {
+        "lora_forge_grid_strengths": "0.5, 1",
+        "lora_forge_grid_steps": "2",
+        "lora_forge_grid_width": "64",
+        "lora_forge_grid_height": "64",
+        "lora_forge_grid_tagger": str(tagger),
+    }.items():
+        _fill(page, elem_id, value)
+    page.locator("#lora_forge_grid_score input").check()
+    page.click("#lora_forge_grid_go")
+    page.locator("#lora_forge_grid_heat img").wait_for(timeout=300_000)
+    assert list(run.glob("*-scores.json"))
+    _shot(page, "flow-2-grid.png")
+
+    # 优化: advice from the scores, then a new config from the previous run's
+    _tab(page, "Optimise")
+    page.click("#lora_forge_optimise_advise")
+    advice = _wait_text(page, "#lora_forge_optimise_advice", "From the grid of run")
+    assert any(word in advice for word in ("Underfit", "Overfit", "Looks right"))
+    if page.locator("#lora_forge_optimise_again").is_enabled():
+        page.click("#lora_forge_optimise_again")
+        _wait_text(page, "#lora_forge_optimise_advice", "previous run is kept")
+        assert list((project / "configs").glob("mychar-next*.toml"))
+        assert (run / "mychar.safetensors").is_file()
+    _shot(page, "flow-3-optimise.png")
+    assert js_errors(page) == []
+
+    # a restart: a new app over the same folders reopens the project and its step
+    page.goto(serve_blocks(app()))
+    wait_gradio(page)
+    _wait_text(page, "#lora_forge_project_msg", "Reopened project")
+    assert page.input_value("#lora_forge_dataset_dir textarea") == str(project / "dataset")
+    for key in ("images", "crop", "tag", "train", "test"):
+        assert "done" in page.inner_text(f"#lora_forge_step_{key}"), key
+
+
+@pytest.mark.browser
+def test_light_and_dark_at_1280(serve_blocks, page, tmp_path) -> None:
+    from lora_forge import project as pj
+    from lora_forge.ui.app import build_app
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    p = pj.create(tmp_path / "projects", "look")
+    solid_image(RED).save(p.dataset_dir / "a.png")
+    url = serve_blocks(build_app(ckpt=None, settings=lambda: settings))
+    page.set_viewport_size({"width": 1280, "height": 800})
+    for theme, query in (("light", ""), ("dark", "?__theme=dark")):
+        page.goto(url + query)
+        wait_gradio(page)
+        _wait_text(page, "#lora_forge_project_msg", "Reopened")
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 1280, f"{theme}: the page scrolls sideways ({width} px)"
+        chip = page.locator("#lora_forge_step_tag")
+        box = chip.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 1280
+        _shot(page, f"look-{theme}.png")
+    assert js_errors(page) == []
