@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -146,3 +147,20 @@ def test_a_failing_install_is_reported_and_the_webui_still_starts(tmp_path: Path
     assert r.returncode == 0
     assert "install step failed, the WebUI starts anyway" in r.stdout
     assert "python -m pip install onnxruntime" in r.stdout
+
+
+def _python310() -> str | None:
+    for candidate in sorted(Path("/root/.pyenv/versions").glob("3.10*/bin/python3.10")):
+        return str(candidate)
+    return shutil.which("python3.10")
+
+
+@pytest.mark.skipif(os.name == "nt" or _python310() is None, reason="needs a POSIX Python 3.10")
+def test_on_python_310_it_asks_for_a_release_with_310_wheels(tmp_path: Path) -> None:
+    # The WebUI's own Python: no onnxruntime release after 1.23 has cp310 wheels.
+    venv = tmp_path / "venv310"
+    subprocess.run([_python310(), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    log = tmp_path / "pip.log"
+    r = _run(str(venv / "bin" / "python"), {"PYTHONPATH": str(STUB), "LORA_FORGE_STUB_PIP_LOG": str(log)}, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text(encoding="utf-8").startswith('install "onnxruntime>=1.17,<1.24" -c "')
