@@ -262,6 +262,27 @@ def test_interrupt_stops_rendering_and_restores_progress(webui) -> None:
         assert host.interrupted()
 
 
+def test_progress_reaches_the_webui_progress_bar_and_lora_folder_follows_the_flag(webui) -> None:
+    from modules import shared
+    from PIL import Image
+
+    from lora_forge.events import Progress
+
+    host = _host()
+    with host.exclusive("train"):
+        assert shared.state.job == "lora_forge: train"
+        host.report(Progress(3, 10, "epoch 1/4, loss 0.12", image=Image.new("RGB", (8, 8))))
+        assert (shared.state.job_no, shared.state.job_count) == (3, 10)
+        assert shared.state.textinfo == "epoch 1/4, loss 0.12"
+        assert shared.state.current_image.size == (8, 8) and shared.state.id_live_preview == 1
+    assert shared.state.job == ""
+    assert host.lora_dir() == webui.root / "models" / "Lora"  # the --lora-dir the stub started with
+    shared.cmd_opts.lora_dir = str(webui.root / "elsewhere")
+    assert host.lora_dir() == webui.root / "elsewhere"
+    shared.cmd_opts.lora_dir = None  # Lora extension disabled: its preload never added the flag
+    assert host.lora_dir() == webui.root / "models" / "Lora"
+
+
 def test_no_model_and_forge2_are_refused_with_a_message(webui) -> None:
     from modules import shared
 
