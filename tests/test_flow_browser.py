@@ -12,6 +12,7 @@ import pytest
 from lora_forge.settings import Settings
 from lora_forge.tagger.testing import GREEN, RED, build_test_model, solid_image
 from tests.browser import js_errors, wait_gradio
+from tests.dataset_support import yunet_settings  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"
@@ -55,10 +56,13 @@ def _shot(page, name: str) -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_images_to_grid_and_advice_in_one_project(tiny_files, serve_blocks, page, tmp_path) -> None:
+def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, serve_blocks, page, tmp_path) -> None:  # noqa: F811
     from lora_forge.ui.app import build_app
 
-    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    # the YuNet face model placed where a download would put it; nothing is downloaded
+    settings = Settings(
+        models_dir=yunet_settings.models_dir, dataset_dir=tmp_path / "projects", hf_endpoint="http://127.0.0.1:9"
+    )
     lora_dir = tmp_path / "Lora"
     tagger = build_test_model(tmp_path / "tagger")
     photos = []
