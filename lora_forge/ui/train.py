@@ -14,6 +14,7 @@ from lora_forge.ui.context import UiContext
 
 TITLE = "Train"
 POLL_SECONDS = 1.0
+LOCK_NOTE = "While this trains, generations and checkpoint changes wait; press Stop here, or Interrupt in txt2img."
 PRESET_LABELS = {
     "person": "Person",
     "anime": "Anime character",
@@ -98,6 +99,8 @@ def render(status: Any) -> tuple[Any, ...]:
         lines.append("Memory plan: " + status.estimate.removeprefix("memory plan: "))
     if status.message and not status.done:
         lines.append(status.message)
+    if not status.done:
+        lines.append(LOCK_NOTE)
     bar = (
         f"<div class='lora-forge-progress' style='background:#ddd;border-radius:4px;height:14px'>"
         f"<div style='width:{pct:.1f}%;background:#4a8;height:14px;border-radius:4px'></div></div>"
