@@ -173,11 +173,13 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:10]
 
 
+# The thread that holds queue_lock through exclusive(): the lock is global and not re-entrant, so
+# whoever holds it (any WebUIHost) may render without taking it again.
+_lock_owner: dict[str, int] = {}
+
+
 class WebUIHost(Host):
     name = "webui"
-
-    def __init__(self) -> None:
-        self._owner: int | None = None  # thread holding queue_lock through exclusive()
 
     def sd_model(self) -> Any:
         from modules import shared
@@ -254,11 +256,11 @@ class WebUIHost(Host):
         """Hold the WebUI's queue_lock (FIFO, not re-entrant) with shared.state set up for `job`."""
         from modules import call_queue, shared
 
-        if self._owner == threading.get_ident():
+        if _lock_owner.get("thread") == threading.get_ident():
             yield  # already ours: txt2img inside a training job
             return
         call_queue.queue_lock.acquire()  # waits in line behind WebUI generations and API calls
-        self._owner = threading.get_ident()
+        _lock_owner["thread"] = threading.get_ident()
         try:
             shared.state.begin(job=f"lora_forge: {job}")
             try:
@@ -266,7 +268,7 @@ class WebUIHost(Host):
             finally:
                 shared.state.end()
         finally:
-            self._owner = None
+            _lock_owner.pop("thread", None)
             call_queue.queue_lock.release()
 
     def interrupted(self) -> bool:
