@@ -414,3 +414,43 @@ def test_clip_skip_and_medvram_come_from_the_webui(webui):
     finally:
         shared.opts.data.pop("CLIP_stop_at_last_layers")
         shared.cmd_opts.medvram = False
+
+
+def test_pristine_restores_layers_the_lora_extension_left_merged_lazily(webui):
+    """1.10.1 merges a LoRA into each layer in that layer's next forward and keeps a CPU backup;
+    layers still merged from the last generation must be restored before training."""
+    from modules import shared
+
+    from lora_forge.host import webui_train
+
+    sd_model = shared.sd_model
+    base = weights_hash(sd_model)
+    layer = sd_model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn2.to_k
+    sd_model.network_layer_mapping = {"diffusion_model_input_blocks_1_1_transformer_blocks_0_attn2_to_k": layer}
+    try:
+        with torch.no_grad():
+            layer.network_weights_backup = layer.weight.detach().cpu().clone()
+            layer.network_current_names = (("old_lora", 1.0, 1.0, None),)
+            layer.weight.add_(0.5)  # what the lazy merge left in the weights
+        assert weights_hash(sd_model) != base
+        with webui_train.pristine(sd_model):
+            assert weights_hash(sd_model) == base
+            assert layer.network_current_names == ()
+    finally:
+        del sd_model.network_layer_mapping, layer.network_weights_backup, layer.network_current_names
+    assert weights_hash(sd_model) == base
+
+
+def test_standalone_host_runs_through_the_same_registry(tiny_host, dataset):
+    """`python -m lora_forge ui` uses the same 训练 section on the standalone host: fresh name in its
+    Lora folder, card previews, no WebUI needed."""
+    from lora_forge.host.train_jobs import Runs
+
+    before = weights_hash(tiny_host.sd_model())
+    runs = Runs()
+    name = f"solo{time.time_ns() % 100000}"
+    status = runs.wait(runs.start(tiny_host, str(dataset), "custom", {**FAST, "output_name": name}).id, 300)
+    assert status.state == "finished", status.error
+    run_dir = tiny_host.lora_dir() / name
+    assert (run_dir / f"{name}-000002.safetensors").is_file() and (run_dir / f"{name}.preview.png").is_file()
+    assert weights_hash(tiny_host.sd_model()) == before

@@ -242,3 +242,13 @@ def load_networks(
         net.dyn_dim = dyn_dims[i] if dyn_dims else None
         _merge(net)
         loaded_networks.append(net)
+
+
+def network_restore_weights_from_backup(self: Any) -> None:
+    """1.10.1: put a layer's CPU backup (made before its first in-place merge) back into the weights.
+    The real extension merges lazily in each layer's forward and keeps `network_current_names` per
+    layer; this stand-in merges eagerly, but a trainer may meet layers left in the lazy state."""
+    weights_backup = getattr(self, "network_weights_backup", None)
+    if weights_backup is None:
+        return
+    self.weight.copy_(weights_backup)
