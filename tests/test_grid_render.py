@@ -24,7 +24,7 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def run_dir(tiny_host, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("grid-render") / "lfgrid"
-    write_run(tiny_host.sd_model(), folder, epochs=1, final=True, scale=0.4)
+    write_run(tiny_host.sd_model(), folder, epochs=1, final=True, scale=0.15)
     return folder
 
 
