@@ -147,7 +147,7 @@ def test_run_trains_saves_where_the_webui_looks_and_leaves_the_model_as_it_was(w
 
     webui_train.loadback_check = spy
     try:
-        status = run_to_end(runs, dataset)
+        status = run_to_end(runs, dataset, learning_rate=1e-2)  # a LoRA that visibly changes renders
     finally:
         webui_train.loadback_check = original
     assert status.state == "finished", status.error
@@ -168,6 +168,18 @@ def test_run_trains_saves_where_the_webui_looks_and_leaves_the_model_as_it_was(w
 
     networks = sys.modules["networks"]
     assert "zkw-000002" in networks.available_networks  # the list was refreshed
+
+    # the last sample (step 8, rendered by process_images with the live LoRA) is what the user gets
+    # from the saved file in txt2img; without the LoRA the same render differs
+    from lora_forge.host.webui import WebUIHost
+
+    sample = np.asarray(Image.open(run_dir / "samples" / "step000008-0.png"), dtype=np.int16)
+    req = dict(seed=1337, steps=2, cfg_scale=1.0, width=64, height=64, sampler="Euler a")
+    from_file = WebUIHost().txt2img([RenderRequest("zkw <lora:zkw:1>", **req)])[0]
+    plain = WebUIHost().txt2img([RenderRequest("zkw", **req)])[0]
+    d_file = np.abs(np.asarray(from_file, dtype=np.int16) - sample).mean()
+    d_plain = np.abs(np.asarray(plain, dtype=np.int16) - sample).mean()
+    assert d_file < 0.1 and d_plain > max(0.3, 10 * d_file)  # fp16 file vs fp32 live modules: rounding only
     with_lora = render("a photo of a cat <lora:zkw-000002:1>")
     assert np.abs(with_lora - before[1]).max() > 0  # the file does something in txt2img
     assert np.array_equal(render(), before[1])
