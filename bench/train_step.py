@@ -5,7 +5,8 @@ forward) and checkpointing, with gradients for the input latents only. Ours is t
 step of lora_forge.train.loop (noise, timesteps, LoRA forward/backward, min-SNR loss, grad clip,
 AdamW step). Cases: the tiny test UNet and SD1.5's full UNet (random weights), latents 16² and
 32², fp32 and bf16 (bf16 frozen weights + bf16 autocast). Rounds interleave floor and ours after
-a warm-up, alternating which goes first; the figure is median(ours) / median(floor).
+a warm-up, alternating which goes first; the figure is median(ours) / median(floor) of the process CPU
+time with one intra-op thread (wall time on this shared 2-core machine swings ±50 % with the neighbours).
 
     python bench/train_step.py [--rounds 5] [--only tiny|sd15] [--no-checkpointing]
 """
@@ -140,9 +141,10 @@ def lora_off(network):
 
 
 def timed(fn) -> float:
-    t0 = time.perf_counter()
+    """CPU time of this process: on a shared machine wall time mostly measures the neighbours."""
+    t0 = time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,25 @@ def test_nan_stops_with_a_message_naming_the_causes(tiny_host, dataset, tmp_path
     with pytest.raises(ForgeError, match="learning rate"):
         run(tiny_host, dataset, tmp_path, max_train_steps=3, unet_lr=0.09, learning_rate=0.09, noise_offset=0.0,
             max_grad_norm=0, min_snr_gamma=0, network_alpha=1e6)  # fmt: skip
+
+
+def test_cli_trains_and_reports_json(tiny_files, dataset, tmp_path, capsys):
+    from lora_forge.cli import main
+
+    args = ["train", "--ckpt", str(tiny_files.checkpoint), "--data", str(dataset), "--name", "cli", "--out",
+            str(tmp_path), "--preset", "person", "--trigger", "zkw", "--json"]  # fmt: skip
+    sets = [f"{k}={v}" for k, v in {**FAST, "max_train_steps": 2}.items()]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["steps"] == 2 and Path(out["final"]).is_file()
+    assert 'trigger_word = "zkw"' in (Path(out["run_dir"]) / "config.toml").read_text(encoding="utf-8")
+
+
+def test_cli_rejects_a_bad_dataset_before_loading_the_model(tmp_path, capsys):
+    from lora_forge.cli import main
+
+    (tmp_path / "data").mkdir()
+    code = main(["train", "--ckpt", str(tmp_path / "missing.safetensors"), "--data", str(tmp_path / "data"),
+                 "--name", "x", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2 and "no images found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -135,14 +135,18 @@ def _linear_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
     weight, bias = module.weight, module.bias
     scale = float(lora.alpha) / lora.rank
     n_out, n_in = weight.shape
-    merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, lora.rank, passes)
+    rank = lora.rank
+    merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, rank, passes)
 
     def forward(x: Any) -> Any:
         down, up = get(x)
         tokens = x.numel() // n_in
         if tokens * merged_cost + fixed <= tokens * unmerged_cost:
             return F.linear(x, torch.addmm(weight.to(up.dtype), up, down, alpha=scale).to(weight.dtype), bias)
-        return F.linear(x, weight, bias).add(F.linear(F.linear(x, down), up), alpha=scale)
+        # y + s·(x·downᵀ)·upᵀ with the up-projection and the add fused (no third full-size tensor)
+        y = F.linear(x, weight, bias)
+        h = F.linear(x, down)
+        return torch.addmm(y.reshape(-1, n_out), h.reshape(-1, rank), up.t(), alpha=scale).view(y.shape)
 
     return forward
 
