@@ -1,18 +1,23 @@
 """The 训练 section end to end in real headless Chromium, inside a WebUI-like page over the
 stand-in WebUI and the real tiny model: preset, start, progress and a sample, stop, resume,
-finish, files on disk. Also takes the README's screenshots (docs/img/)."""
+finish, files on disk. Also takes the README's screenshots:
+LORA_FORGE_SCREENSHOTS=1 pytest tests/test_webui_train_ui.py writes them to docs/img/."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from tests.browser import ARTIFACTS
 from tests.test_webui_train import dataset, one_thread, start_stub  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
-IMG = ROOT / "docs" / "img"
+# the README's screenshots are refreshed only when asked (LORA_FORGE_SCREENSHOTS=1), so an ordinary
+# test run leaves the tracked images alone
+IMG = ROOT / "docs" / "img" if os.environ.get("LORA_FORGE_SCREENSHOTS") else ARTIFACTS
 EXTRA = """min_bucket_reso = 64
 max_bucket_reso = 128
 sample_steps = 2

@@ -117,14 +117,18 @@ def render(status: Any) -> tuple[Any, ...]:
     return "\n\n".join(lines), bar, chart, sample, result
 
 
-def _card_memory(host: Any) -> str:
+def _card_memory(host: Any, needed: int) -> str:
+    """The card's memory, and a plain warning when the estimate does not fit in it."""
     import torch
 
     device = host.device
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        return f"{total / 1024**3:.1f} GiB on {torch.cuda.get_device_name(device)}"
-    return f"no GPU memory limit ({device.type})"
+    if device.type != "cuda":
+        return f"the card has no GPU memory limit ({device.type})"
+    total = torch.cuda.get_device_properties(device).total_memory
+    text = f"the card has {total / 1024**3:.1f} GiB ({torch.cuda.get_device_name(device)})"
+    if needed > total:
+        text += "; this will not fit: lower the batch size, the resolution or the rank"
+    return text
 
 
 def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) -> str:
@@ -139,6 +143,10 @@ def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) ->
         prepared = prepare(config, data_dir, user_keys)
         with host.job("memory estimate"):
             sd_model = host.sd_model()
+            if getattr(host, "name", "") == "webui":
+                from lora_forge.host.webui_train import check_trainable
+
+                check_trainable(sd_model)
             session = open_session(sd_model, prepared.config)
             try:
                 est = memory.estimate(sd_model, session.network, prepared.config, prepared.dataset)
@@ -146,7 +154,7 @@ def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) ->
                 session.close()
     except ForgeError as e:
         return f"**Failed:** {e}"
-    return f"Memory plan: {est.summary()} — the card has {_card_memory(host)}. {prepared.plan.note}"
+    return f"Memory plan: {est.summary()} — {_card_memory(host, est.total)}. {prepared.plan.note}"
 
 
 def build(ctx: UiContext) -> None:
