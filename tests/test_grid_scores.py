@@ -5,6 +5,7 @@ overfitting warning; face likeness is cleanly off without the SFace model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,5 @@ def test_scored_grid_end_to_end(tiny_host, tagger_dir, tmp_path):
     assert [(c["epoch"], c["strength"]) for c in data["cells"]] == [(1, 0.5), (1, 1.0)]
     assert all(0 <= c["flexibility"] <= 1 and 0 <= c["fidelity"] <= 1 for c in data["cells"])
     assert data["recommendation"]["file"] == str(folder / "lfchar-000001.safetensors")
+    beside = json.loads(output.heatmap_path.with_suffix(".json").read_text(encoding="utf-8"))
+    assert beside == {**data, "run_dir": str(folder)}  # what 优化 reads after a restart

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
+from lora_forge.fsio import atomic_write_text
 from lora_forge.grid import assemble
 from lora_forge.grid.plan import GridPlan
 from lora_forge.grid.render import GridResult, render_grid
@@ -51,7 +53,8 @@ def make_grid(
     dataset: Path | None = None,
     settings: Settings | None = None,
 ) -> GridOutput:
-    """Render, assemble, save; score when `tagger` (ModelFiles or an open TaggerSession) is given.
+    """Render, assemble, save; score when `tagger` (ModelFiles or an open TaggerSession) is given
+    (then also <grid>-scores.png, the heat map, and <grid>-scores.json beside the grid).
 
     A stopped grid is saved with its missing cells marked and '-partial' in the name; a grid
     stopped before its first cell saves nothing and says so.
@@ -72,6 +75,9 @@ def make_grid(
         output.heatmap = assemble.heatmap(own, layout, values, labels)
         heat_path = saved[0].with_name(saved[0].stem + "-scores.png")
         output.heatmap_path = assemble.save_png(output.heatmap, heat_path, text)
+        # beside the grid for 优化 (ui/optimise.py) and scripts, also after a restart
+        data = {**output.scores.to_json(plan), "run_dir": str(plan.folder)}
+        atomic_write_text(saved[0].with_name(saved[0].stem + "-scores.json"), json.dumps(data, ensure_ascii=False))
     return output
 
 

@@ -62,7 +62,8 @@ def scores_markdown(scores: Any) -> str:
     if scores.warning:
         parts.append(f"⚠ {scores.warning}")
     parts.append("*Advice from automatic tags: look at the grid too.*")
-    parts += [f"- {html.escape(n)}" for n in scores.notes]
+    if scores.notes:
+        parts.append("\n".join(f"- {html.escape(n)}" for n in scores.notes))
     return "\n\n".join(parts)
 
 
@@ -149,6 +150,8 @@ def build(ctx: UiContext) -> None:
     xyz_text = gr.Textbox(visible=False, elem_id="lora_forge_grid_xyz")
     plan_state = gr.State(None)
     dataset_dir = ctx.shared.get("dataset_dir") or gr.Textbox(visible=False)
+    shared_scores = ctx.shared.get("grid_scores")  # 优化 reads the last scores from there
+    extra = [shared_scores] if shared_scores is not None else []
     stop_flag: dict[str, StopFlag] = {}
 
     refresh.click(lambda: gr.update(choices=run_choices(ctx)), None, [run])
@@ -207,24 +210,22 @@ def build(ctx: UiContext) -> None:
 
         threading.Thread(target=work, daemon=True).start()
         keep_upd = gr.update()
+        more = [gr.update()] * len(extra)
         while (line := events.get()) is not None:
-            yield line, gr.update(), gr.update(), gr.update(), gr.update(), keep_upd, gr.update()
+            yield line, gr.update(), gr.update(), gr.update(), gr.update(), keep_upd, gr.update(), *more
         if "error" in outcome:
-            yield f"**Error:** {outcome['error']}", None, "", None, None, gr.update(), outcome.get("plan")
+            yield f"**Error:** {outcome['error']}", None, "", None, None, gr.update(), outcome.get("plan"), *more
             return
         out = outcome["output"]
         plan = out.result.plan
         notes = "".join(f"\n\n- {html.escape(n)}" for n in plan.notes)
         text = f"**{out.summary()}**.\n\nPrompt: `{plan.prompt}`{notes}"
         scores = out.scores
-        if scores is not None and out.saved:  # for 优化 (ui/optimise.py), also after a restart
-            from lora_forge.fsio import atomic_write_text
-
-            data = {**scores.to_json(plan), "run_dir": str(plan.folder)}
-            atomic_write_text(out.saved[0].with_name(out.saved[0].stem + "-scores.json"), json.dumps(data))
         rows = scores.table(plan) if scores else None
         names = [str(f.path) for f in plan.files]
         best = str(scores.recommendation.file.path) if scores and scores.recommendation else names[-1]
+        if extra and scores is not None:
+            more = [{**scores.to_json(plan), "run_dir": str(plan.folder)}]
         yield (
             text,
             out.image,
@@ -233,6 +234,7 @@ def build(ctx: UiContext) -> None:
             out.heatmap,
             gr.update(choices=names, value=best),
             plan,
+            *more,
         )
 
     go.click(
@@ -253,7 +255,7 @@ def build(ctx: UiContext) -> None:
             tagger,
             dataset_dir,
         ],
-        outputs=[status, picture, advice, table, heat, chosen, plan_state],
+        outputs=[status, picture, advice, table, heat, chosen, plan_state, *extra],
     )
     stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
     full.click(None, None, None, _js="() => window.loraForgeGrid && window.loraForgeGrid.openFull()")

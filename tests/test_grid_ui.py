@@ -1,0 +1,105 @@
+"""The 测试 section in real headless Chromium: render a run's grid with scores on the tiny model,
+send its X/Y/Z settings to a txt2img prompt box + paste button laid out with the WebUI 1.10.1
+element ids, and keep the recommended file with the others moved to a trash folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_forge.grid.testing import write_run
+from lora_forge.settings import Settings
+from lora_forge.tagger.testing import build_test_model
+from tests.browser import js_errors, wait_gradio
+
+
+class WebUIishHost:
+    """The tiny standalone host plus the two WebUIHost calls the send button uses."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def xyz_layout(self) -> tuple[str, int]:
+        return "1.8-1.10", 7
+
+    def network_name(self, path: Path) -> str:
+        return Path(path).stem
+
+
+def _blocks(ctx: Any) -> Any:
+    import gradio as gr
+
+    from lora_forge.ui import grid as grid_ui
+    from lora_forge.ui.app import page_assets
+
+    _css, js = page_assets()
+    with gr.Blocks(analytics_enabled=False) as demo:
+        with gr.Column(elem_id="lora_forge"):
+            grid_ui.build(ctx)
+        # what the WebUI's txt2img tab has at these ids (modules/ui_toprow.py, 1.10.1)
+        prompt = gr.Textbox(label="txt2img prompt", elem_id="txt2img_prompt")
+        with gr.Row(elem_id="txt2img_tools"):
+            paste = gr.Button("↙", elem_id="paste")
+        pasted = gr.Textbox(label="what paste read", elem_id="pasted")
+        paste.click(lambda text: text, [prompt], [pasted])
+        inject = "document.head.appendChild(Object.assign(document.createElement('script'), {text: %s}))"
+        demo.load(None, None, None, _js="() => { " + inject % json.dumps(js) + "; }")
+    return demo
+
+
+def _type(page: Any, selector: str, value: str) -> None:
+    page.fill(selector, value)
+    page.press(selector, "Tab")
+
+
+@pytest.mark.browser
+def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
+    from lora_forge.ui.context import UiContext
+
+    run = tmp_path / "Lora" / "lfgrid"
+    write_run(tiny_host.sd_model(), run, epochs=1, final=True, scale=0.15)
+    tagger = build_test_model(tmp_path / "tagger")
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "data")
+    ctx = UiContext(host=lambda: WebUIishHost(tiny_host), settings=lambda: settings)
+    page.goto(serve_blocks(_blocks(ctx)))
+    wait_gradio(page)
+    _type(page, "#lora_forge_grid_paths textarea", str(run))
+    _type(page, "#lora_forge_grid_strengths textarea", "0.5,1")
+    _type(page, "#lora_forge_grid_prompt textarea", "a photo")
+    for field, value in (("steps", "2"), ("width", "64"), ("height", "64")):
+        _type(page, f"#lora_forge_grid_{field} input", value)
+    _type(page, "#lora_forge_grid_tagger textarea", str(tagger))
+    page.click("#lora_forge_grid_go")
+    page.wait_for_function(
+        "() => /grid in|Error/.test(document.querySelector('#lora_forge_grid_status').innerText)", timeout=120000
+    )
+    assert "2 × 2 grid in" in page.inner_text("#lora_forge_grid_status")
+    page.wait_for_selector("#lora_forge_grid_image img")
+    page.wait_for_selector("#lora_forge_grid_heat img")
+    assert "Recommended:" in page.inner_text("#lora_forge_grid_advice")
+    assert page.locator("#lora_forge_grid_scores tbody tr").count() == 4
+    grids = [p.name for p in run.glob("lfgrid-grid-*.png") if not p.name.endswith("-scores.png")]
+    assert len(grids) == 1 and (run / grids[0].replace(".png", "-scores.png")).is_file()
+
+    page.click("#lora_forge_grid_send")
+    page.wait_for_function("() => document.querySelector('#pasted textarea').value.includes('X/Y/Z plot')")
+    sent = page.input_value("#txt2img_prompt textarea")
+    assert sent.startswith("lfgrid, a photo <lora:lfgrid-000001:0.50>\n")
+    assert 'X Type: Prompt S/R, X Values: "lfgrid-000001,lfgrid"' in sent
+    assert "Sent: txt2img now has the prompt" in page.inner_text("#lora_forge_grid_send_info")
+
+    page.click("#lora_forge_grid_trash input")
+    kept = page.input_value("#lora_forge_grid_keep_file input")
+    page.click("#lora_forge_grid_keep")
+    page.wait_for_function("() => document.querySelector('#lora_forge_grid_send_info').innerText.includes('moved 1')")
+    remaining = sorted(p.name for p in run.glob("*.safetensors"))
+    assert remaining == [Path(kept).name]
+    moved = list((tmp_path / "models" / "trash").glob("lfgrid-*/*.safetensors"))
+    assert len(moved) == 1 and moved[0].name != Path(kept).name
+    assert js_errors(page) == []
