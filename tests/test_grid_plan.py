@@ -196,3 +196,28 @@ def test_cli_json_reports_the_plan(run_files, tiny_files, tmp_path, capsys):
     assert [f["label"] for f in data["plan"]["files"]] == ["000001", "000002"]
     assert out.is_file() and str(out) in data["saved"]
     assert len(data["xyz"]["script_args"]) == 18
+
+
+def test_run_folders_listed_newest_first_and_keep_moves_never_deletes(run_files, tmp_path):
+    import os
+
+    from lora_forge.grid.files import keep_only, run_folders
+
+    lora = tmp_path / "Lora"
+    old = _copy(run_files[:1], lora / "old")
+    new = _copy(run_files, lora / "chars" / "new")
+    _copy(run_files[2:], lora)  # a lone final file is no run folder
+    os.utime(old[0], (1_000_000, 1_000_000))
+    assert run_folders(lora) == [lora / "chars" / "new", lora / "old"]
+    assert run_folders(tmp_path / "missing") == []
+    files, _infos, _notes = collect_files(lora / "chars" / "new")
+    trash = tmp_path / "trash"
+    folder, moved = keep_only(files, new[1], trash)
+    assert [p.name for p in (lora / "chars" / "new").iterdir()] == [new[1].name]
+    assert sorted(p.name for p in moved) == sorted([new[0].name, new[2].name])
+    assert all(p.parent == folder and p.is_file() for p in moved)
+    assert str(new[0]) in (folder / "README.txt").read_text(encoding="utf-8")
+    with pytest.raises(ForgeError, match="nothing else to move"):
+        keep_only(files, new[1], trash)
+    with pytest.raises(ForgeError, match="not one of this grid's files"):
+        keep_only(files, old[0], trash)
