@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 
 
-def child(mode: str, side: int, steps: int) -> dict:
+def child(mode: str, side: int, steps: int, rank: int = 32) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -61,7 +61,7 @@ def child(mode: str, side: int, steps: int) -> dict:
     from lora_forge.train.session import open_session, precision_for
 
     config = TrainConfig(
-        network_dim=32, network_alpha=16, network_train_unet_only=True, mixed_precision="bf16",
+        network_dim=rank, network_alpha=rank / 2, network_train_unet_only=True, mixed_precision="bf16",
         gradient_checkpointing=True, resolution=str(side * 8), max_bucket_reso=max(1024, side * 8),
     )  # fmt: skip
     gen = torch.Generator().manual_seed(0)
@@ -107,8 +107,8 @@ def child(mode: str, side: int, steps: int) -> dict:
     return out
 
 
-def run_child(mode: str, side: int, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--side", str(side), "--steps", str(steps)]
+def run_child(mode: str, side: int, steps: int, rank: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--side", str(side), "--steps", str(steps), "--rank", str(rank)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"{mode} child failed:\n{proc.stderr[-3000:]}")
@@ -120,16 +120,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--side", type=int, default=64)
+    ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.side, args.steps)))
+        print(json.dumps(child(args.child, args.side, args.steps, args.rank)))
         return 0
     floors, ours = [], []
     for r in range(args.rounds):
         order = ("floor", "ours") if r % 2 == 0 else ("ours", "floor")
         for mode in order:
-            result = run_child(mode, args.side, args.steps)
+            result = run_child(mode, args.side, args.steps, args.rank)
             (floors if mode == "floor" else ours).append(result)
             print(f"round {r + 1} {mode:5s} peak {result['peak'] / GIB:.3f} GiB", flush=True)
     floor = statistics.median(r["peak"] for r in floors)

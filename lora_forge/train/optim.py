@@ -36,7 +36,10 @@ def make_optimizer(name: str, groups: list[dict[str, Any]]) -> Any:
     import torch
 
     if name == "AdamW":
-        return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8, foreach=True)
+        # The fused kernel (CPU and CUDA since torch 2.4) updates in one pass over memory instead of
+        # ~8 elementwise passes: at rank 32 that is a tenth of an SD1.5 step on CPU.
+        fused = all(p.dtype == torch.float32 for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8, fused=fused or None)
     if name == "AdamW8bit":
         import bitsandbytes as bnb
 
