@@ -53,11 +53,23 @@
             showTxt2img();
             return "Sent: txt2img now has the prompt and the X/Y/Z plot (Prompt S/R on X and Y); press Generate there.\n\n" + info;
         },
+        // gradio 3.41 serves the picture as a data: URL, which browsers refuse to open as a page;
+        // a blank window showing it at full size works everywhere (and is opened within the click).
         openFull: function () {
             var img = app().querySelector("#lora_forge_grid_image img");
-            if (img && img.src) {
-                window.open(img.src, "_blank");
+            if (!img || !img.src) {
+                return;
             }
+            var win = window.open("", "_blank");
+            if (!win) {
+                return;
+            }
+            win.document.title = "LoRA Forge grid";
+            win.document.body.style.margin = "0";
+            var big = win.document.createElement("img");
+            big.src = img.src;
+            big.id = "lora_forge_full_grid";
+            win.document.body.appendChild(big);
         },
     };
 })();

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from lora_forge.grid.testing import write_run
 from lora_forge.settings import Settings
@@ -84,8 +85,14 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     page.wait_for_selector("#lora_forge_grid_heat img")
     assert "Recommended:" in page.inner_text("#lora_forge_grid_advice")
     assert page.locator("#lora_forge_grid_scores tbody tr").count() == 4
+    with page.expect_popup() as popup_info:
+        page.click("#lora_forge_grid_full")
+    popup = popup_info.value
+    popup.wait_for_function("() => (document.querySelector('#lora_forge_full_grid') || {}).naturalWidth > 0")
+    shown = popup.evaluate("() => document.querySelector('#lora_forge_full_grid').naturalWidth")
     grids = [p.name for p in run.glob("lfgrid-grid-*.png") if not p.name.endswith("-scores.png")]
     assert len(grids) == 1 and (run / grids[0].replace(".png", "-scores.png")).is_file()
+    assert shown == Image.open(run / grids[0]).width  # the full-size picture, not the scaled preview
 
     page.click("#lora_forge_grid_send")
     page.wait_for_function("() => document.querySelector('#pasted textarea').value.includes('X/Y/Z plot')")
