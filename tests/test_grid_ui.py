@@ -20,11 +20,15 @@ from tests.browser import js_errors, wait_gradio
 class WebUIishHost:
     """The tiny standalone host plus the two WebUIHost calls the send button uses."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, lora_dir: Path) -> None:
         self._inner = inner
+        self._lora_dir = lora_dir
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    def lora_dir(self) -> Path:
+        return self._lora_dir
 
     def xyz_layout(self) -> tuple[str, int]:
         return "1.8-1.10", 7
@@ -67,10 +71,12 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     write_run(tiny_host.sd_model(), run, epochs=1, final=True, scale=0.15)
     tagger = build_test_model(tmp_path / "tagger")
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "data")
-    ctx = UiContext(host=lambda: WebUIishHost(tiny_host), settings=lambda: settings)
+    ctx = UiContext(host=lambda: WebUIishHost(tiny_host, tmp_path / "Lora"), settings=lambda: settings)
     page.goto(serve_blocks(_blocks(ctx)))
     wait_gradio(page)
-    _type(page, "#lora_forge_grid_paths textarea", str(run))
+    page.click("#lora_forge_grid_refresh")  # 🔄 lists the run folders under the Lora folder
+    page.click("#lora_forge_grid_run input")
+    page.locator("#lora_forge_grid_run li", has_text=str(run)).click()
     _type(page, "#lora_forge_grid_strengths textarea", "0.5,1")
     _type(page, "#lora_forge_grid_prompt textarea", "a photo")
     for field, value in (("steps", "2"), ("width", "64"), ("height", "64")):
