@@ -14,25 +14,13 @@ from pathlib import Path
 from lora_forge.dataset import captions
 from lora_forge.dataset.captions import split_tags
 from lora_forge.dataset.editor import Dataset, Edit, Preview, load_translations, tag_table, translate
+from lora_forge.dataset.editor_labels import OPERATIONS
 from lora_forge.dataset.editor_ops import build_op, parse_tag_list
 from lora_forge.dataset.editor_thumbs import PREVIEW_SIZE, cache_dir, thumbnail
 from lora_forge.errors import ForgeError
 
 PAGE_SIZE = 48
 TAG_ROWS = 500  # the tag list shows the first rows of the sorted, searched list; search narrows it
-SCOPES = ("Filtered images", "Selected images", "Current image", "All images")
-# label in the UI → (operation, fixed arguments)
-OPERATIONS: dict[str, tuple[str, dict]] = {
-    "Add tags": ("add", {}),
-    "Remove tags": ("remove", {}),
-    "Replace a tag": ("replace", {}),
-    "Regex replace": ("regex", {}),
-    "Move to front": ("front", {}),
-    "Remove duplicates": ("dedupe", {}),
-    "Sort tags A-Z": ("sort", {"key": "name"}),
-    "Sort tags by frequency": ("sort", {"key": "count"}),
-    "Underscores to spaces": ("underscores", {}),
-}
 
 
 class EditorSession:

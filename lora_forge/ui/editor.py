@@ -12,11 +12,14 @@ from __future__ import annotations
 import functools
 import html
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lora_forge.dataset.editor_view import OPERATIONS, SCOPES, EditorSession, preview_rows, preview_text
+from lora_forge.dataset.editor_labels import OPERATIONS, SCOPES
 from lora_forge.errors import ForgeError
 from lora_forge.ui.context import UiContext
+
+if TYPE_CHECKING:
+    from lora_forge.dataset.editor_view import EditorSession
 
 TITLE = "Edit tags"
 TAG_HEADERS = ["Tag", "Images", "Translation"]
@@ -37,7 +40,10 @@ def with_session(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def handler(s, *args):
-        s = s or EditorSession()
+        if s is None:  # imported here: the editor is loaded on the first click, not at WebUI start
+            from lora_forge.dataset.editor_view import EditorSession
+
+            s = EditorSession()
         with s.lock:
             return fn(s, *args)
 
@@ -258,6 +264,8 @@ def build(ctx: UiContext) -> None:
 
     @with_session
     def preview(s, op, tags, repl, pos, rscope, sc):
+        from lora_forge.dataset.editor_view import preview_rows, preview_text
+
         try:
             p = s.preview(op, tags, repl, pos, rscope, sc)
         except ForgeError as e:

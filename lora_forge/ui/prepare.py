@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge.errors import ForgeError
+from lora_forge.events import Progress
 from lora_forge.ui.context import UiContext
 
 TITLE = "Images & crop"
@@ -86,9 +87,6 @@ def _report_markdown(report: Any) -> str:
 def build(ctx: UiContext) -> None:
     import gradio as gr
 
-    from lora_forge.dataset.prepare import PrepareOptions, apply_action, prepare
-    from lora_forge.events import Progress
-
     with gr.Row():
         files = gr.File(label="Drop images or zip files", file_count="multiple", elem_id="lora_forge_prepare_files")
         with gr.Column():
@@ -132,6 +130,9 @@ def build(ctx: UiContext) -> None:
     dataset_dir = ctx.shared.get("dataset_dir") or gr.Textbox(visible=False)
 
     def do_run(files_v, sources_v, out_v, size_v, buckets_v, face_v, fmt_v, boxes_v, progress=gr.Progress()):
+        # the dataset stage is imported on first use: at WebUI start-up it would only cost time
+        from lora_forge.dataset.prepare import PrepareOptions, prepare
+
         try:
             settings = ctx.settings()
             out = (
@@ -180,6 +181,8 @@ def build(ctx: UiContext) -> None:
 
     def make_action(action: str):
         def act(folder_v, file_v, boxes_v):
+            from lora_forge.dataset.prepare import apply_action
+
             if not folder_v or not file_v:
                 return "Select an image in the gallery first.", gr.update(), gr.update(), gr.update()
             try:

@@ -43,8 +43,10 @@ def model_choices(settings: Any) -> list[str]:
     ]
 
 
-def choice_for(settings: Any, name: str) -> str:
-    return next(c for c in model_choices(settings) if c.split(SEP)[0] == name)
+def choice_for(settings: Any, name: str, choices: list[str] | None = None) -> str:
+    """The dropdown entry of model `name` (pass `choices` when they are at hand: listing them
+    looks at every model's folder)."""
+    return next(c for c in choices or model_choices(settings) if c.split(SEP)[0] == name)
 
 
 def model_info(settings: Any, choice: str) -> str:
@@ -100,7 +102,7 @@ def build(ctx: UiContext) -> None:
     with gr.Row():
         model = gr.Dropdown(
             choices,
-            value=choice_for(settings0, registry.DEFAULT_MODEL),
+            value=choice_for(settings0, registry.DEFAULT_MODEL, choices),
             label="Model",
             elem_id="lora_forge_tagger_model",
         )
