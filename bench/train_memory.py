@@ -7,7 +7,12 @@ forward + backward with gradients for the input only; ours runs full training st
 LoRA on every UNet target, AdamW, clipping) and, before them, prints the memory plan's estimate.
 Floor and ours alternate for `--rounds` rounds; medians are compared.
 
-    python bench/train_memory.py [--rounds 1] [--steps 2] [--side 64]
+Both children run with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_): by
+default glibc raises the threshold after the first large free, so later activations land in the
+heap and their freed pages stay resident; the high-water mark then measures allocator history
+more than tensors. `--default-malloc` measures with glibc's defaults instead.
+
+    python bench/train_memory.py [--rounds 1] [--steps 2] [--side 64] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -107,9 +112,12 @@ def child(mode: str, side: int, steps: int, rank: int = 32) -> dict:
     return out
 
 
-def run_child(mode: str, side: int, steps: int, rank: int) -> dict:
+def run_child(mode: str, side: int, steps: int, rank: int, default_malloc: bool) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--side", str(side), "--steps", str(steps), "--rank", str(rank)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if not default_malloc:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
         raise SystemExit(f"{mode} child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -121,6 +129,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--side", type=int, default=64)
     ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -130,7 +139,7 @@ def main() -> int:
     for r in range(args.rounds):
         order = ("floor", "ours") if r % 2 == 0 else ("ours", "floor")
         for mode in order:
-            result = run_child(mode, args.side, args.steps, args.rank)
+            result = run_child(mode, args.side, args.steps, args.rank, args.default_malloc)
             (floors if mode == "floor" else ours).append(result)
             print(f"round {r + 1} {mode:5s} peak {result['peak'] / GIB:.3f} GiB", flush=True)
     floor = statistics.median(r["peak"] for r in floors)

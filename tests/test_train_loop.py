@@ -101,7 +101,7 @@ def test_training_leaves_the_base_model_exactly_as_it_was(tiny_host, dataset, tm
 
 
 @pytest.mark.slow
-def test_loss_on_a_fixed_probe_set_falls_over_200_steps(tiny_host, dataset, tmp_path):
+def test_loss_falls_clearly_over_200_steps(tiny_host, dataset, tmp_path):
     """The mean loss of the last 20 steps is clearly below that of the first 20 (4 images)."""
     result = run(
         tiny_host, dataset, tmp_path, max_train_steps=200, network_dim=8, network_alpha=8,
