@@ -38,7 +38,9 @@ def make_optimizer(name: str, groups: list[dict[str, Any]]) -> Any:
     if name == "AdamW":
         # The fused kernel (CPU and CUDA since torch 2.4) updates in one pass over memory instead of
         # ~8 elementwise passes: at rank 32 that is a tenth of an SD1.5 step on CPU.
-        fused = all(p.dtype == torch.float32 for g in groups for p in g["params"])
+        # torch < 2.4 (the WebUI ships 2.1) has the fused kernel for CUDA only.
+        cpu_fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
+        fused = all(p.dtype == torch.float32 and (p.is_cuda or cpu_fused) for g in groups for p in g["params"])
         return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8, fused=fused or None)
     if name == "AdamW8bit":
         import bitsandbytes as bnb

@@ -37,7 +37,8 @@ def precision_for(config: TrainConfig, device: Any, weight_dtype: Any) -> Precis
     if config.mixed_precision == "fp16":
         if kind != "cuda":
             raise ForgeError("mixed_precision fp16 needs a CUDA GPU; use bf16 (or no) on this device")
-        return Precision(torch.float16, torch.amp.GradScaler("cuda"), kind)
+        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+        return Precision(torch.float16, scaler, kind)
     if config.mixed_precision == "bf16":
         if kind == "cuda" and not torch.cuda.is_bf16_supported():
             raise ForgeError("this GPU has no bf16 (needs RTX 30xx or newer); use mixed_precision fp16")
