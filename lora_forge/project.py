@@ -151,7 +151,10 @@ class Project:
                     f"project “{self.name}” was changed in another browser tab or window since you opened it; "
                     "nothing was overwritten: press Open to load the newer version, then make your change again"
                 )
-            merged = {**on_disk, **changes, "revision": int(on_disk.get("revision", 0)) + 1, "saved": time.time()}
+            # only checked saves count as a new revision: where a tab is, or a run it recorded,
+            # must not make another tab's next real change fail
+            revision = int(on_disk.get("revision", 0)) + (1 if check_revision else 0)
+            merged = {**on_disk, **changes, "revision": revision, "saved": time.time()}
             atomic_write_text(self.folder / MANIFEST, json.dumps(merged, ensure_ascii=False, indent=2))
         self.data = merged
 

@@ -69,7 +69,9 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     for i, colour in enumerate([RED, GREEN, RED, GREEN]):
         path = tmp_path / "photos" / f"照片{i}.png"
         path.parent.mkdir(exist_ok=True)
-        solid_image(colour, size=96).save(path)
+        image = solid_image(colour, size=96)
+        image.putpixel((i, i), (0, 0, 255))  # four different files (identical ones are merged)
+        image.save(path)
         photos.append(str(path))
 
     def app():
@@ -123,11 +125,15 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
         "lora_forge_train_learning_rate": "0.001",
         "lora_forge_train_resolution": "64",
         "lora_forge_train_sample_every_n_steps": "0",
-        "lora_forge_train_mixed_precision": "no",
     }.items():
         _fill(page, elem_id, value)
+    page.locator("#lora_forge_train_advanced").click()
+    _fill(page, "lora_forge_train_mixed_precision", "no")
+    _fill(page, "lora_forge_train_extra", "min_bucket_reso = 64\nmax_bucket_reso = 64\nsample_steps = 2")
     page.click("#lora_forge_train_start")
-    _wait_text(page, "#lora_forge_train_result", "Finished", timeout=400_000)
+    page.locator("div.prose#lora_forge_train_result", has_text="d").wait_for(timeout=400_000)
+    result = page.inner_text("#lora_forge_train_result")
+    assert "Finished" in result, result
     run = lora_dir / "mychar"
     assert (run / "mychar.safetensors").is_file()
     _wait_text(page, "#lora_forge_step_train", "done")
@@ -192,3 +198,43 @@ def test_light_and_dark_at_1280(serve_blocks, page, tmp_path) -> None:
         assert box is not None and box["x"] + box["width"] <= 1280
         _shot(page, f"look-{theme}.png")
     assert js_errors(page) == []
+
+
+@pytest.mark.browser
+def test_two_tabs_a_vanished_project_and_a_refused_path(serve_blocks, browser, page, tmp_path) -> None:
+    """Two browser tabs on one project: the second save is refused with a message and nothing is
+    overwritten; a deleted project folder is a message; with --listen a path outside is refused."""
+    from lora_forge import project as pj
+    from lora_forge.ui.app import build_app
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    p = pj.create(tmp_path / "projects", "两个标签页")
+    url = serve_blocks(build_app(ckpt=None, settings=lambda: settings, listen=True))
+    other = page.context.new_page()
+    for pg in (page, other):
+        pg.goto(url)
+        wait_gradio(pg)
+        _wait_text(pg, "#lora_forge_project_msg", "Reopened")
+        pg.locator("#lora_forge_project_settings").click()
+    _fill(page, "lora_forge_project_rename_to", "first tab's name")
+    page.click("#lora_forge_project_rename")
+    _wait_text(page, "#lora_forge_project_msg", "Renamed")
+    _fill(other, "lora_forge_project_rename_to", "second tab's name")
+    other.click("#lora_forge_project_rename")
+    _wait_text(other, "#lora_forge_project_msg", "another browser tab")
+    assert pj.open_project(p.folder).name == "first tab's name"
+
+    # --listen: the prepare section refuses a folder outside the allowed ones, as gradio's error
+    _tab(page, "Images & crop")
+    _fill(page, "lora_forge_prepare_sources", "/etc")
+    page.click("#lora_forge_prepare_run")
+    page.locator(".toast-body", has_text="outside the folders").wait_for(timeout=20_000)
+
+    import shutil
+
+    shutil.rmtree(p.folder)
+    _fill(other, "lora_forge_project_rename_to", "after delete")
+    other.click("#lora_forge_project_rename")
+    _wait_text(other, "#lora_forge_project_msg", "is gone")
+    assert list((tmp_path / "projects" / pj.RECOVERED).glob("*.json"))
+    other.close()

@@ -61,11 +61,15 @@ def test_two_tabs_cannot_clobber_each_other(tmp_path):
     with pytest.raises(ForgeError, match="another browser tab"):
         tab_b.save({"settings": {"note": "from B"}})
     assert pj.find(tmp_path, "shared").settings == {"note": "from A"}
-    # where the user left off and runs merge instead: both tabs' facts are true
+    # where the user left off and runs merge instead: both tabs' facts are true, and they do not
+    # make the other tab's next change fail
+    tab_c = pj.find(tmp_path, "shared")
     tab_b.set_step("tag")
     tab_b.add_run(tmp_path / "some-run")
     on_disk = pj.find(tmp_path, "shared")
     assert on_disk.settings == {"note": "from A"} and on_disk.step == "tag" and on_disk.runs == [tmp_path / "some-run"]
+    tab_c.save({"settings": {"note": "from C"}})
+    assert pj.find(tmp_path, "shared").step == "tag"
 
 
 def test_renamed_folder_is_followed_and_deleted_one_keeps_the_work(tmp_path):

@@ -20,8 +20,16 @@ from lora_forge.ui.context import UiContext
 STATE_LABELS = {"done": "done", "attention": "needs attention", "todo": "not started"}
 STATE_ICONS = {"done": "✔", "attention": "!", "todo": "○"}
 # which tab shows which step, and the step a tab stands for when the user opens it
-TAB_STEP = {"prepare": "images", "tagger": "tag", "editor": "edit", "train": "train", "grid": "test"}
+TAB_STEP = {
+    "prepare": "images",
+    "tagger": "tag",
+    "editor": "edit",
+    "train": "train",
+    "grid": "test",
+    "optimise": "test",
+}
 RECORD_WAIT_S = 30.0  # how long after Start the bar looks for the new run to record it
+FOLLOW_S = 3.0  # how often the steps are refreshed while that run trains
 
 
 def steps_html(states: list[projects.StepState] | None) -> str:
@@ -301,22 +309,32 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
     if start is not None:
 
         def record_run(value: Any):
-            """A second listener on 训练's Start: record the run the click started in the project."""
+            """A second listener on 训练's Start: record the run the click started in the project
+            and keep the steps current until it ends (so 训练 turns to done without a reload)."""
             if not value:
-                return [gr.update()] * len(status_outputs)
+                yield [gr.update()] * len(status_outputs)
+                return
+            from lora_forge.host.train_jobs import RUNS
+
             project = from_state(value)
             clicked = time.time()
             deadline = time.monotonic() + RECORD_WAIT_S
-            from lora_forge.host.train_jobs import RUNS
-
-            while time.monotonic() < deadline:
-                fresh = [r for r in RUNS.list() if r.started >= clicked - 2 and r.run_dir]
-                if fresh or any(r.done and r.error for r in RUNS.list() if r.started >= clicked - 2):
-                    break
-                time.sleep(0.5)
             try:
-                return status(project)
+                while time.monotonic() < deadline:
+                    mine = [r for r in RUNS.list() if r.started >= clicked - 2]
+                    if any(r.run_dir and not r.done for r in mine):
+                        break
+                    if any(r.done for r in mine):
+                        break
+                    time.sleep(0.5)
+                while True:
+                    yield status(project)
+                    running = [r for r in RUNS.list() if r.started >= clicked - 2 and not r.done]
+                    if not running:
+                        break
+                    time.sleep(FOLLOW_S)
+                yield status(project)
             except ForgeError as e:
-                return [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
+                yield [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
 
         start.click(record_run, [state], status_outputs)
