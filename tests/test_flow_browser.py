@@ -5,6 +5,7 @@ app over the same folders) reopens the project where the user left off."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def _wait_text(page, selector: str, text: str, timeout: int = 120_000) -> str:
 
 
 def _shot(page, name: str) -> None:
-    """A small PNG of the tab for the README (under 200 KB), the full one in test-artifacts/."""
+    """The tab in test-artifacts/; with LORA_FORGE_SCREENSHOTS=1 also a small copy (< 200 KB) for the README."""
     from PIL import Image
 
     from tests.browser import ARTIFACTS
@@ -46,6 +47,8 @@ def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     full = ARTIFACTS / f"flow-{name}"
     page.locator("#lora_forge").screenshot(path=str(full))
+    if not os.environ.get("LORA_FORGE_SCREENSHOTS"):  # README pictures change only when asked
+        return
     IMG.mkdir(parents=True, exist_ok=True)
     image = Image.open(full)
     if image.width > 900:
