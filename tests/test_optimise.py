@@ -50,3 +50,33 @@ def test_next_config_keeps_the_previous_run(tmp_path):
     saved = read_config_file(path)
     assert saved["max_train_epochs"] == 6 and saved["num_repeats"] == 8 and not saved.get("resume")
     assert values["max_train_epochs"] == 6
+
+
+def test_train_again_fills_the_train_section_and_keeps_the_run(tmp_path):
+    """The 优化 button's handler on the real tab: new config in the project, Train's fields filled
+    with it, the Train tab selected; a second tab's stale copy is refused."""
+    from lora_forge import project as pj
+    from lora_forge.settings import Settings
+    from lora_forge.ui import projects, tab
+    from lora_forge.ui.context import UiContext
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
+    handler = next(f for f in blocks.fns if getattr(f.fn, "__name__", "") == "on_again")
+    p = pj.create(tmp_path / "projects", "again")
+    run = tmp_path / "Lora" / "mine"
+    run.mkdir(parents=True)
+    previous = TrainConfig(output_name="mine", max_train_epochs=10, num_repeats=8).to_toml()
+    (run / "config.toml").write_text(previous, encoding="utf-8")
+    stale = projects.to_state(p)
+    out = handler.fn(projects.to_state(p), {"run": str(run), "changes": {"max_train_epochs": 4, "num_repeats": 6}})
+    assert "previous run is kept" in out[0]
+    assert out[2]["selected"] == "train"
+    by_id = {c.elem_id: v for c, v in zip(handler.outputs, out, strict=True) if getattr(c, "elem_id", None)}
+    assert by_id["lora_forge_train_max_train_epochs"]["value"] == 4
+    assert by_id["lora_forge_train_num_repeats"]["value"] == 6
+    assert (run / "config.toml").read_text(encoding="utf-8") == previous
+    saved = pj.open_project(p.folder).settings["next_config"]
+    assert read_config_file(saved)["max_train_epochs"] == 4
+    refused = handler.fn(stale, {"run": str(run), "changes": {"max_train_epochs": 3}})
+    assert "another browser tab" in refused[0]
