@@ -75,8 +75,14 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     page.goto(serve_blocks(_blocks(ctx)))
     wait_gradio(page)
     page.click("#lora_forge_grid_refresh")  # 🔄 lists the run folders under the Lora folder
-    page.click("#lora_forge_grid_run input")
-    page.locator("#lora_forge_grid_run li", has_text=str(run)).click()
+    option = page.locator("#lora_forge_grid_run li", has_text=str(run))
+    for _ in range(40):  # open the list until the refreshed choices have arrived
+        page.click("#lora_forge_grid_run input")
+        if option.count():
+            break
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(250)
+    option.click()
     _type(page, "#lora_forge_grid_strengths textarea", "0.5,1")
     _type(page, "#lora_forge_grid_prompt textarea", "a photo")
     for field, value in (("steps", "2"), ("width", "64"), ("height", "64")):
