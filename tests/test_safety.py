@@ -10,6 +10,16 @@ from lora_forge.errors import ForgeError
 from lora_forge.safety import PathPolicy, check_request_values
 
 
+def _run(coro):
+    """asyncio.run in its own thread: Playwright's sync API keeps a loop running in this one once
+    a browser test of the session has started it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def test_policy_when_listening(tmp_path):
     inside = tmp_path / "data"
     (inside / "sets").mkdir(parents=True)
@@ -78,8 +88,6 @@ def test_every_path_box_of_the_tab_is_guarded(tmp_path, monkeypatch):
 
 
 def test_api_refuses_a_path_outside_when_listening(tmp_path):
-    import asyncio
-
     import httpx
     from fastapi import FastAPI
 
@@ -106,7 +114,7 @@ def test_api_refuses_a_path_outside_when_listening(tmp_path):
                 await client.get(f"{api.PREFIX}/version"),
             )
 
-    refused, refused_query, fine = asyncio.run(calls())
+    refused, refused_query, fine = _run(calls())
     assert refused.status_code == 400 and "outside the folders" in refused.json()["error"] and not started
     assert refused_query.status_code == 400
     assert fine.status_code == 200
@@ -115,7 +123,6 @@ def test_api_refuses_a_path_outside_when_listening(tmp_path):
 def test_webui_started_with_listen_refuses_paths_outside(tmp_path, tiny_host):
     """The stand-in WebUI with --listen: cmd_opts.disable_extension_access → the policy is on for
     the tab and for the API; --enable-insecure-extension-access would be the WebUI's way out."""
-    import asyncio
     import sys
 
     import httpx
@@ -150,7 +157,7 @@ def test_webui_started_with_listen_refuses_paths_outside(tmp_path, tiny_host):
             async with httpx.AsyncClient(transport=transport, base_url="http://webui") as client:
                 return await client.post("/lora_forge/v1/train", json={"data_dir": str(tmp_path / "elsewhere")})
 
-        r = asyncio.run(post())
+        r = _run(post())
         assert r.status_code == 400 and "outside the folders" in r.json()["error"]
     finally:
         from modules import shared
