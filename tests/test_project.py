@@ -148,3 +148,34 @@ def test_steps_follow_what_is_on_disk(tmp_path):
     s = {x.key: x for x in pj.step_states(p)}
     assert s["train"].state == "done" and s["test"].state == "done"
     assert "All steps done" in pj.next_hint(list(s.values()))
+
+
+def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):
+    """What the tab shows after a WebUI restart (its load handler on the real Blocks): the last
+    project, its dataset folder, the tab of its step, the training fields of its last config, and
+    the run the restart cut short with a Resume offer."""
+    from lora_forge.settings import Settings
+    from lora_forge.train.config import TrainConfig
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+
+    root = tmp_path / "projects"
+    p = pj.create(root, "重启之后")
+    p.set_step("train")
+    run = tmp_path / "Lora" / "cut"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(TrainConfig(output_name="cut", network_dim=8).to_toml(), encoding="utf-8")
+    (run / "state").mkdir()
+    (run / "state" / "state.json").write_text("{}", encoding="utf-8")
+    p.add_run(run)
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=root)
+    blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
+    load = next(f for f in blocks.fns if getattr(f.fn, "__name__", "") == "on_load")
+    out = dict(zip([getattr(c, "elem_id", None) or id(c) for c in load.outputs], load.fn(), strict=True))
+    assert "Reopened project “重启之后”" in out["lora_forge_project_msg"]
+    assert out["lora_forge_dataset_dir"] == str(p.dataset_dir) == out["lora_forge_prepare_out"]
+    assert out["lora_forge_sections"]["selected"] == "train"
+    assert out["lora_forge_train_network_dim"]["value"] == 8
+    assert out["lora_forge_resume_row"]["visible"] is True and "cut" in out["lora_forge_resume_text"]
+    assert "did not finish" in out["lora_forge_next"]
