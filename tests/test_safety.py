@@ -8,16 +8,7 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from lora_forge.safety import PathPolicy, check_request_values
-
-
-def _run(coro):
-    """asyncio.run in its own thread: Playwright's sync API keeps a loop running in this one once
-    a browser test of the session has started it."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+from tests.asgi import run
 
 
 def test_policy_when_listening(tmp_path):
@@ -114,7 +105,7 @@ def test_api_refuses_a_path_outside_when_listening(tmp_path):
                 await client.get(f"{api.PREFIX}/version"),
             )
 
-    refused, refused_query, fine = _run(calls())
+    refused, refused_query, fine = run(calls())
     assert refused.status_code == 400 and "outside the folders" in refused.json()["error"] and not started
     assert refused_query.status_code == 400
     assert fine.status_code == 200
@@ -157,7 +148,7 @@ def test_webui_started_with_listen_refuses_paths_outside(tmp_path, tiny_host):
             async with httpx.AsyncClient(transport=transport, base_url="http://webui") as client:
                 return await client.post("/lora_forge/v1/train", json={"data_dir": str(tmp_path / "elsewhere")})
 
-        r = _run(post())
+        r = run(post())
         assert r.status_code == 400 and "outside the folders" in r.json()["error"]
     finally:
         from modules import shared

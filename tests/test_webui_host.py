@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.util
 import json
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from lora_forge.host.base import LoraRef, RenderRequest
+from tests.asgi import request
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB_DIR = Path(__file__).resolve().parent / "webui_stub"
@@ -46,19 +46,7 @@ def webui(tmp_path: Path, tiny_host):
 
 
 def _get(app, path: str):
-    """One request through the app's real ASGI stack (starlette 0.26's TestClient predates httpx 0.28)."""
-    import asyncio
-
-    import httpx
-
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webui") as client:
-            return await client.get(path)
-
-    # in a thread of its own: after a browser test, Playwright's sync API keeps an event loop
-    # running in this one, and asyncio.run refuses to start inside it
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, go()).result()
+    return request(app, "GET", path)
 
 
 def _host():

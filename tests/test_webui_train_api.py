@@ -3,26 +3,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.asgi import request
 from tests.test_webui_train import FAST, dataset, one_thread, start_stub  # noqa: F401 - fixtures
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"cloud:s3cret").decode()}
 
 
 def call(app, method: str, path: str, **kw):
-    import httpx
-
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webui") as client:
-            return await client.request(method, path, **kw)
-
-    return asyncio.run(go())
+    return request(app, method, path, **kw)
 
 
 @pytest.fixture
