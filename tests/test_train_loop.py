@@ -210,6 +210,50 @@ def test_epoch_files_samples_and_report(tiny_host, dataset, tmp_path):
     assert report["steps"] == 8 and report["peak_memory_bytes"] > 0 and report["it_per_s"] > 0
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["fast-forward", "lora-forward-with-dropout"])
+def test_on_saved_sees_each_file_with_the_live_modules_which_it_can_mute(tiny_host, dataset, tmp_path, dropout):
+    """A host's per-save check: called right after each file is written, while the trained modules
+    are live; `session.muted()` gives the bare model, and the file applied on it gives the live output."""
+    from lora_forge.lora.network import LoraNetwork
+
+    model = tiny_host.sd_model()
+    x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([500])
+
+    def step():
+        with torch.no_grad():
+            return model.apply_model(x, t, model.get_learned_conditioning(["a photo"]))
+
+    bare = step()
+    seen = []
+
+    def on_saved(path, session):
+        live = step()
+        with session.muted():
+            muted = step()
+            with LoraNetwork.from_file(model, path).injected():
+                from_file = step()
+        assert step().equal(live)  # our modules are back
+        on_disk = sorted(p.name for p in path.parent.glob("*.safetensors"))
+        seen.append((path.name, on_disk, live, muted, from_file))
+        return f"{path.name} looked odd" if path.name == "lora.safetensors" else ""
+
+    config = TrainConfig.from_dict({**FAST, "max_train_epochs": 2, "unet_lr": 1e-2, "network_dropout": dropout})
+    prepared = prepare(config, dataset, frozenset({"max_train_epochs", "num_repeats"}))
+    result = train(tiny_host, prepared, tmp_path, on_saved=on_saved)
+    files = ["lora-000001.safetensors", "lora-000002.safetensors", "lora.safetensors"]
+    assert [(name, on_disk) for name, on_disk, *_ in seen] == [(f, files[: i + 1]) for i, f in enumerate(files)]
+    for _, _, live, muted, from_file in seen:
+        effect = (live - bare).norm()
+        assert effect > 1e-3 * bare.norm()
+        torch.testing.assert_close(muted, bare, rtol=1e-4, atol=1e-5)
+        assert (from_file - live).norm() < 0.01 * effect  # fp16 file vs the fp32 live modules
+    assert result.report["save_checks"] == ["lora.safetensors looked odd"]
+    assert json.loads((result.run_dir / "report.json").read_text(encoding="utf-8"))["save_checks"] == [
+        "lora.safetensors looked odd"
+    ]
+
+
 def test_progress_events_carry_what_the_ui_shows(tiny_host, dataset, tmp_path):
     events = []
     run(tiny_host, dataset, tmp_path, max_train_steps=3, progress=events.append)

@@ -5,6 +5,7 @@ generations and checkpoint switches wait for the run; files land where the Lora 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import threading
 import time
@@ -141,9 +142,10 @@ def test_run_trains_saves_where_the_webui_looks_and_leaves_the_model_as_it_was(w
 
     original = webui_train.loadback_check
 
-    def spy(h, sd_model, path):
-        seen.append((shared.state.textinfo, shared.state.job_count, shared.state.job_no, path.name))
-        return original(h, sd_model, path)
+    def spy(h, sd_model, path, muted):
+        on_disk = sorted(p.name for p in path.parent.glob("*.safetensors"))
+        seen.append((shared.state.textinfo, shared.state.job_count, shared.state.job_no, path.name, on_disk))
+        return original(h, sd_model, path, muted)
 
     webui_train.loadback_check = spy
     try:
@@ -160,8 +162,14 @@ def test_run_trains_saves_where_the_webui_looks_and_leaves_the_model_as_it_was(w
     names = sorted(p.name for p in run_dir.glob("*.safetensors"))
     assert names == ["zkw-000001.safetensors", "zkw-000002.safetensors", "zkw.safetensors"]
     assert (run_dir / "zkw-000002.preview.png").is_file() and (run_dir / "zkw.preview.png").is_file()
-    assert status.warnings == []  # the load-back check passed for every file
-    assert [s[3] for s in seen] == [*names[:2], "zkw.safetensors"]
+    # each file was checked right after it was saved (its own check found live modules to compare)
+    assert status.warnings == []
+    assert [(s[3], s[4]) for s in seen] == [
+        ("zkw-000001.safetensors", ["zkw-000001.safetensors"]),
+        ("zkw-000002.safetensors", names[:2]),
+        ("zkw.safetensors", names),
+    ]
+    assert json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["save_checks"] == []
     assert "LoRA Forge" in seen[0][0] and seen[0][1] == status.total  # the WebUI's own progress
     assert len(status.losses) == status.total == 8 and status.sample_path
     assert "<lora:zkw-000002:0.8>" in status.message
@@ -390,14 +398,14 @@ def test_bad_input_is_refused_with_a_message_and_nothing_changes(webui, runs, da
     assert snapshot()[0] == before[0]
 
 
-def test_loadback_check_reports_a_file_the_webui_applies_differently(webui, runs, dataset, monkeypatch):
+def test_loadback_check_fires_after_the_first_save_when_the_webui_applies_the_file_differently(
+    webui, runs, dataset, monkeypatch
+):
     from modules import shared
 
     from lora_forge.host import webui_train
+    from lora_forge.ui.train import render as render_status
 
-    status = run_to_end(runs, dataset, sample_every_n_steps=0, max_train_epochs=1)
-    path = Path(status.files[-1])
-    assert webui_train.loadback_check(host(), shared.sd_model, path) == ""
     networks = sys.modules["networks"]
     original = networks._find_module
 
@@ -405,8 +413,31 @@ def test_loadback_check_reports_a_file_the_webui_applies_differently(webui, runs
         return (key, None) if "up_blocks" in key or "output_blocks" in key else original(mapping, key)
 
     monkeypatch.setattr(networks, "_find_module", misses_output_blocks)
-    message = webui_train.loadback_check(host(), shared.sd_model, path)
-    assert message.startswith("LOAD-BACK CHECK FAILED") and path.name in message
+    check = webui_train.loadback_check
+    seen = []
+
+    def spy(h, sd_model, path, muted):
+        seen.append((path.name, shared.state.textinfo, list(runs.list()[0].warnings)))
+        return check(h, sd_model, path, muted)
+
+    monkeypatch.setattr(webui_train, "loadback_check", spy)
+    before = snapshot()
+    status = run_to_end(runs, dataset, sample_every_n_steps=0, max_train_epochs=2)
+    assert status.state == "finished", status.error
+    assert snapshot()[0] == before[0] and np.array_equal(snapshot()[1], before[1])
+
+    files = ["zkw-000001.safetensors", "zkw-000002.safetensors", "zkw.safetensors"]
+    assert [s[0] for s in seen] == files
+    # the first file's failure was in the run's status and the WebUI's status text before the next save
+    first, second = seen[0], seen[1]
+    assert first[2] == [] and len(second[2]) == 1
+    assert second[2][0].startswith("LOAD-BACK CHECK FAILED") and files[0] in second[2][0]
+    assert "⚠ LOAD-BACK CHECK FAILED" in second[1] and files[0] in second[1]
+    assert [files[i] in w for i, w in enumerate(status.warnings)] == [True] * 3
+    report = json.loads((Path(status.run_dir) / "report.json").read_text(encoding="utf-8"))
+    assert report["save_checks"] == status.warnings
+    assert "LOAD-BACK CHECK FAILED" in render_status(status)[4]
+    # (with the real name rules the same run passes: the run test above)
 
 
 def test_clip_skip_and_medvram_come_from_the_webui(webui):

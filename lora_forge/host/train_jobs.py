@@ -236,7 +236,6 @@ class Runs:
             host.refresh_loras()
         except ForgeError as e:
             status.warnings.append(str(e))
-        status.warnings += list(result.report.get("loadback", []))
         status.run_dir, status.files = str(result.run_dir), [str(p) for p in files]
         status.step = result.steps
         status.state = "stopped" if result.stopped else "finished"
@@ -246,6 +245,8 @@ class Runs:
 def _apply(status: RunStatus, event: Progress) -> None:
     """One engine event into the status the faces poll."""
     d = event.data
+    if "warning" in d:  # e.g. a saved file that failed the load-back check: shown until the run's end
+        status.warnings.append(str(d["warning"]))
     if "loss" in d:
         status.state = "running"
         status.step, status.total = event.step, event.total

@@ -180,6 +180,7 @@ _lock_owner: dict[str, int] = {}
 
 class WebUIHost(Host):
     name = "webui"
+    status_note = ""  # kept after every status text, e.g. a failed load-back check until the run ends
 
     def sd_model(self) -> Any:
         from modules import shared
@@ -284,7 +285,7 @@ class WebUIHost(Host):
             state.job_count = event.total
             state.job_no = event.step
         if event.message:
-            state.textinfo = event.message
+            state.textinfo = event.message + (f" ⚠ {self.status_note}" if self.status_note else "")
         if event.image is not None:
             state.assign_current_image(event.image)
 

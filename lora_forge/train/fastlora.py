@@ -68,6 +68,7 @@ class FastLora:
             self.layout.append(params)
         self.slots = [(slot[id(m.lora_down.weight)], slot[id(m.lora_up.weight)]) for m in network.loras]
         self.current: list[tuple[Any, Any]] = []
+        self.previous: list[tuple[Any, Any]] = []  # (target, its instance forward before ours), while installed
 
     @property
     def params(self) -> list[Any]:
@@ -85,7 +86,7 @@ class FastLora:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """The training forward on every target; the instance dicts are restored on exit."""
-        saved: list[tuple[Any, Any]] = []
+        saved = self.previous = []
         try:
             for i, lora in enumerate(self.network.loras):
                 module = lora.target.module
@@ -94,11 +95,21 @@ class FastLora:
                 module.forward = make(module, lora, self.passes, self.current_of(i))
             yield
         finally:
-            for module, previous in reversed(saved):
-                if previous is None:
-                    del module.forward
-                else:
-                    module.forward = previous
+            _put_back(reversed(saved))
+            self.previous = []
+
+    @contextlib.contextmanager
+    def bypassed(self) -> Iterator[None]:
+        """The targets' own forwards for the block, ours reinstalled after: the model as if this
+        network were absent. A multiplier cannot do it (the training forward has none), and the
+        WebUI's Lora extension merges its networks in the layer's class forward, which ours skips."""
+        ours = [(module, module.__dict__["forward"]) for module, _ in self.previous]
+        try:
+            _put_back(self.previous)
+            yield
+        finally:
+            for module, forward in ours:
+                module.forward = forward
 
     def end_step(self) -> None:
         """Drop this step's views (and their graph); renders then read the live weights."""
@@ -118,6 +129,14 @@ class FastLora:
             return down, up
 
         return get
+
+
+def _put_back(saved: Any) -> None:
+    for module, previous in saved:
+        if previous is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.forward = previous
 
 
 def _costs(n_in: int, n_out: int, rank: int, passes: int) -> tuple[int, int, int]:

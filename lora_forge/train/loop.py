@@ -11,6 +11,7 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,14 @@ def train(
     out_dir: str | Path,
     progress: ProgressFn = no_progress,
     stop: StopFlag | None = None,
+    on_saved: Callable[[Path, Any], str] | None = None,
 ) -> TrainResult:
-    """Train a LoRA on the host's loaded model; returns where the files went."""
+    """Train a LoRA on the host's loaded model; returns where the files went.
+
+    `on_saved(path, session)` runs right after each file is written, while the live modules are
+    still injected (in eval mode, samplers' RNG untouched, offloaded parts back on the device):
+    a host checks the file against them there (`session.muted()` turns them off). What it returns,
+    when not empty, is a problem with that file; the run's report lists them as `save_checks`."""
     import torch
 
     from lora_forge.model.schedule import schedule_from_model
@@ -120,7 +127,7 @@ def train(
                     raise ForgeError("the config differs from the saved run's; resume with its config.toml")
                 pos = state.load_state(prepared.resume_from, session.network, optimizer, scheduler)
             loop = _Loop(host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir)
-            loop.offloaded = idle
+            loop.offloaded, loop.on_saved = idle, on_saved
             return loop.run(optimizer, scheduler, pos, progress, stop, estimate)
         finally:
             session.close()
@@ -230,6 +237,9 @@ class _Loop:
         self.schedule, self.precision, self.run_dir = schedule, precision, run_dir
         self.device = host.device
         self.epoch_files: list[Path] = []
+        self.offloaded: list[Any] = []
+        self.on_saved: Callable[[Path, Any], str] | None = None
+        self.save_checks: list[str] = []
         first_tags = [c.split(",")[0].strip() for c in (it.caption for it in dataset.items) if c]
         self.prompts = outputs.default_prompts(config, first_tags)
 
@@ -317,6 +327,7 @@ class _Loop:
             "final_loss_avg": round(smoother.add(losses[-1]), 6) if losses else None,
             "stopped": stopped,
             "files": [p.name for p in [*self.epoch_files, final]],
+            "save_checks": self.save_checks,
         }
         outputs.write_report(self.run_dir, report)
         if stopped.startswith("loss became"):
@@ -425,7 +436,26 @@ class _Loop:
             trigger_phrase=c.trigger_word or None,
             timestamp=self.started_at,
         )
-        return save_lora(path, net.kohya_state_dict(dtype), meta)
+        saved = save_lora(path, net.kohya_state_dict(dtype), meta)
+        self._check_saved(saved)
+        return saved
+
+    def _check_saved(self, path: Path) -> None:
+        import torch
+
+        from lora_forge.train.session import onloaded
+
+        if self.on_saved is None:
+            return
+        net = self.session.network
+        net.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), onloaded(self.offloaded, self.device):
+                problem = self.on_saved(path, self.session)
+        finally:
+            net.train()
+        if problem:
+            self.save_checks.append(problem)
 
     def _save_epoch(self, epoch: int) -> None:
         path = outputs.epoch_file(self.run_dir, self.config.output_name, epoch)

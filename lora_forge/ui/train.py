@@ -100,6 +100,7 @@ def render(status: Any) -> tuple[Any, ...]:
     if status.message and not status.done:
         lines.append(status.message)
     if not status.done:
+        lines += [f"**⚠ {w}**" for w in status.warnings]
         lines.append(LOCK_NOTE)
     bar = (
         f"<div class='lora-forge-progress' style='background:#ddd;border-radius:4px;height:14px'>"
