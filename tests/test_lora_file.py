@@ -24,15 +24,6 @@ from lora_forge.lora import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops, shared 2-core machine: torch's thread pool only adds waiting (see test_lora_inject)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sd_model(tiny_host):
     return tiny_host.sd_model()

@@ -18,16 +18,6 @@ PROMPTS = ["a photo of a cat", "a dog on a red sofa"]
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are microseconds; on a shared 2-core machine torch's thread pool spends
-    20x longer waiting for cores than computing, so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sd_model(tiny_host):
     return tiny_host.sd_model()

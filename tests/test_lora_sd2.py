@@ -27,11 +27,8 @@ def sd2_model(tmp_path_factory):
     from lora_forge.host.standalone import StandaloneHost
     from lora_forge.host.tiny import build_tiny_sd2
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on a shared machine (see test_lora_inject)
     files = build_tiny_sd2(tmp_path_factory.mktemp("tiny-sd2"), v=True, seed=0)
-    yield StandaloneHost(files.checkpoint, lora_dir=tmp_path_factory.mktemp("sd2-lora")).sd_model()
-    torch.set_num_threads(n)
+    return StandaloneHost(files.checkpoint, lora_dir=tmp_path_factory.mktemp("sd2-lora")).sd_model()
 
 
 def randomized(net, seed=0):

@@ -29,15 +29,6 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP spin contention with other test processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("train-data")

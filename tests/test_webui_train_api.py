@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.asgi import request
-from tests.test_webui_train import FAST, dataset, one_thread, start_stub  # noqa: F401 - fixtures
+from tests.test_webui_train import FAST, dataset, start_stub  # noqa: F401 - fixtures
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"cloud:s3cret").decode()}
 

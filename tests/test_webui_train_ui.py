@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import ARTIFACTS
-from tests.test_webui_train import dataset, one_thread, start_stub  # noqa: F401 - fixtures
+from tests.test_webui_train import dataset, start_stub  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 # the README's screenshots are refreshed only when asked (LORA_FORGE_SCREENSHOTS=1), so an ordinary

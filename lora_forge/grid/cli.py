@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     size = parse_size(args.size)
     # checked once without the model (cheap), and again with it for the family
-    plan = make_plan(
+    plan_args = (
         list(args.loras),
         args.strengths,
         args.prompt,
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         size,
         args.sampler,
     )
+    plan = make_plan(*plan_args)
     settings = Settings.from_env()
     tagger = _tagger(settings, args.tagger) if args.scores else None
     xyz = _xyz(plan, args.xyz) if args.xyz else None
@@ -67,18 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from lora_forge.host.standalone import StandaloneHost
 
     host = StandaloneHost(args.ckpt, vae=args.vae, clip_folder=args.clip_folder, device=args.device)
-    plan = make_plan(
-        list(args.loras),
-        args.strengths,
-        args.prompt,
-        args.negative,
-        args.seed,
-        args.steps,
-        args.cfg,
-        size,
-        args.sampler,
-        sd_model=host.sd_model(),
-    )
+    plan = make_plan(*plan_args, sd_model=host.sd_model())
     update, close = cli_progress("grid", disable=args.json)
     try:
         output = make_grid(host, plan, update, out=args.out, tagger=tagger, dataset=args.dataset, settings=settings)
