@@ -239,6 +239,8 @@ def instantiate(config: Any, clip_folder: Path | None = None, on_meta: bool = Tr
     import warnings
 
     with warnings.catch_warnings():
+        # lightning_fabric imports pkg_resources, which warns about itself with newer setuptools
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         import pytorch_lightning  # noqa: F401  (it installs its own warning filters on import; ours go on top)
 
         warnings.simplefilter("ignore", DeprecationWarning)
