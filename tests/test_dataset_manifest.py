@@ -113,6 +113,10 @@ def test_rerun_skips_unchanged_and_redoes_changed(tmp_path, sources, yunet_setti
     assert sorted(third.written) == ["tall.jpg", "wide.jpg"]
     assert [s.source for s in Manifest.load(out).sources] == ["src/tall.png", "src/wide.jpg"]
     assert len(list((out / ".lora_forge" / "previous").rglob("tall.jpg"))) == 2
+    # an output left empty (what a power cut can do to an unsynced file) is made again too
+    (out / "tall.jpg").write_bytes(b"")
+    fourth = prepare([src], out, PrepareOptions(size=768), yunet_settings)
+    assert fourth.written == ["tall.jpg"] and (out / "tall.jpg").stat().st_size > 0
 
 
 def test_actions_centre_whole_drop(tmp_path, sources, yunet_settings):  # noqa: F811

@@ -214,7 +214,9 @@ class _Stage:
         if target.exists():  # not ours (ours were put away before): never overwrite it
             target = fsio.unused_path(target)
         encoded = encode(crop.render(dec.image, dec.scale, plan), self.options.format)
-        fsio.atomic_write_bytes(target, encoded)
+        # not fsynced: the manifest (durable) is the record, and a re-run redoes an output that a
+        # power cut left missing or empty
+        fsio.atomic_write_bytes(target, encoded, durable=False)
         if caption is not None and not target.with_suffix(".txt").exists():
             fsio.atomic_write_text(target.with_suffix(".txt"), caption)
         inside = [f for f in found if plan.box.contains(crop.face_box(f), 1.0)]
@@ -427,13 +429,20 @@ def _plan_jobs(
             old is not None
             and old.sha256 == sha
             and old.key == stage.options.key(action, stage.detector_name)
-            and all((stage.out / o.file).exists() for o in old.outputs)
+            and all(_intact(stage.out / o.file) for o in old.outputs)
         ):
             report.unchanged.append(item.label)
             continue
         stem = old.stem if old else _stem_for(item, taken, stage.out)
         jobs.append(_Job(item, sha, action, stem, old))
     return jobs
+
+
+def _intact(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _replace_record(manifest: Manifest, job: _Job, record: SourceRecord) -> None:
