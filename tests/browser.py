@@ -95,6 +95,22 @@ def wait_gradio(page: Any, timeout_ms: int = 30000) -> None:
     )
 
 
+def webui_like_page(tabs: list[tuple[Any, str, str]]) -> Any:
+    """A page shaped like the WebUI's: a txt2img tab with its prompt box, then the tabs our
+    on_ui_tabs callback returned, styled with the extension's style.css as the WebUI appends it."""
+    import gradio as gr
+
+    css_file = Path(__file__).resolve().parents[1] / "style.css"
+    css = css_file.read_text(encoding="utf-8") if css_file.is_file() else None
+    with gr.Blocks(analytics_enabled=False, css=css) as demo, gr.Tabs(elem_id="tabs"):
+        with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            gr.Textbox(label="Prompt", elem_id="txt2img_prompt")
+        for blocks, title, elem_id in tabs:
+            with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                blocks.render()
+    return demo
+
+
 def js_errors(page: Any) -> list[str]:
     """Uncaught exceptions and console errors seen so far, minus refused off-machine requests."""
     return [e for e in page.js_errors if not _BENIGN_CONSOLE.search(e)]

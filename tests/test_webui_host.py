@@ -434,19 +434,10 @@ def test_zh_cn_localization_is_valid_and_covers_our_labels() -> None:
 @pytest.mark.browser
 def test_the_tab_inside_a_webui_page(webui, serve_blocks, page) -> None:
     """Rendered the way modules/ui.py does it: each on_ui_tabs Blocks inside a TabItem of one page."""
-    import gradio as gr
 
-    from tests.browser import js_errors, wait_gradio
+    from tests.browser import js_errors, wait_gradio, webui_like_page
 
-    tabs = webui.build_ui()
-    css = (ROOT / "style.css").read_text(encoding="utf-8")
-    with gr.Blocks(analytics_enabled=False, css=css) as demo, gr.Tabs(elem_id="tabs"):
-        with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
-            gr.Textbox(label="Prompt", elem_id="txt2img_prompt")
-        for blocks, title, elem_id in tabs:
-            with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
-                blocks.render()
-    page.goto(serve_blocks(demo))
+    page.goto(serve_blocks(webui_like_page(webui.build_ui())))
     wait_gradio(page)
     assert not page.locator("#lora_forge").is_visible()  # another tab is on screen
     page.locator("#tabs button", has_text="炼丹").click()

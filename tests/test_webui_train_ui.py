@@ -76,20 +76,11 @@ def _shot(page, name: str) -> None:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_train_section_end_to_end(webui, serve_blocks, page, dataset) -> None:  # noqa: F811
-    import gradio as gr
     from modules import shared
 
-    from tests.browser import js_errors, wait_gradio
+    from tests.browser import js_errors, wait_gradio, webui_like_page
 
-    tabs = webui.build_ui()
-    css = (ROOT / "style.css").read_text(encoding="utf-8") if (ROOT / "style.css").is_file() else None
-    with gr.Blocks(analytics_enabled=False, css=css) as demo, gr.Tabs(elem_id="tabs"):
-        with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
-            gr.Textbox(label="Prompt", elem_id="txt2img_prompt")
-        for blocks, title, elem_id in tabs:
-            with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
-                blocks.render()
-    page.goto(serve_blocks(demo))
+    page.goto(serve_blocks(webui_like_page(webui.build_ui())))
     wait_gradio(page)
     page.locator("#tabs button", has_text="炼丹").click()
     page.locator("#lora_forge_sections").get_by_role("button", name="Train", exact=True).click()
