@@ -125,6 +125,30 @@ def test_stop_then_resume_gives_the_same_lora_bytes(tiny_host, dataset, tmp_path
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the stopped file really is an earlier state
 
 
+class _Killed(BaseException):
+    """A process killed mid-run (a WebUI restart): nothing after the raise runs, no final file."""
+
+
+def test_a_run_killed_after_an_epoch_resumes_from_that_epoch(tiny_host, dataset, tmp_path):
+    common = dict(max_train_epochs=2, network_dim=4, network_alpha=2, unet_lr=1e-3, seed=3, trigger_word="zkw",
+                  train_batch_size=1, save_every_n_epochs=1)  # fmt: skip
+    whole = run(tiny_host, dataset, tmp_path / "whole", **common)
+    assert whole.steps == 8  # 4 images x 1 repeat x 2 epochs
+
+    def progress(event):
+        if event.data.get("step") == 6:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(tiny_host, dataset, tmp_path / "killed", progress=progress, **common)
+    killed = tmp_path / "killed" / "lora"
+    assert (killed / "lora-000001.safetensors").is_file() and not (killed / "lora.safetensors").exists()
+    assert json.loads((killed / "state" / "state.json").read_text())["step"] == 4
+    resumed = run(tiny_host, dataset, tmp_path / "resumed", resume=str(killed), **common)
+    assert resumed.steps == 8 and resumed.report["steps_this_run"] == 4
+    assert tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)
+
+
 def lora_grads(model, config, begin_step: bool) -> dict:
     """Gradients of every trained tensor after one loss/backward with fixed non-zero LoRA weights."""
     from lora_forge.model.schedule import schedule_from_model

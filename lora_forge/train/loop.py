@@ -268,6 +268,7 @@ class _Loop:
     # ------------------------------------------------------------------ the loop
     def run(self, optimizer: Any, scheduler: Any, pos: Any, progress: ProgressFn, stop: StopFlag, estimate: Any):
         from lora_forge.train import memory
+        from lora_forge.train.state import save_state
 
         c, plan = self.config, self.plan
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -301,6 +302,8 @@ class _Loop:
                     every = c.save_every_n_epochs
                     if every and ((epoch + 1) % every == 0 or epoch + 1 == plan.epochs):
                         self._save_epoch(epoch + 1)
+                        if c.save_state and pos.step < plan.total_steps:  # a run killed later resumes here
+                            save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
                 if stopped or pos.step >= plan.total_steps:
                     break
         except _NonFinite:
@@ -311,8 +314,6 @@ class _Loop:
         seconds = time.perf_counter() - start
         final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step)
         if c.save_state:
-            from lora_forge.train.state import save_state
-
             save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
         done = pos.step - first_step
         report = {
