@@ -339,31 +339,44 @@ class RunInfo:
     final: bool  # the run's last file is there
     resumable: bool  # a saved training state to continue from
     grids: list[Path] = field(default_factory=list)
+    resumed_from: Path | None = None  # the run this one continues
 
 
 def run_info(run_dir: Path) -> RunInfo | None:
     """What a run folder holds; None when it is gone."""
     if not (run_dir / "config.toml").is_file():
         return None
-    name = run_dir.name
+    name, resumed_from = run_dir.name, None
     with contextlib.suppress(ForgeError, OSError):
         from lora_forge.train.config import read_config_file
 
-        name = str(read_config_file(run_dir / "config.toml").get("output_name") or name)
+        config = read_config_file(run_dir / "config.toml")
+        name = str(config.get("output_name") or name)
+        if config.get("resume"):  # a run folder, its state/ folder or the state.json in it
+            source = Path(str(config["resume"]))
+            source = source.parent if source.name == "state.json" else source
+            resumed_from = source.parent if source.name == "state" else source
     final = (run_dir / f"{name}.safetensors").is_file()
     resumable = (run_dir / "state" / "state.json").is_file()
     grids = sorted(p for p in run_dir.glob("*-grid-*.png") if not p.stem.endswith("-scores"))
-    return RunInfo(run_dir, name, final, resumable, grids)
+    return RunInfo(run_dir, name, final, resumable, grids, resumed_from)
 
 
 def interrupted_runs(project: Project, active: set[str] = frozenset()) -> list[RunInfo]:
-    """Runs with no final file that are not training now: stopped by a restart or a crash."""
-    out = []
-    for run in project.runs:
-        info = run_info(run)
-        if info is not None and not info.final and str(run) not in active:
-            out.append(info)
-    return out
+    """Runs with no final file that are not training now: stopped by a restart or a crash.
+
+    `active` holds the folders training in this process and the folders they resume. A run that a
+    later run continued is left out once that one got further (finished, or saved a state of its
+    own), so a finished resume no longer offers to resume the run it came from."""
+    infos = [info for info in (run_info(run) for run in project.runs) if info is not None]
+    continued = {
+        os.path.realpath(info.resumed_from) for info in infos if info.resumed_from and (info.final or info.resumable)
+    }
+    return [
+        info
+        for info in infos
+        if not info.final and str(info.folder) not in active and os.path.realpath(info.folder) not in continued
+    ]
 
 
 def _images(folder: Path) -> list[Path]:

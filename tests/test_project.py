@@ -150,6 +150,24 @@ def test_steps_follow_what_is_on_disk(tmp_path):
     assert "All steps done" in pj.next_hint(list(s.values()))
 
 
+def test_a_resumed_run_is_offered_again_only_until_its_continuation_gets_further(tmp_path):
+    p = pj.create(tmp_path / "projects", "resume")
+    lora = tmp_path / "Lora"
+    cut = _run(lora / "mine", "mine", final=False, state=True)
+    p.add_run(cut)
+    assert [r.folder for r in pj.interrupted_runs(p)] == [cut]
+    # the continuation was killed before it saved anything: the first run is still the one to resume
+    cont = lora / "mine-2"
+    cont.mkdir()
+    (cont / "config.toml").write_text(f'output_name = "mine-2"\nresume = "{cut / "state"}"\n', encoding="utf-8")
+    p.add_run(cont)
+    assert [r.folder for r in pj.interrupted_runs(p) if r.resumable] == [cut]
+    assert pj.interrupted_runs(p, active={str(cut)}) == [pj.run_info(cont)]  # being resumed right now
+    (cont / "mine-2.safetensors").write_bytes(b"x")  # it finished: nothing is left to resume
+    assert pj.interrupted_runs(p) == []
+    assert {s.key: s.state for s in pj.step_states(p)}["train"] == "done"
+
+
 def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):
     """What the tab shows after a WebUI restart (its load handler on the real Blocks): the last
     project, its dataset folder, the tab of its step, the training fields of its last config, and

@@ -47,6 +47,7 @@ class RunStatus:
     sample_step: int = 0
     sample_path: str = ""
     run_dir: str = ""
+    resumed_from: str = ""  # the run folder this one continues
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str = ""
@@ -178,6 +179,7 @@ class Runs:
         status.name, status.plan, status.total = name, prepared.plan.note, prepared.plan.total_steps
         status.epochs, status.message = prepared.plan.epochs, "starting…"
         status.run_dir = str(host.lora_dir() / name)  # where the engine's new_run_dir puts it
+        status.resumed_from = str(prepared.resume_from.parent) if prepared.resume_from is not None else ""
         stop = StopFlag()
         thread = threading.Thread(
             target=self._work, args=(status, host, prepared, stop), name=f"lora_forge train {name}", daemon=True

@@ -55,7 +55,8 @@ def _active_runs() -> set[str]:
         return set()
     from lora_forge.host.train_jobs import RUNS
 
-    return {r.run_dir for r in RUNS.list() if not r.done and r.run_dir}
+    # a run being resumed counts as training too: its continuation may not have a folder yet
+    return {p for r in RUNS.list() if not r.done for p in (r.run_dir, r.resumed_from) if p}
 
 
 def sync_runs(project: projects.Project) -> None:
