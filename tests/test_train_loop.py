@@ -149,7 +149,7 @@ def test_a_run_killed_after_an_epoch_resumes_from_that_epoch(tiny_host, dataset,
     assert tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)
 
 
-def lora_grads(model, config, begin_step: bool) -> dict:
+def lora_grads(model, config, begin_step: bool, batch: int = 2, by_name: bool = False) -> dict:
     """Gradients of every trained tensor after one loss/backward with fixed non-zero LoRA weights."""
     from lora_forge.model.schedule import schedule_from_model
     from lora_forge.train.loop import backward, diffusion_loss
@@ -163,8 +163,8 @@ def lora_grads(model, config, begin_step: bool) -> dict:
                 lora.lora_up.weight.normal_(0, 0.1)
                 lora.lora_down.weight.normal_(0, 0.1)
         gen = torch.Generator().manual_seed(1)
-        x0 = torch.randn(2, 4, 8, 8, generator=gen)
-        cond = torch.randn(2, 77, 32, generator=gen)
+        x0 = torch.randn(batch, 4, 8, 8, generator=gen)
+        cond = torch.randn(batch, 77, 32, generator=gen)
         prec = precision_for(config, torch.device("cpu"), torch.float32)
         if begin_step:
             session.begin_step(None)
@@ -173,7 +173,14 @@ def lora_grads(model, config, begin_step: bool) -> dict:
         loss = diffusion_loss(session.unet, x0, lambda c=cond: c, schedule, config, prec, gen)
         backward(loss, config, prec)
         if session.fast is not None and begin_step:
-            return {i: p.grad.clone() for i, p in enumerate(session.fast.params)}
+            if not by_name:
+                return {i: p.grad.clone() for i, p in enumerate(session.fast.params)}
+            names = {id(p): n for n, p in session.network.named_parameters()}
+            grads = {}
+            for params, flat in zip(session.fast.layout, session.fast.params, strict=True):
+                for p, g in zip(params, flat.grad.split([p.numel() for p in params]), strict=True):
+                    grads[names[id(p)]] = g.view_as(p).clone()
+            return grads
         return {n: p.grad.clone() for n, p in session.network.named_parameters() if p.requires_grad}
     finally:
         session.close()
@@ -199,6 +206,26 @@ def test_fast_training_forward_matches_the_lora_modules_forward(tiny_host):
                          network_train_unet_only=True)  # fmt: skip
     fast = lora_grads(model, config, begin_step=False)  # live weights through the fast forwards
     general = lora_grads(model, config.replace(rank_dropout=1e-9), begin_step=False)  # lora/'s forward
+    assert fast.keys() == general.keys() and len(fast) > 300
+    for name, g in fast.items():
+        torch.testing.assert_close(g, general[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("form", ["merged", "unmerged"])
+def test_each_fast_form_in_a_step_matches_the_lora_modules_forward(tiny_host, monkeypatch, form, batch):
+    """Each of the fast forward's forms (forced here; normally chosen per call by cost), inside a
+    training step (flat weights, one cast per step), gives lora/'s gradients: the merged weight,
+    and the unmerged branch including the one-image 1×1-conv matmul path."""
+    from lora_forge.train import fastlora
+
+    huge = 1 << 60
+    monkeypatch.setattr(fastlora, "_costs", lambda *a: (0, huge, 0) if form == "merged" else (huge, 0, 0))
+    model = tiny_host.sd_model()
+    config = TrainConfig(network_dim=4, network_alpha=2, gradient_checkpointing=True, mixed_precision="no",
+                         network_train_unet_only=True)  # fmt: skip
+    fast = lora_grads(model, config, begin_step=True, batch=batch, by_name=True)
+    general = lora_grads(model, config.replace(rank_dropout=1e-9), begin_step=False, batch=batch)
     assert fast.keys() == general.keys() and len(fast) > 300
     for name, g in fast.items():
         torch.testing.assert_close(g, general[name], rtol=1e-4, atol=1e-6)
