@@ -56,7 +56,9 @@ def launch_blocks(blocks: Any, port: int | None = None) -> str:
     """Start `blocks` on loopback without blocking; returns the URL. Close with blocks.close()."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     port = port or free_port()
-    blocks.queue(concurrency_count=4).launch(
+    from lora_forge.ui.app import lift_relay_timeout
+
+    lift_relay_timeout(blocks.queue(concurrency_count=4)).launch(
         server_name="127.0.0.1",
         server_port=port,
         prevent_thread_lock=True,

@@ -129,6 +129,28 @@ def build_app(
     return demo
 
 
+def lift_relay_timeout(demo: Any) -> Any:
+    """gradio 3.41's queue relays every click to its own /api/predict through an httpx client;
+    httpx 0.25+ gives that client a 5 s read timeout, so a click that works longer (Resume loading
+    the checkpoint) showed "Error" while the work went on. The WebUI pins httpx 0.24.1, which has
+    no such timeout; our own page lifts it the same way. Call after demo.queue()."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None or not hasattr(queue, "queue_client"):
+        return demo
+    start = queue.start
+
+    async def start_without_timeout(ssl_verify: bool = True) -> None:
+        import httpx
+
+        await start(ssl_verify)
+        old, queue.queue_client = queue.queue_client, httpx.AsyncClient(verify=ssl_verify, timeout=None)
+        if old is not None:
+            await old.aclose()
+
+    queue.start = start_without_timeout
+    return demo
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, help="checkpoint (.safetensors) to train on and render with")
     parser.add_argument("--vae", type=Path, help="a separate VAE file")
@@ -152,5 +174,6 @@ def run(args: argparse.Namespace) -> int:
     demo = build_app(args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir, listen=args.listen)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
-    demo.queue(concurrency_count=4).launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)
+    demo = lift_relay_timeout(demo.queue(concurrency_count=4))
+    demo.launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)
     return 0

@@ -302,16 +302,38 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
         "() => { const root = typeof gradioApp === 'function' ? gradioApp() : document;"
         " const b = root.querySelector('#lora_forge_train_watch'); if (b) b.click(); }"
     )
-    bar["resume"].click(on_resume, [state], [*status_outputs, bar["message"], sections]).then(
-        None, None, None, _js=watch_js
-    )
+
+    def follow(project: projects.Project, running: Any):
+        """The steps, every FOLLOW_S while `running()`, and once more at the end (so 训练 turns to
+        done without a reload)."""
+        try:
+            while True:
+                yield status(project)
+                if not running():
+                    break
+                time.sleep(FOLLOW_S)
+            yield status(project)
+        except ForgeError as e:
+            yield [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
+
+    def follow_resumed(value: Any):
+        if not value:
+            yield [gr.update()] * len(status_outputs)
+            return
+        from lora_forge.host.train_jobs import RUNS
+
+        yield from follow(from_state(value), lambda: RUNS.active() is not None)
+
+    resumed = bar["resume"].click(on_resume, [state], [*status_outputs, bar["message"], sections])
+    resumed.then(None, None, None, _js=watch_js)
+    resumed.then(follow_resumed, [state], status_outputs)  # a .then after a js-only step never runs
 
     start = find_component(blocks, "lora_forge_train_start")
     if start is not None:
 
         def record_run(value: Any):
             """A second listener on 训练's Start: record the run the click started in the project
-            and keep the steps current until it ends (so 训练 turns to done without a reload)."""
+            as soon as its folder exists (a restart may kill it any moment after) and follow it."""
             if not value:
                 yield [gr.update()] * len(status_outputs)
                 return
@@ -320,22 +342,11 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
             project = from_state(value)
             clicked = time.time()
             deadline = time.monotonic() + RECORD_WAIT_S
-            try:
-                while time.monotonic() < deadline:
-                    mine = [r for r in RUNS.list() if r.started >= clicked - 2]
-                    if any(r.run_dir and not r.done for r in mine):
-                        break
-                    if any(r.done for r in mine):
-                        break
-                    time.sleep(0.5)
-                while True:
-                    yield status(project)
-                    running = [r for r in RUNS.list() if r.started >= clicked - 2 and not r.done]
-                    if not running:
-                        break
-                    time.sleep(FOLLOW_S)
-                yield status(project)
-            except ForgeError as e:
-                yield [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
+            while time.monotonic() < deadline:
+                mine = [r for r in RUNS.list() if r.started >= clicked - 2]
+                if any(r.done or (r.run_dir and Path(r.run_dir).is_dir()) for r in mine):
+                    break
+                time.sleep(0.2)
+            yield from follow(project, lambda: any(r.started >= clicked - 2 and not r.done for r in RUNS.list()))
 
         start.click(record_run, [state], status_outputs)
