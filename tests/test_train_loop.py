@@ -144,6 +144,10 @@ def test_a_run_killed_after_an_epoch_resumes_from_that_epoch(tiny_host, dataset,
     killed = tmp_path / "killed" / "lora"
     assert (killed / "lora-000001.safetensors").is_file() and not (killed / "lora.safetensors").exists()
     assert json.loads((killed / "state" / "state.json").read_text())["step"] == 4
+    from lora_forge.lora.fileformat import read_metadata
+
+    saved = read_metadata(killed / "lora-000001.safetensors")  # what the WebUI's metadata view shows
+    assert (saved["ss_steps"], saved["ss_epoch"]) == ("4", "1")
     resumed = run(tiny_host, dataset, tmp_path / "resumed", resume=str(killed), **common)
     assert resumed.steps == 8 and resumed.report["steps_this_run"] == 4
     assert tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)

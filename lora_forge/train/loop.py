@@ -301,7 +301,7 @@ class _Loop:
                     pos.epoch, pos.batch = epoch + 1, 0
                     every = c.save_every_n_epochs
                     if every and ((epoch + 1) % every == 0 or epoch + 1 == plan.epochs):
-                        self._save_epoch(epoch + 1)
+                        self._save_epoch(epoch + 1, pos.step)
                         if c.save_state and pos.step < plan.total_steps:  # a run killed later resumes here
                             save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
                 if stopped or pos.step >= plan.total_steps:
@@ -312,7 +312,8 @@ class _Loop:
         finally:
             log_file.close()
         seconds = time.perf_counter() - start
-        final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step)
+        epochs_done = pos.epoch + (1 if pos.batch else 0)  # a run stopped mid-epoch is in its next one
+        final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step, epochs_done)
         if c.save_state:
             save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
         done = pos.step - first_step
@@ -384,7 +385,7 @@ class _Loop:
         if images:
             progress(Progress(step, self.plan.total_steps, f"sample at step {step}", image=images[0]))
 
-    def _save(self, path: Path, step: int) -> Path:
+    def _save(self, path: Path, step: int, epoch: int) -> Path:
         from lora_forge.lora.fileformat import lora_metadata, save_dtype, save_lora
 
         c = self.config
@@ -396,6 +397,7 @@ class _Loop:
             "num_train_images": len(self.dataset.items),
             "num_epochs": self.plan.epochs,
             "steps": step,
+            "epoch": epoch,
             "max_train_steps": self.plan.total_steps,
             "learning_rate": c.learning_rate,
             "unet_lr": c.unet_learning_rate,
@@ -458,9 +460,9 @@ class _Loop:
         if problem:
             self.save_checks.append(problem)
 
-    def _save_epoch(self, epoch: int) -> None:
+    def _save_epoch(self, epoch: int, step: int) -> None:
         path = outputs.epoch_file(self.run_dir, self.config.output_name, epoch)
-        self.epoch_files.append(self._save(path, epoch))
+        self.epoch_files.append(self._save(path, step, epoch))
 
     def _nan_message(self, step: int) -> str:
         c = self.config
