@@ -5,6 +5,8 @@ Where that cell sits tells how the run went:
 
 - best cell at the last epoch and full strength, subject still weak → underfit: train longer
   (more epochs, a few more repeats);
+- every cell alike (the LoRA changes nothing the tagger sees yet) → underfit too, wherever the
+  "best" cell happens to fall;
 - best cell early, or only at a low strength, or the probe's details vanish in later epochs →
   overfit: fewer repeats, stop at the recommended epoch, use a lower strength;
 - otherwise the run is right: use the recommended file.
@@ -26,6 +28,8 @@ from lora_forge.fsio import atomic_write_text, unused_path
 WEAK_FIDELITY = 0.5  # below this the subject is not reliably there
 LOW_STRENGTH = 0.65  # best only at or below this strength: the LoRA is too strong
 EARLY_SHARE = 0.6  # best at or before 60 % of the epochs: later epochs learned too much
+FLAT = 0.03  # fidelity moving less than this over every epoch and strength: the LoRA changes nothing yet
+STRONG_FIDELITY = 0.8  # ... unless it is this high everywhere (the subject is there at every strength)
 
 
 @dataclass
@@ -64,11 +68,28 @@ def advise(scores: dict[str, Any], config: dict[str, Any]) -> Advice:
     repeats = int(config.get("num_repeats") or 0)
     warning = str(scores.get("overfitting_warning") or "")
 
-    if epoch >= last and strength >= max(strengths) - 1e-9 and (fid is None or fid < WEAK_FIDELITY):
+    # a LoRA that has learned nothing yet renders like the base model in every cell: the "best" cell
+    # is then noise (often the earliest epoch at the lowest strength), not a sign of overfitting
+    fids = [float(c["fidelity"]) for c in cells if c.get("fidelity") is not None]
+    flat = len(fids) > 1 and max(fids) - min(fids) < FLAT and max(fids) < STRONG_FIDELITY
+    weak = epoch >= last and strength >= max(strengths) - 1e-9 and (fid is None or fid < WEAK_FIDELITY)
+    if flat or weak:
         more_epochs = max(max_epochs + 1, math.ceil(max_epochs * 1.5))
         changes: dict[str, Any] = {"max_train_epochs": more_epochs}
         if repeats:
             changes["num_repeats"] = repeats + max(1, repeats // 4)
+        if flat:
+            return Advice(
+                "underfit",
+                "no epoch at any strength changes how much of the subject the grid shows: "
+                "the LoRA has not learned it yet; train longer",
+                [
+                    f"fidelity stays between {min(fids):.2f} and {max(fids):.2f} in every cell",
+                    "if a longer run still changes nothing, raise the learning rate",
+                ],
+                changes,
+                max(strengths),
+            )
         fid_text = "unmeasured" if fid is None else f"{fid:.2f}"
         return Advice(
             "underfit",

@@ -24,6 +24,21 @@ def test_underfit_trains_longer():
     assert a.changes["max_train_epochs"] > 4 and a.changes["num_repeats"] > 8
 
 
+def test_a_lora_that_changes_nothing_is_underfit_not_overfit():
+    """Every cell scores alike (a run far too short, or at a tiny learning rate): the recommended
+    cell is then the earliest epoch at the lowest strength, which alone would read as overfit."""
+    scores = _scores(1, 0.5, 0.61, epochs=(1, 2), strengths=(0.5, 1.0))
+    for cell in scores["cells"]:
+        cell["fidelity"] = 0.61 + 0.001 * cell["epoch"]
+    a = optimise.advise(scores, {"max_train_epochs": 2, "num_repeats": 1})
+    assert a.kind == "underfit" and "0.61" in a.markdown()
+    assert a.changes == {"max_train_epochs": 3, "num_repeats": 2}
+    # the same flat grid high up is a LoRA that works at every strength, not one that learned nothing
+    for cell in scores["cells"]:
+        cell["fidelity"] = 0.9
+    assert optimise.advise(scores, {"max_train_epochs": 2}).kind != "underfit"
+
+
 def test_early_epoch_or_low_strength_is_overfit():
     a = optimise.advise(_scores(2, 1.0, 0.8), {"max_train_epochs": 4, "num_repeats": 8})
     assert a.kind == "overfit" and a.changes == {"max_train_epochs": 2, "num_repeats": 6}
