@@ -81,7 +81,11 @@ def test_train_again_fills_the_train_section_and_keeps_the_run(tmp_path):
     p = pj.create(tmp_path / "projects", "again")
     run = tmp_path / "Lora" / "mine"
     run.mkdir(parents=True)
-    previous = TrainConfig(output_name="mine", max_train_epochs=10, num_repeats=8).to_toml()
+    from lora_forge.train.presets import preset_config
+
+    previous = preset_config(
+        "style", {"output_name": "mine", "max_train_epochs": 10, "num_repeats": 8, "min_bucket_reso": 64}
+    ).to_toml()
     (run / "config.toml").write_text(previous, encoding="utf-8")
     stale = projects.to_state(p)
     out = handler.fn(projects.to_state(p), {"run": str(run), "changes": {"max_train_epochs": 4, "num_repeats": 6}})
@@ -90,8 +94,15 @@ def test_train_again_fills_the_train_section_and_keeps_the_run(tmp_path):
     by_id = {c.elem_id: v for c, v in zip(handler.outputs, out, strict=True) if getattr(c, "elem_id", None)}
     assert by_id["lora_forge_train_max_train_epochs"]["value"] == 4
     assert by_id["lora_forge_train_num_repeats"]["value"] == 6
+    # keys 训练 has no field for reach Start through its "more settings" box (no preset selected here
+    # means Custom; the run was Art style, whose own defaults need no line: flip_aug is one of them)
+    assert by_id["lora_forge_train_extra"].splitlines() == ["preset = style", "min_bucket_reso = 64"]
     assert (run / "config.toml").read_text(encoding="utf-8") == previous
     saved = pj.open_project(p.folder).settings["next_config"]
     assert read_config_file(saved)["max_train_epochs"] == 4
     refused = handler.fn(stale, {"run": str(run), "changes": {"max_train_epochs": 3}})
     assert "another browser tab" in refused[0]
+    same_preset = handler.fn(
+        projects.to_state(pj.open_project(p.folder)), {"run": str(run), "changes": {}}, "Art style"
+    )
+    assert same_preset[-1] == "min_bucket_reso = 64"

@@ -45,6 +45,29 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return values
 
 
+def more_settings(values: dict[str, Any], preset_label: str) -> str:
+    """The config keys 训练 has no field for, as its "more settings" lines, where they differ from
+    what Start would take from the preset now selected: Start then trains exactly `values`."""
+    from lora_forge.train.presets import PRESETS, preset_config
+    from lora_forge.ui.train import ADVANCED_FIELDS, MAIN_FIELDS, _preset_name
+
+    preset = str(values.get("preset") or "custom")
+    preset = preset if preset in PRESETS else "custom"
+    lines = [f"preset = {preset}"] if preset != _preset_name(preset_label) else []
+    defaults = preset_config(preset).to_dict()
+    skip = {k for k, _, _ in MAIN_FIELDS + ADVANCED_FIELDS} | {"preset", "resume", "network_weights"}
+    skip.add("network_train_unet_only")  # Start derives it from the text encoder learning rate field
+    for key, value in values.items():
+        if key in skip or key not in defaults or value == defaults[key]:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list):
+            value = " | ".join(str(v) for v in value)
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines)
+
+
 def build(ctx: UiContext) -> None:
     import gradio as gr
 
@@ -81,14 +104,15 @@ def build(ctx: UiContext) -> None:
 
     blocks = gr.context.Context.root_block
     sections = ctx.shared.get("sections")
-    fields = {}
-    for comp in list(blocks.blocks.values()) if blocks is not None else []:
+    fields, components = {}, list(blocks.blocks.values()) if blocks is not None else []
+    for comp in components:
         elem_id = getattr(comp, "elem_id", None) or ""
         if elem_id.startswith("lora_forge_train_") and comp.__class__.__name__ in ("Textbox", "Number"):
             fields[elem_id.removeprefix("lora_forge_train_")] = comp
-    fields.pop("extra", None)
+    extra = fields.pop("extra", None)
+    preset = next((c for c in components if getattr(c, "elem_id", None) == "lora_forge_train_preset"), None)
 
-    def on_again(project_v: Any, pending_v: Any):
+    def on_again(project_v: Any, pending_v: Any, preset_label: str = ""):
         try:
             project = from_state(project_v)
             if not pending_v:
@@ -96,7 +120,7 @@ def build(ctx: UiContext) -> None:
             path, values = optimise.next_config(Path(pending_v["run"]), pending_v["changes"], project.configs_dir)
             project.save({"settings": {**project.settings, "next_config": str(path)}})
         except ForgeError as e:
-            return [f"**Error:** {e}", gr.update(), gr.update()] + [gr.update()] * len(fields)
+            return [f"**Error:** {e}", gr.update(), gr.update()] + [gr.update()] * (len(fields) + len(more))
         if values.get("network_train_unet_only"):
             values["text_encoder_lr"] = 0
         msg = (
@@ -105,7 +129,11 @@ def build(ctx: UiContext) -> None:
         )
         updates = [gr.update(value=values[k]) if k in values else gr.update() for k in fields]
         tab = gr.update(selected="train") if sections is not None else gr.update()
-        return [msg, to_state(project), tab, *updates]
+        # keys without a field (e.g. bucket sizes typed under Advanced) go to the "more settings" box
+        lines = [more_settings(values, preset_label)] if more else []
+        return [msg, to_state(project), tab, *updates, *lines]
 
+    more = [extra] if extra is not None else []
     outputs = [advice_md, project_state, sections if sections is not None else gr.State(None), *fields.values()]
-    again_btn.click(on_again, [project_state, pending], outputs)
+    inputs = [project_state, pending, *([preset] if preset is not None else [])]
+    again_btn.click(on_again, inputs, [*outputs, *more])
