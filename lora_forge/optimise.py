@@ -84,7 +84,7 @@ def advise(scores: dict[str, Any], config: dict[str, Any]) -> Advice:
                 "no epoch at any strength changes how much of the subject the grid shows: "
                 "the LoRA has not learned it yet; train longer",
                 [
-                    f"fidelity stays between {min(fids):.2f} and {max(fids):.2f} in every cell",
+                    f"fidelity is {_span(fids)} in every cell",
                     "if a longer run still changes nothing, raise the learning rate",
                 ],
                 changes,
@@ -127,6 +127,11 @@ def advise(scores: dict[str, Any], config: dict[str, Any]) -> Advice:
         {},
         strength,
     )
+
+
+def _span(values: list[float]) -> str:
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"between {low} and {high}"
 
 
 def next_config(previous_run: Path, changes: dict[str, Any], configs_dir: Path) -> tuple[Path, dict[str, Any]]:

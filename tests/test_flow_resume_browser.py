@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from lora_forge import project as pj
-from tests.browser import ARTIFACTS, free_port, js_errors, wait_gradio, wait_http
+from lora_forge.train.config import read_config_file
+from tests.browser import free_port, js_errors, wait_gradio, wait_http
 from tests.test_flow_browser import _fill, _shot, _tab, _wait_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,4 +183,122 @@ def test_a_run_cut_short_by_a_restart_resumes_in_a_new_folder(tiny_files, page, 
     assert _fingerprint(cut) == before  # the cut run is exactly as the kill left it
     runs = json.loads((project.folder / pj.MANIFEST).read_text(encoding="utf-8"))["runs"]
     assert [Path(r).name for r in runs] == ["cont", "cont-2"]
-    ARTIFACTS.mkdir(exist_ok=True)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_underfit_advice_and_train_again_with_the_changes(tiny_files, serve_blocks, page, tmp_path) -> None:
+    """A run far too short at a tiny learning rate changes nothing the grid can see: 优化 says
+    underfit, and "train again" makes a new config and a new run with more epochs and repeats,
+    keeping the first run as it was. The advice is read back after a reload, from the files."""
+    from lora_forge.settings import Settings
+    from lora_forge.tagger.testing import build_test_model
+    from lora_forge.ui.app import build_app
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    lora = tmp_path / "Lora"
+    project = pj.create(settings.dataset_dir, "欠拟合")
+    # red pictures, captioned with tags the tiny tagger sees in red; the tiny model draws grey noise
+    _dataset(project.dataset_dir, "zkw, 1girl, long hair, ^_^")
+    tagger = build_test_model(tmp_path / "tagger")
+    url = serve_blocks(
+        build_app(
+            ckpt=tiny_files.checkpoint, clip_folder=tiny_files.clip_folder, lora_dir=lora, settings=lambda: settings
+        )
+    )
+    page.goto(url)
+    wait_gradio(page)
+    _wait_text(page, "#lora_forge_project_msg", "Reopened project")
+    _tab(page, "Train")
+    fields = {
+        "output_name": "under",
+        "trigger_word": "zkw",
+        "num_repeats": "1",
+        "max_train_epochs": "1",
+        "network_dim": "4",
+        "network_alpha": "2",
+        "learning_rate": "1e-7",
+        "resolution": "64",
+        "save_every_n_epochs": "1",
+        "sample_every_n_steps": "0",
+    }
+    _train_fields(page, fields, FAST_EXTRA)
+    _fill(page, "lora_forge_train_text_encoder_lr", "0")
+    page.click("#lora_forge_train_start")
+    assert "Finished: 4 steps" in _wait_text(page, "#lora_forge_train_result", "Finished", timeout=300_000)
+    first = lora / "under"
+
+    _tab(page, "Test grid")
+    for elem_id, value in {
+        "lora_forge_grid_paths": str(first),
+        "lora_forge_grid_strengths": "0.5, 1",
+        "lora_forge_grid_steps": "2",
+        "lora_forge_grid_width": "64",
+        "lora_forge_grid_height": "64",
+        "lora_forge_grid_tagger": str(tagger),
+    }.items():
+        _fill(page, elem_id, value)
+    page.locator("#lora_forge_grid_score input").check()
+    page.click("#lora_forge_grid_go")
+    page.locator("#lora_forge_grid_heat img").wait_for(timeout=300_000)
+    assert list(first.glob("*-scores.json"))
+    before = _fingerprint(first)
+
+    # the next day: a fresh page; 优化 reads the grid's scores from the run folder
+    page.goto(url)
+    wait_gradio(page)
+    _wait_text(page, "#lora_forge_project_msg", "Reopened project")
+    _tab(page, "Optimise")
+    page.click("#lora_forge_optimise_advise")
+    advice = _wait_text(page, "#lora_forge_optimise_advice", "From the grid of run")
+    assert "Underfit" in advice and "in every cell" in advice, advice
+    assert "max_train_epochs = 2" in advice and "num_repeats = 2" in advice, advice
+    _shot(page, "optimise-underfit.png")
+
+    page.click("#lora_forge_optimise_again")
+    _wait_text(page, "#lora_forge_optimise_advice", "previous run is kept")
+    [next_config] = (project.folder / "configs").glob("under-next*.toml")
+    saved = read_config_file(next_config)
+    assert (saved["max_train_epochs"], saved["num_repeats"], saved["learning_rate"]) == (2, 2, 1e-7)
+    # 训练 is open and shows the changes, with the settings that have no field of their own
+    page.locator("#lora_forge_train_start").wait_for()
+    assert page.input_value("#lora_forge_train_max_train_epochs input") == "2"
+    assert page.input_value("#lora_forge_train_num_repeats input") == "2"
+    page.locator("#lora_forge_train_advanced").click()
+    assert "min_bucket_reso = 64" in page.input_value("#lora_forge_train_extra textarea")
+    assert _fingerprint(first) == before
+
+    page.click("#lora_forge_train_start")
+    result = _wait_text(page, "#lora_forge_train_result", "Finished", timeout=300_000)
+    assert "Finished: 16 steps" in result, result  # 4 images x 2 repeats x 2 epochs
+    second = lora / "under-2"
+    trained = read_config_file(second / "config.toml")
+    assert {k: trained[k] for k in saved if k not in ("output_name",)} == {
+        k: v for k, v in saved.items() if k != "output_name"
+    }
+    assert _fingerprint(first) == before  # the first run, its grid and scores as they were
+    _wait_text(page, "#lora_forge_step_train", "done")
+    _shot(page, "optimise-next-run.png")
+    assert js_errors(page) == []
+
+
+@pytest.mark.browser
+def test_a_click_that_works_longer_than_5_s_gets_its_answer(serve_blocks, page) -> None:
+    """Loading a checkpoint on the first Start or Resume takes longer than httpx's default 5 s,
+    which gradio 3.41's queue relay applies with httpx 0.25+: the page showed "Error" while the
+    work went on. Our page (and this harness, through the same function) lifts it."""
+    import gradio as gr
+
+    def slow() -> str:
+        time.sleep(5.5)
+        return "loaded"
+
+    with gr.Blocks(analytics_enabled=False) as demo:
+        button = gr.Button("Start", elem_id="slow_go")
+        out = gr.Textbox(elem_id="slow_out")
+        button.click(slow, None, out)
+    page.goto(serve_blocks(demo))
+    wait_gradio(page)
+    page.click("#slow_go")
+    page.wait_for_function("() => document.querySelector('#slow_out textarea').value === 'loaded'", timeout=30_000)
+    assert js_errors(page) == []
