@@ -1,11 +1,16 @@
 """The memory plan: an estimate of peak accelerator memory before training, and measurements.
 
-Activations are not guessed from a table: the UNet (with the LoRA injected) runs three small
-probe forwards (latents 8², 16², 24²) under a saved-tensors hook that adds up, per UNet block,
-what autograd keeps for backward and each block's input. A quadratic fit per block in the token
-count carries that to the training size (linear with SDP attention; the einsum attention's N²
-matrix shows up as the quadratic term). With gradient checkpointing, backward holds every block's
-input plus one block's recomputed activations at a time; without it, everything at once.
+Activations are not guessed from a table: the UNet (with the LoRA injected) runs one probe
+forward at the largest bucket's latent size, without backward, under a saved-tensors hook that adds
+up, per UNet block, what autograd keeps for backward and each block's input; the probe itself
+keeps nothing, so it holds one block's activations at a time. With gradient checkpointing,
+backward holds every block's input plus one block's recomputed activations at a time; without it,
+everything at once.
+
+Why one probe at the real size rather than small probes and a fit: it is exact for that size and
+costs one forward, and it adds nothing to the training peak. Small probe sizes did: on CPU, oneDNN
+keeps a JIT-compiled kernel per convolution shape, and three extra shapes stayed resident as
+~70 MiB on SD1.5 (bench/train_memory.py).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from typing import Any
 from lora_forge.train.config import TrainConfig
 
 GIB = 1024**3
-PROBE_SIDES = (8, 16, 24)
 CUDA_CONTEXT = 400 * 1024**2  # the CUDA context and kernels; not in torch's allocator counters
 
 
@@ -78,45 +82,28 @@ def estimate(sd_model: Any, network: Any, config: TrainConfig, dataset: Any, dev
     trainable = int(_bytes(p for m in trained for p in m.parameters()) * per_weight)
     trainable += _bytes(p for m in idle for p in m.parameters())
     buckets = dataset.bucket_counts() if dataset is not None else {config.resolution_wh: 1}
-    tokens = max(w * h for w, h in buckets) // 64
-    acts = activation_bytes(unet, tokens, config)
+    w, h = max(buckets, key=lambda wh: wh[0] * wh[1])
+    acts = activation_bytes(unet, (h // 8, w // 8), config)
     # On CPU the process itself (Python, torch, the rest of the model) is part of the resident set.
     runtime = max(0, current_bytes(device) - frozen - _bytes(network.parameters())) if on_cpu else CUDA_CONTEXT
     total = frozen + trainable + acts + runtime
     return Estimate(frozen, trainable, acts, runtime, total)
 
 
-def _fit(xs: list[float], ys: list[float]) -> Any:
-    """Quadratic through three points, as coefficients (c0, c1, c2)."""
-    import numpy as np
-
-    return np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 2)
-
-
-def activation_bytes(unet: Any, tokens: int, config: TrainConfig) -> int:
-    """Peak activation bytes of one training step at `tokens` latent pixels (see module docstring)."""
-    import numpy as np
-
-    probes = [_probe(unet, side, config) for side in PROBE_SIDES]
-    names = list(probes[0]["saved"])
-    xs = [side * side for side in PROBE_SIDES]
-    b = config.train_batch_size
-
-    def at(kind: str, name: str) -> float:
-        return max(0.0, float(np.polyval(_fit(xs, [p[kind][name] for p in probes]), tokens)))
-
-    saved = {n: at("saved", n) for n in names}
-    inputs = {n: at("inputs", n) for n in names}
-    out_bytes = 4 * tokens * 4.0  # the fp32 prediction, target and their grads
+def activation_bytes(unet: Any, latent_hw: tuple[int, int], config: TrainConfig) -> int:
+    """Peak activation bytes of one training step at this latent size (see the module docstring)."""
+    probe = _probe(unet, latent_hw, config)
+    saved, inputs = probe["saved"], probe["inputs"]
+    out_bytes = 4 * latent_hw[0] * latent_hw[1] * 4.0  # the fp32 prediction, target and their grads
     if config.gradient_checkpointing:
-        peak = sum(inputs.values()) + max(saved[n] + 2 * inputs[n] for n in names)
+        peak = sum(inputs.values()) + max(saved[n] + 2 * inputs[n] for n in saved)
     else:
         peak = sum(saved.values()) + 2 * max(inputs.values())
-    return int(b * (peak + 4 * out_bytes))
+    return int(config.train_batch_size * (peak + 4 * out_bytes))
 
 
-def _probe(unet: Any, side: int, config: TrainConfig) -> dict[str, dict[str, float]]:
-    """Bytes autograd saves per UNet block, and each block's input, for one forward at side²."""
+def _probe(unet: Any, latent_hw: tuple[int, int], config: TrainConfig) -> dict[str, dict[str, float]]:
+    """Bytes autograd saves per UNet block, and each block's input, for one forward at this size."""
     import torch
 
     from lora_forge.model.unet import unet_blocks
@@ -165,7 +152,7 @@ def _probe(unet: Any, side: int, config: TrainConfig) -> dict[str, dict[str, flo
         else contextlib.nullcontext()
     )
     try:
-        x = torch.zeros(1, 4, side, side, device=device, dtype=torch.float32, requires_grad=True)
+        x = torch.zeros(1, 4, *latent_hw, device=device, dtype=torch.float32, requires_grad=True)
         t = torch.full((1,), 500, device=device)
         cond = torch.zeros(1, 77 * (config.max_token_length // 75), ctx_dim, device=device, dtype=dtype)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), autocast:
