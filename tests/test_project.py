@@ -182,7 +182,8 @@ def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):
     p.set_step("train")
     run = tmp_path / "Lora" / "cut"
     run.mkdir(parents=True)
-    (run / "config.toml").write_text(TrainConfig(output_name="cut", network_dim=8).to_toml(), encoding="utf-8")
+    config = TrainConfig(output_name="cut", network_dim=8, min_bucket_reso=64, preset="person", flip_aug=False)
+    (run / "config.toml").write_text(config.to_toml(), encoding="utf-8")
     (run / "state").mkdir()
     (run / "state" / "state.json").write_text("{}", encoding="utf-8")
     p.add_run(run)
@@ -195,5 +196,6 @@ def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):
     assert out["lora_forge_dataset_dir"] == str(p.dataset_dir) == out["lora_forge_prepare_out"]
     assert out["lora_forge_sections"]["selected"] == "train"
     assert out["lora_forge_train_network_dim"]["value"] == 8
+    assert out["lora_forge_train_extra"] == "min_bucket_reso = 64"  # a key with no field of its own
     assert out["lora_forge_resume_row"]["visible"] is True and "cut" in out["lora_forge_resume_text"]
     assert "did not finish" in out["lora_forge_next"]

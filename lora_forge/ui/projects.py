@@ -167,7 +167,8 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
         elem_id = getattr(comp, "elem_id", None) or ""
         if elem_id.startswith("lora_forge_train_") and comp.__class__.__name__ in ("Textbox", "Number"):
             train_fields[elem_id.removeprefix("lora_forge_train_")] = comp
-    train_fields.pop("extra", None)
+    extra_box = train_fields.pop("extra", None)  # keys without a field of their own, as `key = value` lines
+    preset_radio = find_component(blocks, "lora_forge_train_preset")
 
     def status(project: projects.Project) -> list[Any]:
         """[state, steps, hint, resume_row, resume_md] for `project` as it is on disk now."""
@@ -206,12 +207,21 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
             out.append(folder)
         values = train_values(project)
         out += [gr.update(value=values[k]) if k in values else gr.update() for k in train_fields]
+        if extra_box is not None:
+            from lora_forge.ui.optimise import more_settings
+
+            # against the preset the page opens with (the bar never sets the radio: its change
+            # event would refill the fields with that preset's values)
+            start_preset = str(getattr(preset_radio, "value", "") or "")
+            out.append(more_settings(values, start_preset) if values else gr.update())
         return out
 
     show_outputs = [*status_outputs, bar["choice"], bar["message"], dataset_dir, sections]
     if prepare_out is not None:
         show_outputs.append(prepare_out)
     show_outputs += list(train_fields.values())
+    if extra_box is not None:
+        show_outputs.append(extra_box)
 
     def unchanged(msg: str) -> list[Any]:
         return [gr.update()] * 6 + [msg] + [gr.update()] * (len(show_outputs) - 7)
