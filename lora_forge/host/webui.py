@@ -428,11 +428,19 @@ def path_policy() -> Any:
     )
 
 
+def ui_language() -> str:
+    """The user's choice in Settings → User interface → Localization ("None" = English), read per
+    message so the tab's runtime messages follow what the page's labels show."""
+    from modules import shared
+
+    return str(getattr(shared.opts, "localization", "None") or "None")
+
+
 def on_ui_tabs() -> list[tuple[Any, str, str]]:
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
 
-    blocks = tab.build(UiContext(host=host, settings=settings_from_opts, paths=path_policy))
+    blocks = tab.build(UiContext(host=host, settings=settings_from_opts, paths=path_policy, language=ui_language))
     return [(blocks, TAB_TITLE, TAB_ID)]
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lora_forge import i18n
 from lora_forge.errors import ForgeError
 from lora_forge.host.base import Host
 from lora_forge.settings import Settings
@@ -103,22 +104,29 @@ def build_app(
     lora_dir: Path | None = None,
     settings: Callable[[], Settings] = Settings.from_env,
     listen: bool = False,
+    language: str | None = None,
 ) -> Any:
     """The page: the same tab the WebUI shows, plus the extension's css and js. With `listen`
-    path inputs are held to our folders, the checkpoint's and the Lora folder (safety.py)."""
+    path inputs are held to our folders, the checkpoint's and the Lora folder (safety.py).
+    `language` ("zh_CN"; None = LORA_FORGE_LANG, else English) is what the WebUI's Localization
+    setting is inside the WebUI."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
+    from lora_forge.ui.translate import localize_components
 
     css, js = page_assets()
     ctx = UiContext(
         host=standalone_host_factory(ckpt, vae, clip_folder, device, lora_dir),
         settings=settings,
         paths=standalone_policy(settings, listen, ckpt, lora_dir),
+        language=(lambda: language) if language else i18n.env_language,
     )
     tab_blocks = tab.build(ctx)
+    # the WebUI translates the tab's own words in the browser; our page does it here, once
+    localize_components(tab_blocks, i18n.translator(ctx.language()))
     with gr.Blocks(title=TITLE, css=css, analytics_enabled=False) as demo:
         tab_blocks.render()
         if js.strip():
@@ -163,6 +171,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="listen on all interfaces instead of 127.0.0.1 (anyone who can reach the port can use it)",
     )
+    parser.add_argument(
+        "--lang",
+        help=f"language of the tab's messages: zh_CN or en (default: ${i18n.ENV_LANG}, else en)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
             raise ForgeError(f"{label} {path}: no such file")
     if args.clip_folder is not None and not args.clip_folder.is_dir():
         raise ForgeError(f"--clip-folder {args.clip_folder}: no such folder")
-    demo = build_app(args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir, listen=args.listen)
+    demo = build_app(
+        args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir, listen=args.listen, language=args.lang
+    )
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
     demo = lift_relay_timeout(demo.queue(concurrency_count=4))

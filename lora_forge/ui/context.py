@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_forge import i18n
 from lora_forge.host.base import Host
 from lora_forge.safety import PathPolicy
 from lora_forge.settings import Settings
@@ -25,6 +26,13 @@ class UiContext:
     # Where path inputs may point: the tab checks every section's path boxes with it before a
     # handler runs (lora_forge.ui.tab.guard_paths); sections may call ctx.paths().check(...) too.
     paths: Callable[[], PathPolicy] = PathPolicy
+    # The user's language ("zh_CN", "None", …): the WebUI's Localization setting, or --lang /
+    # LORA_FORGE_LANG for `python -m lora_forge ui`. Read per use, like the settings.
+    language: Callable[[], str] = i18n.env_language
+
+    def tr(self, text: str) -> str:
+        """A message built at run time, in the user's language (lora_forge.i18n)."""
+        return i18n.translator(self.language()).text(text)
 
     def projects_root(self) -> Path:
         """Projects live in the settings' dataset folder (Settings → LoRA Forge)."""

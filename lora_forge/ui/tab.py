@@ -16,6 +16,7 @@ from typing import Any
 from lora_forge.cli import module_exists
 from lora_forge.errors import ForgeError
 from lora_forge.ui.context import UiContext
+from lora_forge.ui.translate import localize_handlers
 
 # (module, tab title) in the order of the user's path; a section that is not there is not shown.
 SECTIONS: list[str] = [
@@ -72,6 +73,7 @@ def build(ctx: UiContext):
                 tabs[key] = tab_item
         projects.wire(ctx, blocks, bar, sections, tabs)
     guard_paths(blocks, ctx)
+    localize_handlers(blocks, ctx)  # messages leave in the user's language (lora_forge.ui.translate)
     return blocks
 
 
