@@ -150,7 +150,7 @@ def build(ctx: UiContext) -> None:
 
             def on_progress(event: Progress) -> None:
                 if event.total:
-                    progress((event.step, event.total), desc=event.message[:60])
+                    progress((event.step, event.total), desc=ctx.tr(event.message)[:60])
 
             report = prepare(inputs, out, options, settings, progress=on_progress)
         except ForgeError as e:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lora_forge import i18n
 from lora_forge import project as projects
 from lora_forge.errors import ForgeError
 from lora_forge.ui.context import UiContext
@@ -112,7 +113,7 @@ def build_bar(ctx: UiContext) -> dict[str, Any]:
                 scale=3,
             )
             create_btn = gr.Button("Create project", variant="primary", elem_id="lora_forge_project_create", scale=1)
-        steps = gr.HTML(steps_html(None), elem_id="lora_forge_steps")
+        steps = gr.HTML(i18n.translator(ctx.language()).html(steps_html(None)), elem_id="lora_forge_steps")
         hint = gr.Markdown("", elem_id="lora_forge_next")
         message = gr.Markdown("", elem_id="lora_forge_project_msg")
         with gr.Row(visible=False, elem_id="lora_forge_resume_row") as resume_row:

@@ -112,7 +112,7 @@ def build(ctx: UiContext) -> None:
             elem_id="lora_forge_tagger_folder",
         )
         download = gr.Button("Download model", elem_id="lora_forge_tagger_download")
-    info = gr.Markdown(model_info(settings0, model.value), elem_id="lora_forge_tagger_info")
+    info = gr.Markdown(ctx.tr(model_info(settings0, model.value)), elem_id="lora_forge_tagger_info")
     with gr.Row():
         general = gr.Slider(
             0.0, 1.0, 0.35, step=0.01, label="General tag threshold", elem_id="lora_forge_tagger_general"
@@ -231,15 +231,14 @@ def build(ctx: UiContext) -> None:
         threading.Thread(target=work, daemon=True).start()
         while (line := events.get()) is not None:
             provider = outcome.get("provider")
-            where = f"Running on **{provider}** — " if provider else ""
-            yield f"{where}{line}", gr.update()
+            yield (f"Running on **{provider}** — {line}" if provider else line), gr.update()
         if "error" in outcome:
             yield f"**Error:** {outcome['error']}", ""
             return
         report = outcome["report"]
         warn = " ⚠ " if "failed to load" in report.provider else ""
         n = len(report.history_ids)
-        history = f" Undo it under Edit tags → history ({n} save{'s' if n > 1 else ''})." if n else ""
+        history = f"\n\nUndo it under Edit tags → history ({n} save(s))." if n else ""
         yield f"{warn}**{report.summary()}**.{history}", results_html(report)
 
     def refresh_models(choice: str):

@@ -96,7 +96,7 @@ def render(status: Any) -> tuple[Any, ...]:
     if status.memory_bytes:
         lines.append(f"Memory in use: {status.memory_bytes / 1024**3:.2f} GiB")
     if status.estimate:
-        lines.append("Memory plan: " + status.estimate.removeprefix("memory plan: "))
+        lines.append(f"Memory plan: {status.estimate.removeprefix('memory plan: ')}")
     if status.message and not status.done:
         lines.append(status.message)
     if not status.done:
@@ -112,7 +112,7 @@ def render(status: Any) -> tuple[Any, ...]:
     sample = getattr(status, "_sample_image", None)
     result = ""
     if status.done:
-        result = ("**Failed:** " + status.error) if status.state == "failed" else status.message
+        result = f"**Failed:** {status.error}" if status.state == "failed" else status.message
         for w in status.warnings:
             result += f"\n\n**Warning: {w}**"
     return "\n\n".join(lines), bar, chart, sample, result
