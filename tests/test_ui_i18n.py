@@ -412,6 +412,7 @@ def _walk(page, serve_blocks, tmp_path: Path, language: str) -> dict[str, str]:
     for i in range(2):
         (folder / "dataset" / f"{i}.txt").write_text("cat, solo", encoding="utf-8")
     out["create_button"] = page.inner_text("#lora_forge_project_create").strip()
+    out["presets"] = page.eval_on_selector("#lora_forge_train_preset", "e => e.textContent")
     page.locator("#lora_forge_sections .tab-nav button").nth(2).click()  # 编辑 / Edit tags
     page.wait_for_function("() => (document.querySelector('#lora_forge_step_images') || {}).title?.includes('3')")
     out["steps"] = page.eval_on_selector("#lora_forge_steps", "e => e.textContent")
@@ -428,6 +429,7 @@ def test_a_chinese_user_sees_chinese_status_lines_with_the_real_values(serve_blo
     seen = _walk(page, serve_blocks, tmp_path, "zh_CN")
     assert seen["created"].strip() == f"已创建项目“猫猫”，位于 {seen['folder']}。"
     assert seen["create_button"] == "新建项目"  # our own page translates the tab's labels too
+    assert "人物" in seen["presets"] and "Person" not in seen["presets"]  # and choices, in the browser
     assert "3 张图片" in seen["steps"] and "需要处理" in seen["steps"]
     assert seen["hint"].strip() == "需要处理 — 标签：3 张图片中有 1 张没有标注"
     # the editor's status: counts from the real dataset, each part in Chinese
@@ -439,6 +441,7 @@ def test_with_english_chosen_the_same_lines_stay_english(serve_blocks, page, tmp
     seen = _walk(page, serve_blocks, tmp_path, "en")
     assert seen["created"].strip() == f"Created project “猫猫” in {seen['folder']}."
     assert seen["create_button"] == "Create project"
+    assert "Person" in seen["presets"]
     assert "3 images" in seen["steps"]
     assert seen["hint"].strip() == "Needs attention — Tag: 1 of 3 images have no caption"
     assert seen["status"].startswith("3 images · 3 shown · ")

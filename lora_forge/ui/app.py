@@ -115,7 +115,7 @@ def build_app(
 
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
-    from lora_forge.ui.translate import localize_components
+    from lora_forge.ui.translate import localize_components, page_localization_js
 
     css, js = page_assets()
     ctx = UiContext(
@@ -125,8 +125,10 @@ def build_app(
         language=(lambda: language) if language else i18n.env_language,
     )
     tab_blocks = tab.build(ctx)
-    # the WebUI translates the tab's own words in the browser; our page does it here, once
+    # the WebUI translates the tab's own words in the browser; our page does it here, once, and
+    # the choices (values the handlers read) in the browser as the WebUI does
     localize_components(tab_blocks, i18n.translator(ctx.language()))
+    js += page_localization_js(ctx.language())
     with gr.Blocks(title=TITLE, css=css, analytics_enabled=False) as demo:
         tab_blocks.render()
         if js.strip():

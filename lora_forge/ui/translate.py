@@ -134,3 +134,44 @@ def localize_components(blocks: Any, tr: i18n.Translator) -> int:
                     setattr(block, name, new)
                     changed += 1
     return changed
+
+
+# What the WebUI's javascript/localization.js does with our zh_CN.json, for our own page: exact
+# whole strings in text nodes, placeholders and titles (radio and dropdown choices, table headers:
+# values the server must keep English). Runs again after every update of the page.
+PAGE_L10N_JS = """
+(function () {
+    var words = %s;
+    function swap(text) {
+        var key = text.trim();
+        return key && Object.prototype.hasOwnProperty.call(words, key) ? text.replace(key, words[key]) : null;
+    }
+    function run(root) {
+        var walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+        for (var node = walker.nextNode(); node; node = walker.nextNode()) {
+            var out = swap(node.nodeValue);
+            if (out !== null) node.nodeValue = out;
+        }
+        root.querySelectorAll("[placeholder], [title]").forEach(function (el) {
+            ["placeholder", "title"].forEach(function (attr) {
+                var out = el.hasAttribute(attr) ? swap(el.getAttribute(attr)) : null;
+                if (out !== null) el.setAttribute(attr, out);
+            });
+        });
+    }
+    var app = typeof gradioApp === "function" ? gradioApp() : document;
+    run(app);
+    onAfterUiUpdate(function () { run(app); });
+})();
+"""
+
+
+def page_localization_js(language: str | None) -> str:
+    """The script above with the catalog's exact strings ("" for English)."""
+    import json
+
+    tr = i18n.translator(language)
+    if tr is i18n.IDENTITY:
+        return ""
+    exact = {k: v for k, v in tr.exact.items() if not i18n.PLACEHOLDER.search(k)}
+    return PAGE_L10N_JS % json.dumps(exact, ensure_ascii=False)
