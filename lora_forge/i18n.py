@@ -24,7 +24,7 @@ Rules, in order, for one line:
   translated;
 - "<something>: <message>" (how ForgeError(…, path=…) reads) keeps the part before ": " and
   translates the message;
-- "a, b, c" (or "a · b · c") where every part is a message of its own (a summary such as "3 images
+- "a, b, c" (or "a · b · c", "a; b; c") where every part is a message of its own (a summary such as "3 images
   written, 1 skipped") is translated part by part and joined with the catalog's ", " entry.
 Markdown is translated line by line (and table cells one by one); HTML text node by text node and
 title attributes, as localization.js does in the browser.
@@ -168,7 +168,7 @@ class Translator:
                 inner = self._line(inner_text, depth + 1)
                 if inner != inner_text:
                     return lead + open_ + inner + close + trail
-        for sep in (", ", " · "):
+        for sep in (", ", " · ", "; "):
             parts = stripped.split(sep)
             if len(parts) > 1:
                 done = [self._match(p, depth + 1) for p in parts]

@@ -44,6 +44,8 @@ DISPLAY_MODULES = [
     "dataset/prepare.py",
     "tagger/batch.py",
     "train/presets.py",
+    "grid/plan.py",
+    "host/webui_train.py",
 ]
 # two words with a space between, or a label such as "Error:" / "**Failed:**"
 PROSE = re.compile(r"[A-Za-z]{2,}[,;:.!?'’)*]*\s+[(“\"'*`]*[A-Za-z]{2,}|(?<![\w.-])[A-Z][a-z]{2,}:")
@@ -55,6 +57,15 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("lora_forge/ui/app.py", "LoRA Forge (炼丹炉)"): "the product's name, the same in every language",
     ("lora_forge/ui/train.py", "memory estimate"): "the job name the host's lock logs",
     ("lora_forge/dataset/editor_view.py", "tag editor"): "the reason stored in the caption history file",
+    ("lora_forge/grid/plan.py", "masterpiece, best quality"): "a prompt: model input, never translated",
+    ("lora_forge/grid/plan.py", "white hair, red dress"): "a prompt: model input, never translated",
+    (
+        "lora_forge/grid/plan.py",
+        "lowres, bad anatomy, bad hands, worst quality, low quality, jpeg artifacts, blurry",
+    ): "a prompt: model input, never translated",
+    ("lora_forge/host/webui_train.py", "LoRA Forge: training “⟨0⟩” — ⟨1⟩. ⟨2⟩⟨3⟩"): (
+        "the WebUI's own job text (txt2img's progress line while we train), outside the tab"
+    ),
 }
 FINISHED = (
     "Finished: {step} steps. {n} LoRA file(s) in {run_dir}. Try one in txt2img with `<lora:{name}:0.8>`, or "
