@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ def _stage_uploads(files: Any, out: Path) -> Path | None:
     return folder
 
 
-def gallery_items(folder: Path, show_boxes: bool) -> tuple[list[tuple[Any, str]], list[str]]:
-    """(image, caption) per prepared image, with the face boxes drawn when asked; and the file names."""
+def gallery_items(
+    folder: Path, show_boxes: bool, tr: Callable[[str], str] = str
+) -> tuple[list[tuple[Any, str]], list[str]]:
+    """(image, caption) per prepared image, with the face boxes drawn when asked; and the file names.
+    `tr` puts the flags in the user's language (a gallery caption is not a message box the tab's
+    translation boundary sees)."""
     from PIL import Image, ImageDraw
 
     from lora_forge.dataset.manifest import Manifest
@@ -52,7 +57,7 @@ def gallery_items(folder: Path, show_boxes: bool) -> tuple[list[tuple[Any, str]]
         path = folder / out.file
         if not path.is_file():
             continue
-        note = f" ⚠ {'; '.join(out.flags)}" if out.flags else ""
+        note = f" ⚠ {'; '.join(tr(f) for f in out.flags)}" if out.flags else ""
         caption = f"{out.file}{note}"
         if show_boxes and out.faces:
             with Image.open(path) as im:
@@ -155,7 +160,7 @@ def build(ctx: UiContext) -> None:
             report = prepare(inputs, out, options, settings, progress=on_progress)
         except ForgeError as e:
             return f"**Error:** {e}", gr.update(), [], "", gr.update(), gr.update()
-        items, file_names = gallery_items(out, boxes_v)
+        items, file_names = gallery_items(out, boxes_v, ctx.tr)
         return _report_markdown(report), items, file_names, str(out), str(out), str(out)
 
     run.click(
@@ -167,7 +172,7 @@ def build(ctx: UiContext) -> None:
     def redraw(folder_v, boxes_v):
         if not folder_v:
             return gr.update(), []
-        items, file_names = gallery_items(Path(folder_v), boxes_v)
+        items, file_names = gallery_items(Path(folder_v), boxes_v, ctx.tr)
         return items, file_names
 
     show_boxes.change(redraw, inputs=[folder_state, show_boxes], outputs=[gallery, names])
@@ -189,7 +194,7 @@ def build(ctx: UiContext) -> None:
                 rec = apply_action(Path(folder_v), file_v, action, ctx.settings())
             except ForgeError as e:
                 return f"**Error:** {e}", gr.update(), gr.update(), gr.update()
-            items, file_names = gallery_items(Path(folder_v), boxes_v)
+            items, file_names = gallery_items(Path(folder_v), boxes_v, ctx.tr)
             done = ", ".join(o.file for o in rec.outputs) or "removed from the dataset"
             return f"{rec.source}: {action} → {done}", items, file_names, ""
 
