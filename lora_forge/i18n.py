@@ -62,8 +62,8 @@ def resolve_language(name: str | None) -> str:
     low = text.lower().replace("-", "_")
     if not text or low in ("none", "english") or low.startswith("en"):
         return ENGLISH
-    if (LOCALIZATIONS / f"{text}.json").is_file():
-        return text
+    if re.fullmatch(r"[A-Za-z]{2,3}(?:[_-][A-Za-z0-9]+)*", text) and (LOCALIZATIONS / f"{text}.json").is_file():
+        return text  # a catalog of that name (a plain name: the setting never reaches outside the folder)
     if low.startswith("zh") and not any(t in low for t in ("hant", "tw", "hk")):
         return "zh_CN" if (LOCALIZATIONS / "zh_CN.json").is_file() else ENGLISH
     return ENGLISH
@@ -101,7 +101,7 @@ def _plausible_value(value: str, first: bool) -> bool:
 
 
 class Translator:
-    """One language's catalog, compiled. Calling it translates Markdown/plain text."""
+    """One language's catalog, compiled: text() for Markdown and plain text, html() for markup."""
 
     def __init__(self, catalog: dict[str, str]) -> None:
         self.exact = {k: v for k, v in catalog.items() if isinstance(v, str) and v.strip()}
@@ -111,11 +111,8 @@ class Translator:
         )
         self.line = functools.lru_cache(maxsize=8192)(self._line)
 
-    def __call__(self, text: str) -> str:
-        return self.text(text)
-
     def text(self, text: str) -> str:
-        """Markdown or plain text: the whole text if it is one message, else line by line."""
+        """Markdown or plain text, line by line (a multi-line key of the catalog as a whole)."""
         if not isinstance(text, str) or not text.strip():
             return text
         if "\n" not in text:
