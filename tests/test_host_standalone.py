@@ -333,7 +333,10 @@ def test_checkpoint_with_old_transformers_key_names_loads_the_same(tiny_host, ti
     save_file(old, str(ckpt))
     shutil.copy(tiny_files.config, ckpt.with_suffix(".yaml"))
     host = StandaloneHost(ckpt)
-    assert host.txt2img([_req(2)])[0].tobytes() == tiny_host.txt2img([_req(2)])[0].tobytes()
+    # two model instances with equal weights may round differently (kernels follow memory
+    # alignment), so equal means within one 8-bit step, not byte for byte
+    ours, reference = _px(host.txt2img([_req(2)])[0]), _px(tiny_host.txt2img([_req(2)])[0])
+    assert np.abs(ours - reference).max() <= 1
 
 
 def test_half_precision_on_cpu_is_refused(tiny_files):

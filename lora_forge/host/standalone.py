@@ -208,13 +208,17 @@ class StandaloneHost(Host):
         import torch
 
         from lora_forge.host import sampling
+        from lora_forge.model.unet import sdp_attention
 
         r = batch[0]
         model = self._model
         half = self._dtype != torch.float32  # as the WebUI: half weights run under autocast
+        # SDP attention, as the WebUI renders by default: ldm's own einsum attention holds a
+        # batch×heads×N² matrix, 8.6 GB for a batch of 8 at 512 px (a grid row on the CPU)
         with (
             torch.no_grad(),
             torch.autocast(self._device.type, dtype=self._dtype, enabled=half),
+            sdp_attention(),
             self._loras_applied(batch),
         ):
             # one row per sample: a text-encoder LoRA may have a different strength in each
