@@ -28,8 +28,6 @@ from lora_forge.fsio import atomic_write_text, unused_path
 WEAK_FIDELITY = 0.5  # below this the subject is not reliably there
 LOW_STRENGTH = 0.65  # best only at or below this strength: the LoRA is too strong
 EARLY_SHARE = 0.6  # best at or before 60 % of the epochs: later epochs learned too much
-FLAT = 0.03  # fidelity moving less than this over every epoch and strength: the LoRA changes nothing yet
-STRONG_FIDELITY = 0.8  # ... unless it is this high everywhere (the subject is there at every strength)
 
 
 @dataclass
@@ -53,6 +51,8 @@ class Advice:
 def advise(scores: dict[str, Any], config: dict[str, Any]) -> Advice:
     """`scores`: GridScores.to_json(plan); `config`: the previous run's config (config.toml keys,
     with the epochs and repeats it actually trained)."""
+    from lora_forge.grid.scores import learned_nothing
+
     rec = scores.get("recommendation")
     cells = scores.get("cells") or []
     epochs = [int(c["epoch"]) for c in cells if c.get("epoch") is not None]
@@ -71,7 +71,7 @@ def advise(scores: dict[str, Any], config: dict[str, Any]) -> Advice:
     # a LoRA that has learned nothing yet renders like the base model in every cell: the "best" cell
     # is then noise (often the earliest epoch at the lowest strength), not a sign of overfitting
     fids = [float(c["fidelity"]) for c in cells if c.get("fidelity") is not None]
-    flat = len(fids) > 1 and max(fids) - min(fids) < FLAT and max(fids) < STRONG_FIDELITY
+    flat = learned_nothing(fids)
     weak = epoch >= last and strength >= max(strengths) - 1e-9 and (fid is None or fid < WEAK_FIDELITY)
     if flat or weak:
         more_epochs = max(max_epochs + 1, math.ceil(max_epochs * 1.5))

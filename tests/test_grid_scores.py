@@ -97,6 +97,19 @@ def test_recommendation_and_overfitting_warning(session):
     assert len(table) == 6 and table[2][:2] == ["000002", 0.5]
 
 
+def test_a_grid_where_every_cell_looks_alike_recommends_nothing_and_agrees_with_optimise(session):
+    """A LoRA that has learned nothing yet: the grid must not praise a "best" cell that 优化 calls underfit."""
+    from lora_forge.optimise import advise
+
+    plan = _plan(2, [0.5, 1.0])
+    scores = score_grid(_result(plan, [[RED, RED], [RED, RED]]), session)
+    assert scores.recommendation.reason.startswith("No cell stands out")
+    assert "underfit" in scores.recommendation.reason
+    assert advise(scores.to_json(plan), {"max_train_epochs": 2}).kind == "underfit"
+    varied = score_grid(_result(plan, [[RED, PURPLE], [RED, BLUE]]), session)
+    assert not varied.recommendation.reason.startswith("No cell stands out")
+
+
 def test_dataset_captions_and_missing_sface(session, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

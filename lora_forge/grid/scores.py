@@ -302,6 +302,16 @@ def score_grid(
     return scores
 
 
+FLAT_FIDELITY = 0.03  # fidelity moving less than this over the whole grid: the LoRA changes nothing yet
+STRONG_FIDELITY = 0.8  # ... unless it is this high everywhere (the subject is there at every strength)
+
+
+def learned_nothing(fids: list[float]) -> bool:
+    """Every cell shows the subject about equally and not clearly: the LoRA does not yet change what
+    the tagger sees, so whichever cell scores "best" is noise, not a choice to recommend."""
+    return len(fids) > 1 and max(fids) - min(fids) < FLAT_FIDELITY and max(fids) < STRONG_FIDELITY
+
+
 def recommend(plan: GridPlan, cells: list[list[CellScore]]) -> Recommendation | None:
     """The cell with the best geometric mean of fidelity and flexibility (earliest epoch, then
     lowest strength, on a tie); by fidelity alone when flexibility is not measured."""
@@ -317,7 +327,12 @@ def recommend(plan: GridPlan, cells: list[list[CellScore]]) -> Recommendation | 
     _v, c, r = best
     cs, f, s = cells[r][c], plan.files[c], plan.strengths[r]
     fids = [x.fidelity for row in cells for x in row if x.fidelity is not None]
-    if cs.flexibility is None:
+    if learned_nothing(fids):
+        reason = (
+            f"No cell stands out: fidelity is {min(fids):.2f}–{max(fids):.2f} in every cell, so this LoRA does "
+            "not change the subject yet (underfit); Optimise suggests a longer run."
+        )
+    elif cs.flexibility is None:
         reason = (
             f"Epoch {f.label} at strength {s:g} shows the subject best (fidelity {cs.fidelity:.2f}); "
             "flexibility could not be measured, so check by eye that the prompt's other details survive."
