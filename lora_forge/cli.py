@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what the commands need from the environment the WebUI (or tools/env.sh) provides
+RUNTIME_PACKAGES = frozenset(
+    {"torch", "torchvision", "numpy", "PIL", "cv2", "safetensors", "onnxruntime", "gradio", "ldm", "transformers",
+     "huggingface_hub", "omegaconf", "open_clip", "einops", "pytorch_lightning", "lightning_utilities"}
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,6 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ForgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in RUNTIME_PACKAGES:
+            raise
+        # the usual first mistake: a system Python without the WebUI's packages
+        print(
+            f"error: this Python ({sys.executable}) has no '{e.name}'. Run LoRA Forge with the Python of the "
+            "WebUI's venv, or from a checkout with `bash tools/run.sh python -m lora_forge …` (see README).",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -99,6 +99,18 @@ def test_cli_unknown_command_is_a_usage_error() -> None:
     assert "invalid choice" in r.stderr
 
 
+def test_cli_on_a_python_without_torch_says_which_python_to_use(tmp_path: Path) -> None:
+    """A bare system Python (no WebUI venv) gets one line naming the fix, not a traceback."""
+    code = (
+        "import sys; sys.modules['torch'] = None; from lora_forge.cli import main; "
+        f"sys.exit(main(['selftest', '--out', {str(tmp_path)!r}]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "has no 'torch'" in r.stderr and "tools/run.sh" in r.stderr
+
+
 def test_importing_the_package_loads_no_heavy_modules() -> None:
     code = (
         "import sys, lora_forge, lora_forge.cli, lora_forge.fsio, lora_forge.events, lora_forge.host;"
