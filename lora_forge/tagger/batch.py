@@ -64,6 +64,7 @@ class ImageResult:
     tags: list[tuple[str, float]] = field(default_factory=list)  # kept tags with probabilities
     rating: tuple[str, float] | None = None
     message: str = ""
+    untagged: bool = False  # the model ran and no tag passed the thresholds (the caption is empty or the trigger)
 
 
 @dataclass
@@ -83,10 +84,14 @@ class TagReport:
     def summary(self) -> str:
         parts = [f"{self.count(s)} {s}" for s in ("written", "unchanged", "kept", "failed") if self.count(s)]
         tail = " (stopped)" if self.stopped else ""
-        return (
+        head = (
             f"{len(self.results)} images in {self.seconds:.1f}s on {self.provider}: {', '.join(parts) or 'nothing'}"
             f"{tail}"
         )
+        # Said aloud because their caption file is (nearly) empty: a lower threshold may be wanted.
+        untagged = sum(r.untagged for r in self.results)
+        note = f"{untagged} images had no tag above the threshold"
+        return "; ".join([head, note]) if untagged else head
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -96,7 +101,10 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def merge_caption(new_tags: list[str], existing: str | None, action: str, trigger: str = "") -> str | None:
-    """The caption text to write, or None to leave the file as it is."""
+    """The caption text to write, or None to leave the file as it is.
+
+    No new tags still gives a text ("" or the trigger alone): every image gets its caption file, so
+    training never takes a tagged image for an untagged one."""
     from lora_forge.dataset.captions import join_tags, split_tags
 
     if existing is not None and action == "skip":
@@ -260,7 +268,7 @@ def tag_folder(
         probs = running.result()
         for (img, _a), row in zip(batch, probs, strict=True):
             pred = predict(row, session.tags, options.thresholds)
-            result = ImageResult(img, "unchanged", tags=pred.tags, rating=pred.rating)
+            result = ImageResult(img, "unchanged", tags=pred.tags, rating=pred.rating, untagged=not pred.tags)
             results[img] = result
             new_tags = caption_tags(pred, options.caption)
             text = merge_caption(new_tags, existing[img], options.existing, options.caption.trigger)

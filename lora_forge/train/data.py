@@ -160,11 +160,14 @@ def scan_dataset(root: str | Path, config: TrainConfig) -> Dataset:
         count = 0
         for image in _images_in(folder):
             text = read_caption(caption_path_for(image, config.caption_extension))
+            # An empty caption file is the tagger's answer for an image where no tag passed the
+            # threshold: it trains on the trigger word alone (or the folder's name), like kohya's
+            # class tokens. Only a missing file means "not tagged yet".
             if text is None or not split_tags(text):
-                if not class_name:
+                if text is None and not class_name:
                     uncaptioned.append(image)
                     continue
-                text = class_name
+                text = class_name or ""
             size = _image_size(image)
             bucket = bucket_of(size, config)
             if bucket is None:
