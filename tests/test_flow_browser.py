@@ -141,9 +141,11 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     assert (run / "mychar.safetensors").is_file()
     _wait_text(page, "#lora_forge_step_train", "done")
 
-    # 测试: the grid with scores
+    # 测试: the grid with scores, of the run just trained (picked in the run list without 🔄)
     _tab(page, "Test grid")
-    _fill(page, "lora_forge_grid_paths", str(run))
+    page.wait_for_function(
+        "(v) => document.querySelector('#lora_forge_grid_run input').value === v", arg=str(run), timeout=20_000
+    )
     for elem_id, value in {
         "lora_forge_grid_strengths": "0.5, 1",
         "lora_forge_grid_steps": "2",
@@ -156,6 +158,7 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     page.click("#lora_forge_grid_go")
     page.locator("#lora_forge_grid_heat img").wait_for(timeout=300_000)
     assert list(run.glob("*-scores.json"))
+    _wait_text(page, "#lora_forge_step_test", "done", timeout=20_000)  # the bar follows the grid
     _shot(page, "flow-2-grid.png")
 
     # 优化: advice from the scores, then a new config from the previous run's
@@ -178,6 +181,8 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     assert page.input_value("#lora_forge_dataset_dir textarea") == str(project / "dataset")
     for key in ("images", "crop", "tag", "train", "test"):
         assert "done" in page.inner_text(f"#lora_forge_step_{key}"), key
+    assert "mychar" in page.inner_text("#lora_forge_train_status")  # not "No training run yet"
+    assert page.input_value("#lora_forge_grid_run input") == str(run)
 
 
 @pytest.mark.browser

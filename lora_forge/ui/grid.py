@@ -41,6 +41,23 @@ def run_choices(ctx: UiContext) -> list[str]:
     return [NO_RUN, *[str(p) for p in run_folders(lora_dir)]]
 
 
+def runs_update(ctx: UiContext, project_runs: list[Path], scan: bool) -> dict[str, Any]:
+    """The run picker for the open project: its runs with LoRA files first, the newest picked (what
+    a user opening 测试 wants to compare). `scan` adds the Lora folder's other runs; only once a
+    host exists (after training), since a standalone host loads the model when first asked."""
+    import gradio as gr
+
+    newest: dict[str, float] = {}
+    for folder in project_runs:
+        times = [p.stat().st_mtime for p in folder.glob("*.safetensors")] if folder.is_dir() else []
+        if times:
+            newest[str(folder)] = max(times)
+    mine = sorted(newest, key=lambda f: -newest[f])
+    others = [c for c in (run_choices(ctx) if scan else []) if c != NO_RUN and c not in newest]
+    choices = [NO_RUN, *mine, *others]
+    return gr.update(choices=choices, value=choices[1] if len(choices) > 1 else NO_RUN)
+
+
 def sources(run: str, typed: str) -> list[Path]:
     typed_paths = _paths(typed)
     if typed_paths:

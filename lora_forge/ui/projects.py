@@ -29,6 +29,10 @@ TAB_STEP = {
     "grid": "test",
     "optimise": "test",
 }
+# the sections' buttons whose work changes a step's state: the bar is recomputed when they finish
+WORK_BUTTONS = ("lora_forge_prepare_run", "lora_forge_tagger_run", "lora_forge_editor_save", "lora_forge_grid_go")
+# 训练's buttons that follow a run until it ends: 测试's run list is refreshed after them
+TRAIN_BUTTONS = ("lora_forge_train_start", "lora_forge_train_resume", "lora_forge_train_watch")
 RECORD_WAIT_S = 30.0  # how long after Start the bar looks for the new run to record it
 FOLLOW_S = 3.0  # how often the steps are refreshed while that run trains
 
@@ -96,6 +100,48 @@ def train_values(project: projects.Project) -> dict[str, Any]:
     if values.get("network_train_unet_only"):
         values["text_encoder_lr"] = 0
     return values
+
+
+def train_status(project: projects.Project) -> str:
+    """训练's status line for the project: its run in this process, else its last run on disk (after
+    a restart the process knows no runs, but the folder says how the last one ended)."""
+    from lora_forge.cli import module_exists
+    from lora_forge.ui.train import render
+
+    mine = {str(p) for p in project.runs}
+    if module_exists("lora_forge.host.train_jobs"):
+        from lora_forge.host.train_jobs import RUNS
+
+        live = [r for r in RUNS.list() if r.run_dir in mine]
+        if live:
+            return render(live[-1])[0]
+    infos = [i for i in (projects.run_info(p) for p in project.runs) if i is not None]
+    if not infos:
+        return "No training run yet."
+    last = infos[-1]
+    if last.final:
+        return f"**{last.name}** — finished (the last run of this project, in `{last.folder}`)."
+    return f"**{last.name}** — did not finish (the last run of this project, in `{last.folder}`)."
+
+
+def after(blocks: Any, component: Any, fn: Any, inputs: list[Any], outputs: list[Any]) -> bool:
+    """Run `fn` when `component`'s click handler (the section's own, registered first) has finished,
+    as a `.then` on it: the bar cannot hold the section's event object, so it finds the listener
+    among the Blocks' dependencies. False when the component has no click listener."""
+    from gradio.events import EventListenerMethod
+
+    index = next(
+        (
+            i
+            for i, dep in enumerate(blocks.dependencies)
+            if dep.get("trigger") == "click" and component._id in dep.get("targets", [])
+        ),
+        None,
+    )
+    if index is None:
+        return False
+    EventListenerMethod(component, "then", trigger_after=index, trigger_only_on_success=False)(fn, inputs, outputs)
+    return True
 
 
 def build_bar(ctx: UiContext) -> dict[str, Any]:
@@ -170,6 +216,8 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
             train_fields[elem_id.removeprefix("lora_forge_train_")] = comp
     extra_box = train_fields.pop("extra", None)  # keys without a field of their own, as `key = value` lines
     preset_radio = find_component(blocks, "lora_forge_train_preset")
+    grid_run = find_component(blocks, "lora_forge_grid_run")
+    train_md = find_component(blocks, "lora_forge_train_status")
 
     def status(project: projects.Project) -> list[Any]:
         """[state, steps, hint, resume_row, resume_md] for `project` as it is on disk now."""
@@ -215,6 +263,12 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
             # event would refill the fields with that preset's values)
             start_preset = str(getattr(preset_radio, "value", "") or "")
             out.append(more_settings(values, start_preset) if values else gr.update())
+        if grid_run is not None:
+            from lora_forge.ui.grid import runs_update
+
+            out.append(runs_update(ctx, project.runs, scan=False))
+        if train_md is not None:
+            out.append(train_status(project))
         return out
 
     show_outputs = [*status_outputs, bar["choice"], bar["message"], dataset_dir, sections]
@@ -223,6 +277,7 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
     show_outputs += list(train_fields.values())
     if extra_box is not None:
         show_outputs.append(extra_box)
+    show_outputs += [c for c in (grid_run, train_md) if c is not None]
 
     def unchanged(msg: str) -> list[Any]:
         return [gr.update()] * 6 + [msg] + [gr.update()] * (len(show_outputs) - 7)
@@ -294,6 +349,40 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
         if key in TAB_STEP:
             tab_item.select(make_select(TAB_STEP[key]), [state], status_outputs)
 
+    def on_work_done(value: Any):
+        """The steps as the finished work left them on disk (crop, captions, an edit, a grid)."""
+        if not value:
+            return [gr.update()] * len(status_outputs)
+        try:
+            return status(from_state(value))
+        except ForgeError as e:
+            return [gr.update(), gr.update(), f"**Error:** {e}", gr.update(), gr.update()]
+
+    for elem_id in WORK_BUTTONS:
+        button = find_component(blocks, elem_id)
+        if button is not None:
+            after(blocks, button, on_work_done, [state], status_outputs)
+
+    def grid_runs(value: Any):
+        """测试's run list once a run has ended: the project's runs first, its newest picked."""
+        from lora_forge.host.train_jobs import RUNS
+
+        runs: list[Path] = []
+        if value:
+            try:  # from disk: 训练's second listener recorded the new run there, maybe after `value`
+                runs = projects.open_project(Path(value["folder"])).runs
+            except ForgeError:
+                runs = []
+        return runs_update(ctx, runs, scan=RUNS.latest() is not None)  # no run, no host to ask
+
+    if grid_run is not None:
+        from lora_forge.ui.grid import runs_update
+
+        for elem_id in TRAIN_BUTTONS:
+            button = find_component(blocks, elem_id)
+            if button is not None:
+                after(blocks, button, grid_runs, [state], [grid_run])
+
     def on_resume(value: Any):
         from lora_forge.host.train_jobs import RUNS
 
@@ -337,7 +426,9 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
 
     resumed = bar["resume"].click(on_resume, [state], [*status_outputs, bar["message"], sections])
     resumed.then(None, None, None, _js=watch_js)
-    resumed.then(follow_resumed, [state], status_outputs)  # a .then after a js-only step never runs
+    followed = resumed.then(follow_resumed, [state], status_outputs)  # a .then after a js-only step never runs
+    if grid_run is not None:
+        followed.then(grid_runs, [state], [grid_run])
 
     start = find_component(blocks, "lora_forge_train_start")
     if start is not None:
