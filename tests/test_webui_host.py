@@ -125,6 +125,7 @@ def test_settings_map_to_settings(webui, monkeypatch: pytest.MonkeyPatch) -> Non
     assert s.models_dir == webui.root / "models" / "lora_forge"
     assert s.dataset_dir == webui.root / "lora_forge" / "datasets"
     assert s.hf_endpoint is None
+    assert "Settings → LoRA Forge" in s.mirror_hint and "HF_ENDPOINT" not in s.mirror_hint  # not the env hint
     monkeypatch.setenv("HF_ENDPOINT", "https://env-mirror.example")
     assert settings_from_opts().hf_endpoint == "https://env-mirror.example"
     shared.opts.set("lora_forge_models_dir", str(webui.root / "mine"))

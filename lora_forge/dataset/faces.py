@@ -76,7 +76,9 @@ def yunet_path(settings: Settings, download: bool = True) -> Path:
             f"the face detector {YUNET_FILE} is not there; download it from the hub repo {YUNET_REPO} "
             f"and place it in {folder}"
         )
-    path = hub.download(settings, YUNET_REPO, YUNET_FILE)
+    # Fetched on first use by every prepare: offline, a failure is remembered so the next prepare
+    # falls back to saliency crops at once instead of waiting for the network again.
+    path = hub.download(settings, YUNET_REPO, YUNET_FILE, remember_failure=True)
     if path.stat().st_size < _MIN_MODEL_BYTES:
         raise ForgeError(f"{path} is not a model (only {path.stat().st_size} bytes); delete it and download again")
     return path

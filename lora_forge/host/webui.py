@@ -77,6 +77,12 @@ def register_settings() -> None:
     )
 
 
+WEBUI_MIRROR_HINT = (
+    "check the network, or set a mirror (e.g. https://hf-mirror.com) in Settings → LoRA Forge → "
+    "Hugging Face mirror for LoRA Forge downloads"
+)
+
+
 def settings_from_opts() -> Settings:
     """Settings for the stages, read afresh each time so a change applies without a restart."""
     from modules import paths, shared
@@ -88,6 +94,7 @@ def settings_from_opts() -> Settings:
         models_dir=Path(opt(OPT_MODELS_DIR) or Path(paths.models_path) / "lora_forge"),
         dataset_dir=Path(opt(OPT_DATASET_DIR) or Path(paths.data_path) / "lora_forge" / "datasets"),
         hf_endpoint=opt(OPT_HF_ENDPOINT).rstrip("/") or os.environ.get("HF_ENDPOINT") or None,
+        mirror_hint=WEBUI_MIRROR_HINT,
     )
 
 
