@@ -25,6 +25,18 @@ def _fill(page, elem_id: str, value: str) -> None:
     box.press("Tab")
 
 
+def _upload(page, elem_id: str, files: list[str]) -> None:
+    """Drop files on a File box and wait until each has arrived (a click on Prepare while a file
+    still says "Uploading…" hands the server an empty file; seen on a loaded machine)."""
+    page.set_input_files(f"#{elem_id} input[type=file]", files)
+    page.wait_for_function(
+        "([s, names]) => { const e = document.querySelector(s); const t = e ? e.innerText : '';"
+        " return names.every((n) => t.includes(n)) && !t.includes('Uploading'); }",
+        arg=[f"#{elem_id}", [Path(f).name for f in files]],
+        timeout=60_000,
+    )
+
+
 def _tab(page, title: str) -> None:
     page.locator("#lora_forge_sections .tab-nav button", has_text=title).first.click()
 
@@ -95,8 +107,7 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
 
     # 素材/裁剪: upload, prepare into the project's dataset folder
     _tab(page, "Images & crop")
-    page.set_input_files("#lora_forge_prepare_files input[type=file]", photos)
-    page.wait_for_timeout(500)
+    _upload(page, "lora_forge_prepare_files", photos)
     page.click("#lora_forge_prepare_run")
     _wait_text(page, "#lora_forge_prepare_report", "→")
     assert len(list((project / "dataset").glob("*.jpg"))) == 4

@@ -15,7 +15,7 @@ from lora_forge.settings import Settings
 from lora_forge.tagger.testing import GREEN, RED, build_test_model, solid_image
 from tests.browser import js_errors, wait_gradio
 from tests.dataset_support import yunet_settings  # noqa: F401  (fixture)
-from tests.test_flow_browser import _fill, _tab, _wait_text
+from tests.test_flow_browser import _fill, _tab, _upload, _wait_text
 
 
 def _finished_run(folder: Path, name: str, age_s: float) -> Path:
@@ -74,8 +74,7 @@ def test_bar_grid_runs_and_train_status_follow_the_work(yunet_settings, serve_bl
     assert _grid_run(page) != str(lora_dir / "newer")
     _tab(page, "Images & crop")
     assert "not started" in page.inner_text("#lora_forge_step_images")
-    page.set_input_files("#lora_forge_prepare_files input[type=file]", photos)
-    page.wait_for_timeout(500)
+    _upload(page, "lora_forge_prepare_files", photos)
     page.click("#lora_forge_prepare_run")
     _wait_text(page, "#lora_forge_prepare_report", "→")
     _wait_text(page, "#lora_forge_step_images", "done", timeout=20_000)
