@@ -8,7 +8,12 @@ AdamW step). Cases: the tiny test UNet and SD1.5's full UNet (random weights), l
 a warm-up, alternating which goes first; the figure is median(ours) / median(floor) of the process CPU
 time with one intra-op thread (wall time on this shared 2-core machine swings ±50 % with the neighbours).
 
-    python bench/train_step.py [--rounds 5] [--only tiny|sd15] [--no-checkpointing]
+    python bench/train_step.py [--rounds 5] [--only tiny|sd15] [--no-checkpointing] [--bound]
+
+--bound also times a third step: the floor with the LoRA-targeted layers' own weights requiring
+gradients, i.e. what a merged-form LoRA would cost if merging were free. It shows how much of the
+gap is the weight-gradient work any LoRA needs somewhere (on the tiny model at 16² it alone is
+above 1.10 of the floor: every layer there is a few dozen µs of dispatch).
 """
 
 from __future__ import annotations
@@ -125,7 +130,19 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
         with lora_off(session.network):
             floor()
 
-    return floor_without_lora, ours, session.close
+    targets = [m.target.module for m in session.network.loras]
+
+    def bound() -> None:
+        for t in targets:
+            t.weight.requires_grad_(True)
+        try:
+            floor_without_lora()
+        finally:
+            for t in targets:
+                t.weight.requires_grad_(False)
+                t.weight.grad = None
+
+    return floor_without_lora, ours, bound, session.close
 
 
 @contextlib.contextmanager
@@ -154,6 +171,7 @@ def main() -> int:
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--case", default="", help="run only cases whose name contains this, e.g. sd15_32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bound", action="store_true", help="also time the floor with weight gradients (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ckpt = not args.no_checkpointing
@@ -164,21 +182,23 @@ def main() -> int:
             for precision in ("fp32", "bf16"):
                 if args.case not in f"{kind}_{side}_{precision}":
                     continue
-                floor, ours, close = make_case(kind, side, precision, ckpt)
+                floor, ours, bound, close = make_case(kind, side, precision, ckpt)
                 try:
                     floor(), ours()  # warm-up (allocator, autocast caches, Adam state)
-                    tf, to = [], []
+                    tf, to, tb = [], [], []
                     for r in range(args.rounds):
-                        pair = [(floor, tf), (ours, to)]
-                        for fn, bucket in pair if r % 2 == 0 else pair[::-1]:
+                        runs = [(floor, tf), (ours, to)] + ([(bound, tb)] if args.bound else [])
+                        for fn, bucket in runs if r % 2 == 0 else runs[::-1]:
                             bucket.append(timed(fn))
                 finally:
                     close()
                 mf, mo = statistics.median(tf), statistics.median(to)
                 name = f"{kind}_{side}_{precision}"
                 ratios[name] = mo / mf
+                extra = f"  bound {statistics.median(tb) / mf:.3f}" if tb else ""
                 print(
                     f"{name:16s} ckpt={ckpt} floor {mf * 1000:8.1f} ms  ours {mo * 1000:8.1f} ms  ratio {mo / mf:.3f}"
+                    + extra
                 )
                 sys.stdout.flush()
     worst = max(ratios, key=ratios.get)
