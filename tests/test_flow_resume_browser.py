@@ -58,6 +58,22 @@ def _train_fields(page, values: dict[str, str], extra: str) -> None:
 FAST_EXTRA = "min_bucket_reso = 64\nmax_bucket_reso = 64"
 
 
+def _finished(page, run_dir: Path, timeout_s: float = 300) -> str:
+    """训练's result once the run's report is on disk. On a loaded machine gradio 3.41 stops
+    streaming a generator to a page whose websocket send took over 1 s (the page then freezes at
+    its last update); "Show progress" re-attaches, as a user would press it."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "report.json").is_file():
+        assert time.monotonic() < deadline, f"{run_dir} did not finish"
+        time.sleep(0.2)
+    for _ in range(3):
+        try:
+            return _wait_text(page, "#lora_forge_train_result", "Finished", timeout=20_000)
+        except Exception:  # playwright's TimeoutError: the stream froze
+            page.click("#lora_forge_train_watch")
+    return _wait_text(page, "#lora_forge_train_result", "Finished", timeout=20_000)
+
+
 class Server:
     """`python -m lora_forge ui` in its own process over the test's folders (the standalone tab)."""
 
@@ -160,7 +176,7 @@ def test_a_run_cut_short_by_a_restart_resumes_in_a_new_folder(tiny_files, page, 
         _wait_text(page, "#lora_forge_project_msg", "Resuming run cont as cont-2")
         # 训练 opens and follows the continued run to its end
         _wait_text(page, "#lora_forge_train_status", "cont-2", timeout=60_000)
-        result = _wait_text(page, "#lora_forge_train_result", "Finished", timeout=300_000)
+        result = _finished(page, lora / "cont-2")
         assert "16 steps" in result, result
         assert page.inner_text("#lora_forge_train_pct") == "100%"
         page.locator("#lora_forge_train_chart img").wait_for()
@@ -169,7 +185,9 @@ def test_a_run_cut_short_by_a_restart_resumes_in_a_new_folder(tiny_files, page, 
         page.locator("#lora_forge_resume_row").wait_for(state="hidden")
         assert "测试" in page.inner_text("#lora_forge_next")
         _shot(page, "resume-finished.png")
-        assert js_errors(page) == []
+        # the page that was open on the killed process lost its connection: that is the restart
+        gone = f"127.0.0.1:{first.port}/"
+        assert [e for e in js_errors(page) if gone not in e] == []
     finally:
         second.stop()
 
@@ -225,8 +243,8 @@ def test_underfit_advice_and_train_again_with_the_changes(tiny_files, serve_bloc
     _train_fields(page, fields, FAST_EXTRA)
     _fill(page, "lora_forge_train_text_encoder_lr", "0")
     page.click("#lora_forge_train_start")
-    assert "Finished: 4 steps" in _wait_text(page, "#lora_forge_train_result", "Finished", timeout=300_000)
     first = lora / "under"
+    assert "Finished: 4 steps" in _finished(page, first)
 
     _tab(page, "Test grid")
     for elem_id, value in {
@@ -269,9 +287,9 @@ def test_underfit_advice_and_train_again_with_the_changes(tiny_files, serve_bloc
     assert _fingerprint(first) == before
 
     page.click("#lora_forge_train_start")
-    result = _wait_text(page, "#lora_forge_train_result", "Finished", timeout=300_000)
-    assert "Finished: 16 steps" in result, result  # 4 images x 2 repeats x 2 epochs
     second = lora / "under-2"
+    result = _finished(page, second)
+    assert "Finished: 16 steps" in result, result  # 4 images x 2 repeats x 2 epochs
     trained = read_config_file(second / "config.toml")
     assert {k: trained[k] for k in saved if k not in ("output_name",)} == {
         k: v for k, v in saved.items() if k != "output_name"
