@@ -99,6 +99,16 @@ def test_final_file_takes_its_epoch_from_metadata(run_files, tmp_path):
     assert [(f.epoch, f.is_final) for f in files] == [(1, False), (2, False), (7, True)]
 
 
+def test_a_final_file_with_the_last_epochs_weights_is_shown_once(run_files, tmp_path):
+    """Our trainer (and kohya) save the last epoch and the final file from the same weights."""
+    folder = tmp_path / "run"
+    _copy(run_files[:2], folder)
+    _copy([run_files[1]], folder, ["lfgrid.safetensors"])
+    files, _infos, notes = collect_files(folder)
+    assert [f.path.name for f in files] == ["lfgrid-000001.safetensors", "lfgrid-000002.safetensors"]
+    assert notes == ["lfgrid.safetensors holds the same weights as lfgrid-000002.safetensors: shown once"]
+
+
 def test_other_models_in_the_folder_are_skipped_with_a_note(run_files, tiny_files, tmp_path):
     folder = tmp_path / "run"
     _copy(run_files[:1], folder)

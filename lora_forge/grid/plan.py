@@ -250,10 +250,19 @@ def collect_files(sources: list[Path] | Path) -> tuple[list[EpochFile], dict[Pat
         raise ForgeError("two files claim the same epoch number; keep one of each")
     files = [EpochFile(p, num, False, run, b) for num, p, b in numbered]
     for p, b in finals:
+        twin = next((f for f in files if _same_weights(infos[p], infos[f.path])), None)
+        if twin is not None:  # a run that ends on an epoch boundary saves that epoch twice
+            notes.append(f"{p.name} holds the same weights as {twin.path.name}: shown once")
+            continue
         files.append(EpochFile(p, _final_epoch(infos[p], [f.epoch for f in files]), True, run, b))
     if len(files) > MAX_FILES:
         raise ForgeError(f"{len(files)} epoch files is too many for one grid (at most {MAX_FILES}); pick some")
     return files, infos, notes
+
+
+def _same_weights(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Equal tensors, by the sha256 of the bytes after the header that every saver we know writes."""
+    return bool(a.get("sshs_model_hash")) and a.get("sshs_model_hash") == b.get("sshs_model_hash")
 
 
 def _final_epoch(meta: dict[str, str], taken: list[int]) -> int:
