@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 
 import pytest
@@ -13,6 +14,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Browser harness (tests/browser.py): serve_blocks, browser, page, tab_url.
 from tests.browser import browser, page, serve_blocks, tab_url  # noqa: F401
+
+# A test that hangs (a browser page waiting on a dead server, a lock never released) would hold CI
+# until its 30-minute limit with nothing to read; after this long the run stops with every thread's
+# stack instead. The slowest test takes ~65 s on a loaded 2-core machine.
+TEST_WATCHDOG_S = 420
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    faulthandler.dump_traceback_later(TEST_WATCHDOG_S, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
 
 # Tiny real models (lora_forge/host/tiny.py): tiny_files, tiny_host. Built once per session.
 
