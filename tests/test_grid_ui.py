@@ -76,7 +76,7 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     wait_gradio(page)
     page.click("#lora_forge_grid_refresh")  # 🔄 lists the run folders under the Lora folder
     option = page.locator("#lora_forge_grid_run li", has_text=str(run))
-    for _ in range(40):  # open the list until the refreshed choices have arrived
+    for _ in range(240):  # open the list until the refreshed choices arrive (slow on a loaded machine)
         page.click("#lora_forge_grid_run input")
         if option.count():
             break
