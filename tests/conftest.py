@@ -49,3 +49,11 @@ def tiny_host(tiny_files, tmp_path_factory: pytest.TempPathFactory):
     from lora_forge.host.standalone import StandaloneHost
 
     return StandaloneHost(tiny_files.checkpoint, lora_dir=tmp_path_factory.mktemp("tiny-lora"))
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The whole-flow browser tests (tests/test_flow_*) run last. They start and SIGKILL real UI
+    server processes; twice a browser test that ran after them in the same session stalled (a run
+    list that never refreshed, a result that never came), while each passes alone and in every
+    smaller combination tried. Cause not found yet; running them last keeps it out of other tests."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_flow_"))
