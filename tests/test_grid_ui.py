@@ -76,11 +76,13 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     wait_gradio(page)
     page.click("#lora_forge_grid_refresh")  # 🔄 lists the run folders under the Lora folder
     option = page.locator("#lora_forge_grid_run li", has_text=str(run))
+    picker = page.locator("#lora_forge_grid_run input")
     for _ in range(240):  # open the list until the refreshed choices arrive (slow on a loaded machine)
-        page.click("#lora_forge_grid_run input")
+        picker.click()
         if option.count():
             break
         page.keyboard.press("Escape")
+        picker.blur()  # gradio's dropdown opens on focus: a click on the still-focused input shows nothing
         page.wait_for_timeout(250)
     option.click()
     _type(page, "#lora_forge_grid_strengths textarea", "0.5,1")
