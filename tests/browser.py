@@ -53,7 +53,7 @@ def free_port() -> int:
 
 
 def launch_blocks(blocks: Any, port: int | None = None) -> str:
-    """Start `blocks` on loopback without blocking; returns the URL. Close with blocks.close()."""
+    """Start `blocks` on loopback without blocking; returns the URL. Close with close_blocks(blocks)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     port = port or free_port()
     from lora_forge.ui.app import lift_relay_timeout
@@ -129,7 +129,17 @@ def serve_blocks() -> Iterator[Callable[[Any], str]]:
 
     yield serve
     for blocks in started:
-        blocks.close()
+        close_blocks(blocks)
+
+
+def close_blocks(blocks: Any) -> None:
+    """Stop a test server without waiting for its open connections: uvicorn's graceful shutdown
+    waits for every connection and task to end, and a stream the closed page left behind held the
+    last test's teardown for minutes (seen in a full run, stack in Server.close's thread join)."""
+    server = getattr(blocks, "server", None)
+    if server is not None:
+        server.force_exit = True
+    blocks.close()
 
 
 @pytest.fixture(scope="session")
