@@ -40,6 +40,7 @@ RECOVERED = ".lora_forge_recovered"
 SUBDIRS = ("dataset", "configs", "grids")
 MAX_NAME = 200
 MAX_FOLDER = 32
+MAX_LORA_NAME = 64
 LOCK_STALE_S = 30.0
 WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 # the user's path, in order; 编辑 (edit) is optional
@@ -81,6 +82,15 @@ def folder_name(name: str) -> str:
     if not slug or slug in WINDOWS_RESERVED:
         slug = f"project-{slug}" if slug else "project"
     return slug
+
+
+def lora_name(name: str) -> str:
+    """The LoRA file name a project's runs get by default: its display name, Chinese kept (the
+    WebUI, Forge and ComfyUI list and load such files, and `<lora:小明:0.8>` parses); anything
+    but letters, digits, '-' and '.' becomes '_', since a file name, the prompt syntax or an X/Y/Z
+    value list would break on it; 'lora' if nothing is left."""
+    text = re.sub(r"[^\w.\-]+", "_", name).strip("._")[:MAX_LORA_NAME].strip("._")
+    return "lora" if not text or text.casefold() in WINDOWS_RESERVED else text
 
 
 @dataclass
@@ -169,6 +179,14 @@ class Project:
             return
         on_disk = _read_manifest(self.folder / MANIFEST) if (self.folder / MANIFEST).is_file() else self.data
         self.save({"runs": [*on_disk.get("runs", []), run]}, check_revision=False)
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep one of the user's choices (the trigger word the tagger wrote) in the settings;
+        merged, like where the user left off: a choice made in one tab is true in the other."""
+        if self.read_only or self.settings.get(key) == value:
+            return
+        on_disk = _read_manifest(self.folder / MANIFEST) if (self.folder / MANIFEST).is_file() else self.data
+        self.save({"settings": {**(on_disk.get("settings") or {}), key: value}}, check_revision=False)
 
     def _follow_rename(self) -> None:
         """A folder renamed or moved within the projects root is found again by its id; a deleted

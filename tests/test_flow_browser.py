@@ -12,6 +12,7 @@ import pytest
 
 from lora_forge.settings import Settings
 from lora_forge.tagger.testing import GREEN, RED, build_test_model, solid_image
+from lora_forge.train.config import read_config_file
 from tests.browser import js_errors, wait_gradio
 from tests.dataset_support import yunet_settings  # noqa: F401  (fixture)
 
@@ -23,6 +24,10 @@ def _fill(page, elem_id: str, value: str) -> None:
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
     box.fill(value)
     box.press("Tab")
+
+
+def _value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
 
 
 def _upload(page, elem_id: str, files: list[str]) -> None:
@@ -127,11 +132,11 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     page.click("#lora_forge_editor_load")
     _wait_text(page, "#lora_forge_editor_status", "4")
 
-    # 训练: a few steps at 64 px
+    # 训练: a few steps at 64 px; the LoRA is named after the project, the trigger word is the tagger's
     _tab(page, "Train")
+    assert _value(page, "lora_forge_train_output_name") == "我的角色"
+    assert _value(page, "lora_forge_train_trigger_word") == "zkw"
     for elem_id, value in {
-        "lora_forge_train_output_name": "mychar",
-        "lora_forge_train_trigger_word": "zkw",
         "lora_forge_train_num_repeats": "1",
         "lora_forge_train_max_train_epochs": "2",
         "lora_forge_train_network_dim": "4",
@@ -148,8 +153,9 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     page.locator("div.prose#lora_forge_train_result", has_text="d").wait_for(timeout=400_000)
     result = page.inner_text("#lora_forge_train_result")
     assert "Finished" in result, result
-    run = lora_dir / "mychar"
-    assert (run / "mychar.safetensors").is_file()
+    run = lora_dir / "我的角色"
+    assert (run / "我的角色.safetensors").is_file()
+    assert read_config_file(run / "config.toml")["trigger_word"] == "zkw"
     _wait_text(page, "#lora_forge_step_train", "done")
 
     # 测试: the grid with scores, of the run just trained (picked in the run list without 🔄)
@@ -180,8 +186,8 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     if page.locator("#lora_forge_optimise_again").is_enabled():
         page.click("#lora_forge_optimise_again")
         _wait_text(page, "#lora_forge_optimise_advice", "previous run is kept")
-        assert list((project / "configs").glob("mychar-next*.toml"))
-        assert (run / "mychar.safetensors").is_file()
+        assert list((project / "configs").glob("我的角色-next*.toml"))
+        assert (run / "我的角色.safetensors").is_file()
     _shot(page, "flow-3-optimise.png")
     assert js_errors(page) == []
 
@@ -192,7 +198,8 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     assert page.input_value("#lora_forge_dataset_dir textarea") == str(project / "dataset")
     for key in ("images", "crop", "tag", "train", "test"):
         assert "done" in page.inner_text(f"#lora_forge_step_{key}"), key
-    assert "mychar" in page.inner_text("#lora_forge_train_status")  # not "No training run yet"
+    assert "我的角色" in page.inner_text("#lora_forge_train_status")  # not "No training run yet"
+    assert _value(page, "lora_forge_tagger_trigger") == "zkw"  # kept by the project
     assert page.input_value("#lora_forge_grid_run input") == str(run)
 
 

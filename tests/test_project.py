@@ -199,3 +199,80 @@ def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):
     assert out["lora_forge_train_extra"] == "min_bucket_reso = 64"  # a key with no field of its own
     assert out["lora_forge_resume_row"]["visible"] is True and "cut" in out["lora_forge_resume_text"]
     assert "did not finish" in out["lora_forge_next"]
+
+
+def test_lora_names_keep_chinese_and_drop_what_breaks_a_file_or_prompt():
+    assert pj.lora_name("我的角色") == "我的角色"
+    assert pj.lora_name("My cat: v2 (final)") == "My_cat_v2_final"
+    assert pj.lora_name('a/b\\c*?"<>|,d') == "a_b_c_d"
+    assert pj.lora_name("...") == pj.lora_name("CON") == "lora"
+    assert len(pj.lora_name("很长的名字" * 30)) == pj.MAX_LORA_NAME
+
+
+def test_a_new_project_trains_under_its_own_name_and_its_tagger_trigger_word(tmp_path):
+    """Opening a project that has not trained yet must not leave the previous project's LoRA name,
+    trigger word or extra settings in 训练; the trigger word the tagger wrote is carried to 训练 and
+    kept by the project for after a restart (on the real Blocks' handlers)."""
+    from lora_forge.settings import Settings
+    from lora_forge.train.config import TrainConfig
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+    from lora_forge.ui.projects import to_state
+
+    root = tmp_path / "projects"
+    old = pj.create(root, "旧项目")
+    run = tmp_path / "Lora" / "old"
+    run.mkdir(parents=True)
+    config = TrainConfig(output_name="old", trigger_word="oldtrig", min_bucket_reso=64)
+    (run / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+    old.add_run(run)
+    new = pj.create(root, "小明 v2")
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=root)
+    blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
+    fns = {getattr(f.fn, "__name__", ""): f for f in blocks.fns}
+
+    def keyed(fn, values):
+        return dict(zip([getattr(c, "elem_id", None) or id(c) for c in fn.outputs], values, strict=True))
+
+    out = keyed(fns["on_open"], fns["on_open"].fn("旧项目"))
+    assert out["lora_forge_train_output_name"]["value"] == "old"
+    assert out["lora_forge_train_trigger_word"]["value"] == "oldtrig"
+    assert "min_bucket_reso = 64" in out["lora_forge_train_extra"]
+
+    out = keyed(fns["on_open"], fns["on_open"].fn("小明 v2"))
+    assert out["lora_forge_train_output_name"]["value"] == "小明_v2"
+    assert out["lora_forge_train_trigger_word"]["value"] == ""
+    assert out["lora_forge_train_extra"] == "" and out["lora_forge_tagger_trigger"] == ""
+
+    carry = fns["carry_trigger"]
+    assert [c.elem_id for c in carry.outputs] == ["lora_forge_train_trigger_word"]
+    assert carry.fn(to_state(new), "  xiaoming ") == "xiaoming"
+    assert pj.open_project(new.folder).settings == {"trigger_word": "xiaoming"}
+    assert pj.open_project(new.folder).revision == new.revision  # another tab's next save still works
+    out = keyed(fns["on_load"], fns["on_load"].fn())  # a restart
+    assert out["lora_forge_train_trigger_word"]["value"] == "xiaoming"
+    assert out["lora_forge_tagger_trigger"] == out["lora_forge_editor_trigger"] == "xiaoming"
+
+
+def test_the_bar_is_recomputed_after_each_section_action_that_changes_the_files(tmp_path):
+    """Prepare, tag, save, roll back a save and render a grid change what the steps show; each
+    button's own handler is followed by the bar's (a stale 'done' after a rollback misleads)."""
+    from lora_forge.settings import Settings
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
+    blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
+    ids = {c._id: getattr(c, "elem_id", None) for c in blocks.blocks.values()}
+    names = [getattr(f.fn, "__name__", "") for f in blocks.fns]
+    deps = blocks.dependencies
+    followed = set()
+    for i, dep in enumerate(deps):
+        if dep.get("trigger") == "click" and any(
+            d.get("trigger_after") == i and names[j] == "on_work_done" for j, d in enumerate(deps)
+        ):
+            followed.update(ids.get(t) for t in dep["targets"])
+    prefix = "lora_forge_"
+    wanted = {"prepare_run", "tagger_run", "editor_save", "editor_rollback", "grid_go"}
+    assert {prefix + w for w in wanted} <= followed

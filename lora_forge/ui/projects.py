@@ -30,7 +30,18 @@ TAB_STEP = {
     "optimise": "test",
 }
 # the sections' buttons whose work changes a step's state: the bar is recomputed when they finish
-WORK_BUTTONS = ("lora_forge_prepare_run", "lora_forge_tagger_run", "lora_forge_editor_save", "lora_forge_grid_go")
+WORK_BUTTONS = (
+    "lora_forge_prepare_run",
+    "lora_forge_tagger_run",
+    "lora_forge_editor_save",
+    "lora_forge_editor_rollback",
+    "lora_forge_grid_go",
+)
+# (button, its trigger word box): captions written with a trigger word give 训练 that word
+TRIGGER_SOURCES = (
+    ("lora_forge_tagger_run", "lora_forge_tagger_trigger"),
+    ("lora_forge_editor_add_trigger", "lora_forge_editor_trigger"),
+)
 # 训练's buttons that follow a run until it ends: 测试's run list is refreshed after them
 TRAIN_BUTTONS = ("lora_forge_train_start", "lora_forge_train_resume", "lora_forge_train_watch")
 RECORD_WAIT_S = 30.0  # how long after Start the bar looks for the new run to record it
@@ -78,6 +89,16 @@ def sync_runs(project: projects.Project) -> None:
         mine = r.run_dir and r.data_dir and is_within(r.data_dir.strip().strip('"'), project.dataset_dir)
         if mine and Path(r.run_dir).is_dir():
             project.add_run(r.run_dir)
+
+
+def new_run_values(project: projects.Project) -> dict[str, Any]:
+    """The fields a project that has not trained yet starts with: its LoRA named after the project,
+    and the trigger word its captions were written with (else none). Set, not left as they were,
+    so a project opened after another never trains under the other's name or trigger word."""
+    return {
+        "output_name": projects.lora_name(project.name),
+        "trigger_word": str(project.settings.get("trigger_word") or ""),
+    }
 
 
 def train_values(project: projects.Project) -> dict[str, Any]:
@@ -255,20 +276,23 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
         if prepare_out is not None:
             out.append(folder)
         values = train_values(project)
-        out += [gr.update(value=values[k]) if k in values else gr.update() for k in train_fields]
+        shown = values or new_run_values(project)
+        out += [gr.update(value=shown[k]) if k in shown else gr.update() for k in train_fields]
         if extra_box is not None:
             from lora_forge.ui.optimise import more_settings
 
             # against the preset the page opens with (the bar never sets the radio: its change
             # event would refill the fields with that preset's values)
             start_preset = str(getattr(preset_radio, "value", "") or "")
-            out.append(more_settings(values, start_preset) if values else gr.update())
+            out.append(more_settings(values, start_preset) if values else "")
         if grid_run is not None:
             from lora_forge.ui.grid import runs_update
 
             out.append(runs_update(ctx, project.runs, scan=False))
         if train_md is not None:
             out.append(train_status(project))
+        trigger = str(project.settings.get("trigger_word") or "")
+        out += [trigger for _ in trigger_boxes]
         return out
 
     show_outputs = [*status_outputs, bar["choice"], bar["message"], dataset_dir, sections]
@@ -278,6 +302,8 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
     if extra_box is not None:
         show_outputs.append(extra_box)
     show_outputs += [c for c in (grid_run, train_md) if c is not None]
+    trigger_boxes = [box for _, box_id in TRIGGER_SOURCES if (box := find_component(blocks, box_id)) is not None]
+    show_outputs += trigger_boxes
 
     def unchanged(msg: str) -> list[Any]:
         return [gr.update()] * 6 + [msg] + [gr.update()] * (len(show_outputs) - 7)
@@ -362,6 +388,26 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
         button = find_component(blocks, elem_id)
         if button is not None:
             after(blocks, button, on_work_done, [state], status_outputs)
+
+    def carry_trigger(value: Any, word: str) -> Any:
+        """The trigger word the captions were just written with becomes 训练's (and the project
+        keeps it for after a restart): training keeps it first when shuffling and its samples and
+        测试's prompts start with it, so a trigger word typed in one place only is half a setting."""
+        word = (word or "").strip()
+        if not word:
+            return gr.update()
+        if value:
+            try:
+                from_state(value).remember("trigger_word", word)
+            except ForgeError:
+                pass  # the bar shows what is wrong with the project; 训练 still gets the word
+        return word
+
+    train_trigger = train_fields.get("trigger_word")
+    for button_id, word_id in TRIGGER_SOURCES:
+        button, word_box = find_component(blocks, button_id), find_component(blocks, word_id)
+        if button is not None and word_box is not None and train_trigger is not None:
+            after(blocks, button, carry_trigger, [state, word_box], [train_trigger])
 
     def grid_runs(value: Any):
         """测试's run list once a run has ended: the project's runs first, its newest picked."""
