@@ -75,3 +75,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
+
+
+@pytest.fixture(scope="session")
+def wd14_model(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny WD14-layout tagger (lora_forge/tagger/testing.py, 48 px input) as registry files, for
+    the caption tests; its per-colour tag probabilities are listed in test_tagger_captions.py."""
+    from lora_forge.tagger.registry import ModelFiles
+    from lora_forge.tagger.testing import build_test_model
+
+    return ModelFiles("test-wd14", build_test_model(tmp_path_factory.mktemp("wd14") / "model", size=48))

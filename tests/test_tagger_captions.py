@@ -29,15 +29,10 @@ from lora_forge.dataset.captions import list_history, rollback
 from lora_forge.tagger.batch import JSON_SUFFIX, TagOptions, tag_folder
 from lora_forge.tagger.labels import CaptionOptions, Thresholds
 from lora_forge.tagger.registry import ModelFiles
-from lora_forge.tagger.testing import BLUE, GREEN, RED, build_test_model, solid_image
+from lora_forge.tagger.testing import BLUE, GREEN, RED, solid_image
 
 RED_DEFAULT = r"1girl, long hair, hu tao \(genshin impact\), ^_^, star \(symbol\), open mouth, smile"
 GREEN_DEFAULT = ">_<, smile, open mouth, solo"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
-    return ModelFiles("test-wd14", build_test_model(tmp_path_factory.mktemp("wd14") / "model", size=48))
 
 
 @pytest.fixture
@@ -54,14 +49,14 @@ def caption(folder: Path, stem: str) -> str:
     return (folder / f"{stem}.txt").read_text(encoding="utf-8")
 
 
-def run(folder: Path, model: ModelFiles, **kw):
+def run(folder: Path, wd14_model: ModelFiles, **kw):
     thresholds = Thresholds(**{k: kw.pop(k) for k in ("general", "character", "mcut") if k in kw})
     cap = CaptionOptions(**{k: kw.pop(k) for k in ("exclude", "trigger", "rating") if k in kw})
-    return tag_folder(folder, model, TagOptions(thresholds=thresholds, caption=cap, **kw))
+    return tag_folder(folder, wd14_model, TagOptions(thresholds=thresholds, caption=cap, **kw))
 
 
-def test_default_captions_are_sorted_by_confidence_with_spaces_kaomoji_and_escapes(dataset, model) -> None:
-    report = run(dataset, model)
+def test_default_captions_are_sorted_by_confidence_with_spaces_kaomoji_and_escapes(dataset, wd14_model) -> None:
+    report = run(dataset, wd14_model)
     assert report.count("written") == 3
     assert caption(dataset, "red") == RED_DEFAULT
     assert caption(dataset, "green") == GREEN_DEFAULT
@@ -72,65 +67,65 @@ def test_default_captions_are_sorted_by_confidence_with_spaces_kaomoji_and_escap
     assert red.tags[0][1] == pytest.approx(0.98, abs=1e-4)
 
 
-def test_thresholds_are_strict_and_per_category(dataset, model) -> None:
-    run(dataset, model, general=0.45, character=0.95)
+def test_thresholds_are_strict_and_per_category(dataset, wd14_model) -> None:
+    run(dataset, wd14_model, general=0.45, character=0.95)
     # smile (.40) drops under 0.45; the character (.92) under 0.95
     assert caption(dataset, "red") == r"1girl, long hair, ^_^, star \(symbol\), open mouth"
     assert caption(dataset, "green") == ">_<, smile, open mouth"
 
 
-def test_a_probability_equal_to_the_threshold_is_not_kept(dataset, model) -> None:
-    red = next(r for r in run(dataset, model).results if r.image.name == "red.png")
+def test_a_probability_equal_to_the_threshold_is_not_kept(dataset, wd14_model) -> None:
+    red = next(r for r in run(dataset, wd14_model).results if r.image.name == "red.png")
     smile = dict(red.tags)["smile"]  # the model's own float32 value, about 0.40
-    run(dataset, model, existing="overwrite", general=math.nextafter(smile, 0.0))
+    run(dataset, wd14_model, existing="overwrite", general=math.nextafter(smile, 0.0))
     assert caption(dataset, "red").endswith(", smile")
-    run(dataset, model, existing="overwrite", general=smile)
+    run(dataset, wd14_model, existing="overwrite", general=smile)
     assert caption(dataset, "red") == RED_DEFAULT.removesuffix(", smile")
 
 
-def test_mcut_per_image_and_character_floor(dataset, model) -> None:
-    run(dataset, model, mcut=True)
+def test_mcut_per_image_and_character_floor(dataset, wd14_model) -> None:
+    run(dataset, wd14_model, mcut=True)
     # red: biggest gap .90 -> .55 among general, .92 -> .50 among characters
     assert caption(dataset, "red") == r"1girl, long hair, hu tao \(genshin impact\), ^_^"
     # green: biggest general gap .60 -> .36; characters .14/.02 cut at .08 but the floor is 0.15
     assert caption(dataset, "green") == ">_<, smile, open mouth"
 
 
-def test_trigger_first_rating_and_excludes_in_the_visible_form(dataset, model) -> None:
-    run(dataset, model, trigger="ohwx", rating=True, exclude=("long_hair", "Star (symbol)", "^_^", " "))
+def test_trigger_first_rating_and_excludes_in_the_visible_form(dataset, wd14_model) -> None:
+    run(dataset, wd14_model, trigger="ohwx", rating=True, exclude=("long_hair", "Star (symbol)", "^_^", " "))
     assert caption(dataset, "red") == r"ohwx, sensitive, 1girl, hu tao \(genshin impact\), open mouth, smile"
     assert caption(dataset, "green") == "ohwx, general, >_<, smile, open mouth, solo"
     assert caption(dataset, "blue") == "ohwx, general"
 
 
-def test_escaping_can_be_turned_off(dataset, model) -> None:
-    tag_folder(dataset, model, TagOptions(caption=CaptionOptions(escape=False)))
+def test_escaping_can_be_turned_off(dataset, wd14_model) -> None:
+    tag_folder(dataset, wd14_model, TagOptions(caption=CaptionOptions(escape=False)))
     assert caption(dataset, "red") == "1girl, long hair, hu tao (genshin impact), ^_^, star (symbol), open mouth, smile"
 
 
-def test_trigger_equal_to_a_predicted_tag_is_written_once(dataset, model) -> None:
-    run(dataset, model, trigger="smile")
+def test_trigger_equal_to_a_predicted_tag_is_written_once(dataset, wd14_model) -> None:
+    run(dataset, wd14_model, trigger="smile")
     assert caption(dataset, "green") == "smile, >_<, open mouth, solo"
 
 
-def test_hand_edited_captions_survive_a_second_default_run(dataset, model) -> None:
-    run(dataset, model)
+def test_hand_edited_captions_survive_a_second_default_run(dataset, wd14_model) -> None:
+    run(dataset, wd14_model)
     (dataset / "red.txt").write_text("my own words, ohwx", encoding="utf-8")
     gbk = "中文标签, smile".encode("gbk")
     (dataset / "green.txt").write_bytes(gbk)
     history_before = len(list_history(dataset))
-    report = run(dataset, model)
+    report = run(dataset, wd14_model)
     assert report.count("kept") == 3 and report.count("written") == 0
     assert caption(dataset, "red") == "my own words, ohwx"
     assert (dataset / "green.txt").read_bytes() == gbk
     assert len(list_history(dataset)) == history_before  # nothing was saved at all
 
 
-def test_overwrite_keeps_the_previous_text_recoverable(dataset, model) -> None:
+def test_overwrite_keeps_the_previous_text_recoverable(dataset, wd14_model) -> None:
     (dataset / "red.txt").write_text("hand made caption", encoding="utf-8")
     gbk = "中文标签, smile".encode("gbk")
     (dataset / "green.txt").write_bytes(gbk)
-    report = run(dataset, model, existing="overwrite")
+    report = run(dataset, wd14_model, existing="overwrite")
     assert caption(dataset, "red") == RED_DEFAULT
     assert caption(dataset, "green") == GREEN_DEFAULT
     assert len(report.history_ids) == 1
@@ -140,10 +135,10 @@ def test_overwrite_keeps_the_previous_text_recoverable(dataset, model) -> None:
     assert not (dataset / "blue.txt").exists()  # it had no caption before the run
 
 
-def test_append_and_prepend_merge_without_duplicates(dataset, model) -> None:
+def test_append_and_prepend_merge_without_duplicates(dataset, wd14_model) -> None:
     (dataset / "red.txt").write_text("my tag, long_hair, Smile", encoding="utf-8")
     (dataset / "green.txt").write_bytes("中文标签, smile".encode("gbk"))
-    run(dataset, model, existing="append")
+    run(dataset, wd14_model, existing="append")
     assert (
         caption(dataset, "red")
         == r"my tag, long_hair, Smile, 1girl, hu tao \(genshin impact\), ^_^, star \(symbol\), open mouth"
@@ -152,21 +147,21 @@ def test_append_and_prepend_merge_without_duplicates(dataset, model) -> None:
     assert caption(dataset, "blue") == ""
 
     (dataset / "red.txt").write_text("my tag, long_hair", encoding="utf-8")
-    run(dataset, model, existing="prepend", trigger="ohwx")
+    run(dataset, wd14_model, existing="prepend", trigger="ohwx")
     assert (
         caption(dataset, "red")
         == r"ohwx, 1girl, long hair, hu tao \(genshin impact\), ^_^, star \(symbol\), open mouth, smile, my tag"
     )
 
 
-def test_append_moves_the_trigger_word_to_the_front(dataset, model) -> None:
+def test_append_moves_the_trigger_word_to_the_front(dataset, wd14_model) -> None:
     (dataset / "red.txt").write_text("my tag, ohwx, 1girl", encoding="utf-8")
-    run(dataset, model, existing="append", trigger="ohwx", general=0.92)
+    run(dataset, wd14_model, existing="append", trigger="ohwx", general=0.92)
     assert caption(dataset, "red") == r"ohwx, my tag, 1girl, long hair, hu tao \(genshin impact\)"
 
 
-def test_json_confidences_hold_ratings_and_tags(dataset, model) -> None:
-    run(dataset, model, save_json=True)
+def test_json_confidences_hold_ratings_and_tags(dataset, wd14_model) -> None:
+    run(dataset, wd14_model, save_json=True)
     record = json.loads((dataset / f"green{JSON_SUFFIX}").read_text(encoding="utf-8"))
     assert record["model"] == "test-wd14"
     assert record["confidences"]["general"] == pytest.approx(0.80, abs=1e-3)

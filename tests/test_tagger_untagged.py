@@ -15,17 +15,11 @@ from lora_forge.dataset.captions import list_history, rollback
 from lora_forge.errors import ForgeError
 from lora_forge.tagger.batch import TagOptions, tag_folder
 from lora_forge.tagger.labels import CaptionOptions
-from lora_forge.tagger.registry import ModelFiles
-from lora_forge.tagger.testing import BLUE, RED, build_test_model, solid_image
+from lora_forge.tagger.testing import BLUE, RED, solid_image
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.data import scan_dataset
 
 TRAIN = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
-    return ModelFiles("test-wd14", build_test_model(tmp_path_factory.mktemp("wd14") / "model", size=48))
 
 
 @pytest.fixture
@@ -38,8 +32,8 @@ def dataset(tmp_path: Path) -> Path:
     return folder
 
 
-def test_no_tag_above_the_threshold_still_writes_a_caption_and_trains(dataset, model) -> None:
-    report = tag_folder(dataset, model, TagOptions())
+def test_no_tag_above_the_threshold_still_writes_a_caption_and_trains(dataset, wd14_model) -> None:
+    report = tag_folder(dataset, wd14_model, TagOptions())
     assert (dataset / "cell.txt").read_text(encoding="utf-8") == ""
     assert (dataset / "cell2.txt").read_text(encoding="utf-8") == ""
     assert report.count("written") == 3
@@ -56,22 +50,22 @@ def test_no_tag_above_the_threshold_still_writes_a_caption_and_trains(dataset, m
     assert {it.path.name: it.caption for it in plain.items}["cell.jpg"] == ""
 
 
-def test_a_missing_caption_file_is_still_refused_by_training(dataset, model) -> None:
-    tag_folder(dataset, model, TagOptions())
+def test_a_missing_caption_file_is_still_refused_by_training(dataset, wd14_model) -> None:
+    tag_folder(dataset, wd14_model, TagOptions())
     (dataset / "cell2.txt").unlink()
     with pytest.raises(ForgeError, match=r"1 image\(s\) have no caption file \(\.txt\): cell2\.png"):
         scan_dataset(dataset, TrainConfig(**TRAIN))
 
 
-def test_the_trigger_alone_when_nothing_passes(dataset, model) -> None:
-    report = tag_folder(dataset, model, TagOptions(caption=CaptionOptions(trigger="ohwx")))
+def test_the_trigger_alone_when_nothing_passes(dataset, wd14_model) -> None:
+    report = tag_folder(dataset, wd14_model, TagOptions(caption=CaptionOptions(trigger="ohwx")))
     assert (dataset / "cell.txt").read_text(encoding="utf-8") == "ohwx"
     assert "2 images had no tag above the threshold" in report.summary()
 
 
-def test_existing_caption_modes_and_history_with_no_new_tags(dataset, model) -> None:
+def test_existing_caption_modes_and_history_with_no_new_tags(dataset, wd14_model) -> None:
     (dataset / "cell.txt").write_text("my own words", encoding="utf-8")
-    report = tag_folder(dataset, model, TagOptions(existing="skip"))
+    report = tag_folder(dataset, wd14_model, TagOptions(existing="skip"))
     assert (dataset / "cell.txt").read_text(encoding="utf-8") == "my own words"
     assert (dataset / "cell2.txt").read_text(encoding="utf-8") == ""
     kept = next(r for r in report.results if r.image.name == "cell.jpg")
@@ -80,20 +74,20 @@ def test_existing_caption_modes_and_history_with_no_new_tags(dataset, model) -> 
     assert "1 images had no tag above the threshold" in report.summary()
 
     for action in ("append", "prepend"):
-        tag_folder(dataset, model, TagOptions(existing=action))
+        tag_folder(dataset, wd14_model, TagOptions(existing=action))
         assert (dataset / "cell.txt").read_text(encoding="utf-8") == "my own words"
-    tag_folder(dataset, model, TagOptions(existing="prepend", caption=CaptionOptions(trigger="ohwx")))
+    tag_folder(dataset, wd14_model, TagOptions(existing="prepend", caption=CaptionOptions(trigger="ohwx")))
     assert (dataset / "cell.txt").read_text(encoding="utf-8") == "ohwx, my own words"
 
-    report = tag_folder(dataset, model, TagOptions(existing="overwrite"))
+    report = tag_folder(dataset, wd14_model, TagOptions(existing="overwrite"))
     assert (dataset / "cell.txt").read_text(encoding="utf-8") == ""
     assert report.history_ids and list_history(dataset)[0].id == report.history_ids[-1]
     rollback(dataset, report.history_ids[-1])
     assert (dataset / "cell.txt").read_text(encoding="utf-8") == "ohwx, my own words"
 
 
-def test_the_summary_says_nothing_when_every_image_got_tags(tmp_path, model) -> None:
+def test_the_summary_says_nothing_when_every_image_got_tags(tmp_path, wd14_model) -> None:
     folder = tmp_path / "ds"
     folder.mkdir()
     solid_image(RED).save(folder / "red.png")
-    assert "no tag above" not in tag_folder(folder, model, TagOptions()).summary()
+    assert "no tag above" not in tag_folder(folder, wd14_model, TagOptions()).summary()
