@@ -30,6 +30,17 @@ def _value(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
 
 
+def _scored_grid(page, tagger: Path, **fields: str) -> None:
+    """Render a 2 × 2 grid at 64 px in 2 steps, scored with `tagger`, and wait for the scores;
+    `fields` fills more 测试 boxes (by elem_id suffix)."""
+    values = {"strengths": "0.5, 1", "steps": "2", "width": "64", "height": "64", "tagger": str(tagger), **fields}
+    for key, value in values.items():
+        _fill(page, f"lora_forge_grid_{key}", value)
+    page.locator("#lora_forge_grid_score input").check()
+    page.click("#lora_forge_grid_go")
+    page.locator("#lora_forge_grid_heat img").wait_for(timeout=300_000)
+
+
 def _upload(page, elem_id: str, files: list[str]) -> None:
     """Drop files on a File box and wait until each has arrived (a click on Prepare while a file
     still says "Uploading…" hands the server an empty file; seen on a loaded machine)."""
@@ -163,17 +174,7 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
     page.wait_for_function(
         "(v) => document.querySelector('#lora_forge_grid_run input').value === v", arg=str(run), timeout=20_000
     )
-    for elem_id, value in {
-        "lora_forge_grid_strengths": "0.5, 1",
-        "lora_forge_grid_steps": "2",
-        "lora_forge_grid_width": "64",
-        "lora_forge_grid_height": "64",
-        "lora_forge_grid_tagger": str(tagger),
-    }.items():
-        _fill(page, elem_id, value)
-    page.locator("#lora_forge_grid_score input").check()
-    page.click("#lora_forge_grid_go")
-    page.locator("#lora_forge_grid_heat img").wait_for(timeout=300_000)
+    _scored_grid(page, tagger)
     assert list(run.glob("*-scores.json"))
     _wait_text(page, "#lora_forge_step_test", "done", timeout=20_000)  # the bar follows the grid
     _shot(page, "flow-2-grid.png")

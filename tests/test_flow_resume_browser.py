@@ -23,7 +23,7 @@ from PIL import Image
 from lora_forge import project as pj
 from lora_forge.train.config import read_config_file
 from tests.browser import free_port, js_errors, wait_gradio, wait_http
-from tests.test_flow_browser import _fill, _shot, _tab, _wait_text
+from tests.test_flow_browser import _fill, _scored_grid, _shot, _tab, _wait_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,18 +247,7 @@ def test_underfit_advice_and_train_again_with_the_changes(tiny_files, serve_bloc
     assert "Finished: 4 steps" in _finished(page, first)
 
     _tab(page, "Test grid")
-    for elem_id, value in {
-        "lora_forge_grid_paths": str(first),
-        "lora_forge_grid_strengths": "0.5, 1",
-        "lora_forge_grid_steps": "2",
-        "lora_forge_grid_width": "64",
-        "lora_forge_grid_height": "64",
-        "lora_forge_grid_tagger": str(tagger),
-    }.items():
-        _fill(page, elem_id, value)
-    page.locator("#lora_forge_grid_score input").check()
-    page.click("#lora_forge_grid_go")
-    page.locator("#lora_forge_grid_heat img").wait_for(timeout=300_000)
+    _scored_grid(page, tagger, paths=str(first))
     assert list(first.glob("*-scores.json"))
     before = _fingerprint(first)
 
