@@ -177,16 +177,18 @@ class Project:
         run = str(Path(run_dir))
         if run in self.data.get("runs", []) or self.read_only:
             return
-        on_disk = _read_manifest(self.folder / MANIFEST) if (self.folder / MANIFEST).is_file() else self.data
-        self.save({"runs": [*on_disk.get("runs", []), run]}, check_revision=False)
+        self.save({"runs": [*self._on_disk().get("runs", []), run]}, check_revision=False)
 
     def remember(self, key: str, value: Any) -> None:
         """Keep one of the user's choices (the trigger word the tagger wrote) in the settings;
         merged, like where the user left off: a choice made in one tab is true in the other."""
         if self.read_only or self.settings.get(key) == value:
             return
-        on_disk = _read_manifest(self.folder / MANIFEST) if (self.folder / MANIFEST).is_file() else self.data
-        self.save({"settings": {**(on_disk.get("settings") or {}), key: value}}, check_revision=False)
+        self.save({"settings": {**(self._on_disk().get("settings") or {}), key: value}}, check_revision=False)
+
+    def _on_disk(self) -> dict[str, Any]:
+        """The manifest as another tab may have saved it: what a merged save adds to."""
+        return _read_manifest(self.folder / MANIFEST) if (self.folder / MANIFEST).is_file() else self.data
 
     def _follow_rename(self) -> None:
         """A folder renamed or moved within the projects root is found again by its id; a deleted
