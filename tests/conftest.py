@@ -52,10 +52,9 @@ def tiny_host(tiny_files, tmp_path_factory: pytest.TempPathFactory):
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The whole-flow browser tests (tests/test_flow_*) run last. They start and SIGKILL real UI
-    server processes; twice a browser test that ran after them in the same session stalled (a run
-    list that never refreshed, a result that never came), while each passes alone and in every
-    smaller combination tried. Cause not found yet; running them last keeps it out of other tests."""
+    """The whole-flow browser tests (tests/test_flow_*), the slowest, run last, so a failure in a
+    quick test is reported first. (The stalls once blamed on them were two test-side faults, since
+    fixed: test_grid_ui's dropdown retry and a server teardown waiting on an open stream.)"""
     items.sort(key=lambda item: item.nodeid.startswith("tests/test_flow_"))
 
 
@@ -67,8 +66,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leave once pytest has reported: a thread a browser flow test left running (not found yet) kept
-    the interpreter alive after the last test, which would hold CI to its time limit."""
+    """Leave once pytest has reported: a non-daemon thread left by a library (a gradio server, a
+    playwright driver) must not keep the interpreter alive and hold CI to its time limit."""
     if _EXIT_STATUS:
         import sys
 
