@@ -29,6 +29,7 @@ import pytest
 
 from lora_forge import i18n
 from tests.browser import js_errors, wait_gradio
+from tests.test_flow_browser import _fill, _wait_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lora_forge"
@@ -380,21 +381,6 @@ def test_a_webui_user_who_chose_chinese_gets_chinese_messages(tmp_path, monkeypa
 # -- in the browser --------------------------------------------------------------------------------
 
 
-def _fill(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(value)
-    box.press("Tab")
-
-
-def _wait_text(page, selector: str, text: str, timeout: int = 60_000) -> str:
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return !!e && e.innerText.includes(t); }",
-        arg=[selector, text],
-        timeout=timeout,
-    )
-    return page.inner_text(selector)
-
-
 def _md(page, elem_id: str) -> str:
     """A Markdown component's text (without gradio's progress overlay)."""
     return page.eval_on_selector(f"#{elem_id} .prose", "e => e.textContent").strip()
@@ -403,7 +389,7 @@ def _md(page, elem_id: str) -> str:
 def _walk(page, serve_blocks, tmp_path: Path, language: str) -> dict[str, str]:
     """Create a project, put 3 images (2 captioned) into its dataset, load them in 编辑: what the
     project message, the steps, the hint and the editor status say. (Tests ask for serve_blocks
-    before page, so the page closes first: a server closed under an open page waits forever.)"""
+    before page, so the page closes before its server.)"""
     from PIL import Image
 
     from lora_forge.settings import Settings
@@ -415,7 +401,7 @@ def _walk(page, serve_blocks, tmp_path: Path, language: str) -> dict[str, str]:
     wait_gradio(page)
     _fill(page, "lora_forge_project_new", "猫猫")
     page.click("#lora_forge_project_create")
-    _wait_text(page, "#lora_forge_project_msg", str(root))
+    _wait_text(page, "#lora_forge_project_msg", str(root), timeout=60_000)
     [folder] = [p for p in root.iterdir() if p.is_dir()]
     out = {"created": _md(page, "lora_forge_project_msg"), "folder": str(folder)}
     for i in range(3):
