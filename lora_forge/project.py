@@ -369,13 +369,12 @@ def run_info(run_dir: Path) -> RunInfo | None:
     name, resumed_from = run_dir.name, None
     with contextlib.suppress(ForgeError, OSError):
         from lora_forge.train.config import read_config_file
+        from lora_forge.train.state import resumed_run
 
         config = read_config_file(run_dir / "config.toml")
         name = str(config.get("output_name") or name)
-        if config.get("resume"):  # a run folder, its state/ folder or the state.json in it
-            source = Path(str(config["resume"]))
-            source = source.parent if source.name == "state.json" else source
-            resumed_from = source.parent if source.name == "state" else source
+        if config.get("resume"):
+            resumed_from = resumed_run(str(config["resume"]))
     final = (run_dir / f"{name}.safetensors").is_file()
     resumable = (run_dir / "state" / "state.json").is_file()
     grids = sorted(p for p in run_dir.glob("*-grid-*.png") if not p.stem.endswith("-scores"))

@@ -56,6 +56,14 @@ def find_state(path: str | Path) -> Path:
     raise ForgeError("no saved training state here (expected a run folder with state/state.json)", path=p)
 
 
+def resumed_run(path: str | Path) -> Path:
+    """The run folder a `resume` setting names (the folder, its state/ folder or the state.json
+    in it), by the names alone: the run it came from may have been moved or deleted since."""
+    p = Path(path)
+    p = p.parent if p.name == "state.json" else p
+    return p.parent if p.name == STATE_DIR else p
+
+
 def load_position(folder: Path) -> Position:
     data = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return Position(**data)
