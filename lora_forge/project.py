@@ -53,15 +53,6 @@ STEP_TABS = {
     "train": "train",
     "test": "grid",
 }
-STEP_LABELS = {
-    "images": "Images",
-    "crop": "Crop",
-    "tag": "Tag",
-    "edit": "Edit",
-    "train": "Train",
-    "test": "Test",
-}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def clean_name(name: str) -> str:
@@ -91,13 +82,6 @@ def lora_name(name: str) -> str:
     value list would break on it; 'lora' if nothing is left."""
     text = re.sub(r"[^\w.\-]+", "_", name).strip("._")[:MAX_LORA_NAME].strip("._")
     return "lora" if not text or text.casefold() in WINDOWS_RESERVED else text
-
-
-@dataclass
-class StepState:
-    key: str
-    state: str  # "done", "attention" or "todo"
-    note: str = ""
 
 
 @dataclass
@@ -379,109 +363,3 @@ def run_info(run_dir: Path) -> RunInfo | None:
     resumable = (run_dir / "state" / "state.json").is_file()
     grids = sorted(p for p in run_dir.glob("*-grid-*.png") if not p.stem.endswith("-scores"))
     return RunInfo(run_dir, name, final, resumable, grids, resumed_from)
-
-
-def interrupted_runs(project: Project, active: set[str] = frozenset()) -> list[RunInfo]:
-    """Runs with no final file that are not training now: stopped by a restart or a crash.
-
-    `active` holds the folders training in this process and the folders they resume. A run that a
-    later run continued is left out once that one got further (finished, or saved a state of its
-    own), so a finished resume no longer offers to resume the run it came from."""
-    infos = [info for info in (run_info(run) for run in project.runs) if info is not None]
-    continued = {
-        os.path.realpath(info.resumed_from) for info in infos if info.resumed_from and (info.final or info.resumable)
-    }
-    return [
-        info
-        for info in infos
-        if not info.final and str(info.folder) not in active and os.path.realpath(info.folder) not in continued
-    ]
-
-
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and ".lora_forge" not in p.parts)
-
-
-def step_states(project: Project, active: set[str] = frozenset()) -> list[StepState]:
-    """Each step's state, from what is on disk (so it is right after a restart or a manual copy)."""
-    from lora_forge.dataset.captions import STATE_DIR
-    from lora_forge.dataset.manifest import MANIFEST_NAME
-
-    data = project.dataset_dir
-    images = _images(data)
-    has_manifest = (data / MANIFEST_NAME).is_file()
-    states: dict[str, StepState] = {}
-    states["images"] = (
-        StepState("images", "done", f"{len(images)} images")
-        if images or has_manifest
-        else StepState("images", "todo", "drop images or a zip in 素材/裁剪, or copy them into the dataset folder")
-    )
-    if not images:
-        states["crop"] = StepState("crop", "todo", "")
-    elif has_manifest:
-        missing = _missing_outputs(data)
-        states["crop"] = (
-            StepState("crop", "attention", f"{missing} prepared images are missing; prepare again")
-            if missing
-            else StepState("crop", "done", f"{len(images)} prepared images")
-        )
-    else:
-        states["crop"] = StepState("crop", "done", "your own images (not cropped here)")
-    captioned = [p for p in images if p.with_suffix(".txt").is_file()]
-    if not images:
-        states["tag"] = StepState("tag", "todo", "")
-    elif len(captioned) == len(images):
-        states["tag"] = StepState("tag", "done", f"all {len(images)} images have captions")
-    elif captioned:
-        missing_n = len(images) - len(captioned)
-        states["tag"] = StepState("tag", "attention", f"{missing_n} of {len(images)} images have no caption")
-    else:
-        states["tag"] = StepState("tag", "todo", "no captions yet")
-    history = data / STATE_DIR / "history"
-    edited = history.is_dir() and any(history.iterdir())
-    states["edit"] = StepState("edit", "done" if edited else "todo", "optional")
-    runs = [r for r in (run_info(p) for p in project.runs) if r is not None]
-    finished = [r for r in runs if r.final]
-    stopped = [r for r in runs if not r.final and str(r.folder) not in active]
-    if any(str(r.folder) in active for r in runs):
-        states["train"] = StepState("train", "attention", "training now")
-    elif finished:
-        states["train"] = StepState("train", "done", f"{len(finished)} finished run(s)")
-    elif stopped:
-        states["train"] = StepState("train", "attention", f"run {stopped[-1].name} did not finish")
-    else:
-        states["train"] = StepState("train", "todo", "")
-    grids = [g for r in runs for g in r.grids] + _images(project.grids_dir)
-    states["test"] = StepState("test", "done", f"{len(grids)} grid(s)") if grids else StepState("test", "todo", "")
-    return [states[k] for k in STEPS]
-
-
-def _missing_outputs(folder: Path) -> int:
-    from lora_forge.dataset.manifest import Manifest
-
-    try:
-        return sum(1 for _, out in Manifest.load(folder).images() if not (folder / out.file).is_file())
-    except (ForgeError, OSError, ValueError):
-        return 0
-
-
-NEXT_HINTS = {
-    "images": "Next: bring your images in (素材/裁剪): drop 20–50 pictures of the subject or a zip.",
-    "crop": "Next: prepare (crop) the images in 素材/裁剪.",
-    "tag": "Next: caption the images in 打标 (or copy your own .txt captions beside them).",
-    "train": "Next: train in 训练 (编辑 first if you want to clean up tags).",
-    "test": "Next: compare the epochs at several strengths in 测试.",
-}
-
-
-def next_hint(states: list[StepState]) -> str:
-    """One sentence: what needs attention first, else the first step not done (编辑 is optional)."""
-    for s in states:
-        if s.state == "attention":
-            return f"Needs attention — {STEP_LABELS[s.key]}: {s.note}"
-    for s in states:
-        if s.state != "done" and s.key != "edit":
-            return NEXT_HINTS[s.key]
-    return "All steps done. 优化 below suggests what to change if the recommended LoRA is not right yet."

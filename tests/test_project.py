@@ -1,20 +1,14 @@
-"""炼丹 projects: names, manifest versions, two tabs, vanished folders, steps from disk, interrupted runs."""
+"""炼丹 projects: names, manifest versions, two tabs, vanished folders, and what the bar shows on the real Blocks
+(the bar's rules themselves: tests/test_app_steps.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from lora_forge import project as pj
 from lora_forge.errors import ForgeError
-
-
-def _image(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (64, 64), (200, 100, 50)).save(path)
 
 
 def test_chinese_and_long_names_get_short_ascii_folders(tmp_path):
@@ -102,70 +96,6 @@ def test_newer_project_opens_read_only(tmp_path):
         opened.save({"name": "changed"})
     opened.set_step("train")  # silently not saved
     assert (p.folder / pj.MANIFEST).read_bytes() == before
-
-
-def _run(folder: Path, name: str, final: bool, state: bool) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "config.toml").write_text(f'output_name = "{name}"\n', encoding="utf-8")
-    if final:
-        (folder / f"{name}.safetensors").write_bytes(b"x")
-    if state:
-        (folder / "state").mkdir()
-        (folder / "state" / "state.json").write_text("{}", encoding="utf-8")
-    return folder
-
-
-def test_steps_follow_what_is_on_disk(tmp_path):
-    p = pj.create(tmp_path / "projects", "steps")
-    states = {s.key: s.state for s in pj.step_states(p)}
-    assert set(states.values()) == {"todo"}
-    assert "bring your images in" in pj.next_hint(pj.step_states(p))
-
-    for i in range(3):  # a user who brings their own images and captions
-        _image(p.dataset_dir / f"{i}.png")
-    (p.dataset_dir / "0.png").with_suffix(".txt").write_text("a, b", encoding="utf-8")
-    s = {x.key: x for x in pj.step_states(p)}
-    assert s["images"].state == "done" and s["crop"].state == "done"
-    assert s["tag"].state == "attention" and "2 of 3" in s["tag"].note
-    assert "Needs attention" in pj.next_hint(list(s.values()))
-    for i in (1, 2):
-        (p.dataset_dir / f"{i}.txt").write_text("a", encoding="utf-8")
-    s = {x.key: x for x in pj.step_states(p)}
-    assert s["tag"].state == "done" and s["train"].state == "todo"
-    assert "训练" in pj.next_hint(list(s.values()))
-
-    lora = tmp_path / "Lora"
-    cut = _run(lora / "mine", "mine", final=False, state=True)
-    p.add_run(cut)
-    s = {x.key: x for x in pj.step_states(p)}
-    assert s["train"].state == "attention" and "did not finish" in s["train"].note
-    assert [r.name for r in pj.interrupted_runs(p)] == ["mine"] and pj.interrupted_runs(p)[0].resumable
-    assert pj.interrupted_runs(p, active={str(cut)}) == []  # still training in this process
-
-    done = _run(lora / "mine-2", "mine-2", final=True, state=True)
-    p.add_run(done)
-    (done / "mine-2-grid-20260101-000000.png").write_bytes(b"png")
-    s = {x.key: x for x in pj.step_states(p)}
-    assert s["train"].state == "done" and s["test"].state == "done"
-    assert "All steps done" in pj.next_hint(list(s.values()))
-
-
-def test_a_resumed_run_is_offered_again_only_until_its_continuation_gets_further(tmp_path):
-    p = pj.create(tmp_path / "projects", "resume")
-    lora = tmp_path / "Lora"
-    cut = _run(lora / "mine", "mine", final=False, state=True)
-    p.add_run(cut)
-    assert [r.folder for r in pj.interrupted_runs(p)] == [cut]
-    # the continuation was killed before it saved anything: the first run is still the one to resume
-    cont = lora / "mine-2"
-    cont.mkdir()
-    (cont / "config.toml").write_text(f'output_name = "mine-2"\nresume = "{cut / "state"}"\n', encoding="utf-8")
-    p.add_run(cont)
-    assert [r.folder for r in pj.interrupted_runs(p) if r.resumable] == [cut]
-    assert pj.interrupted_runs(p, active={str(cut)}) == [pj.run_info(cont)]  # being resumed right now
-    (cont / "mine-2.safetensors").write_bytes(b"x")  # it finished: nothing is left to resume
-    assert pj.interrupted_runs(p) == []
-    assert {s.key: s.state for s in pj.step_states(p)}["train"] == "done"
 
 
 def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):

@@ -37,6 +37,7 @@ CLI_ONLY = re.compile(r"(^|/)(cli|selftest|selftest_stage|standalone_selftest|ed
 DISPLAY_MODULES = [
     "ui/*.py",
     "project.py",
+    "app/*.py",
     "optimise.py",
     "dataset/editor_view.py",
     "host/train_jobs.py",
@@ -327,6 +328,7 @@ def test_step_notes_hints_and_advice_read_in_chinese(tmp_path):
     from PIL import Image
 
     from lora_forge import optimise, project
+    from lora_forge.app import steps
     from lora_forge.ui.projects import steps_html
 
     tr = i18n.translator("zh_CN")
@@ -335,8 +337,8 @@ def test_step_notes_hints_and_advice_read_in_chinese(tmp_path):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(p.dataset_dir / f"{i}.png")
     for i in range(2):
         (p.dataset_dir / f"{i}.txt").write_text("cat", encoding="utf-8")
-    states = project.step_states(p)
-    hint = tr.text(project.next_hint(states))
+    states = steps.step_states(p)
+    hint = tr.text(steps.next_hint(states))
     assert hint == "需要处理 — 标签：3 张图片中有 1 张没有标注"
     chips = tr.html(steps_html(states))
     assert "3 张图片" in chips and "需要处理" in chips and english_left(re.sub(r"<[^>]*>", " ", chips)) == []

@@ -15,11 +15,12 @@ from typing import Any
 
 from lora_forge import i18n
 from lora_forge import project as projects
+from lora_forge.app import steps
 from lora_forge.errors import ForgeError
 from lora_forge.ui.context import UiContext
 
-STATE_LABELS = {"done": "done", "attention": "needs attention", "todo": "not started"}
-STATE_ICONS = {"done": "✔", "attention": "!", "todo": "○"}
+STATE_LABELS = {"done": "done", "running": "running", "attention": "needs attention", "todo": "not started"}
+STATE_ICONS = {"done": "✔", "running": "▶", "attention": "!", "todo": "○"}
 # which tab shows which step, and the step a tab stands for when the user opens it
 TAB_STEP = {
     "prepare": "images",
@@ -48,13 +49,13 @@ RECORD_WAIT_S = 30.0  # how long after Start the bar looks for the new run to re
 FOLLOW_S = 3.0  # how often the steps are refreshed while that run trains
 
 
-def steps_html(states: list[projects.StepState] | None) -> str:
+def steps_html(states: list[steps.StepState] | None) -> str:
     """The path as a row of chips; each says its state in words too (not by colour alone)."""
     if not states:
         return '<div class="lf-steps lf-steps-empty">Open or create a project to see its steps.</div>'
     chips = []
     for i, s in enumerate(states, 1):
-        label = projects.STEP_LABELS[s.key]
+        label = steps.STEP_LABELS[s.key]
         chips.append(
             f'<div class="lf-step lf-step-{s.state}" id="lora_forge_step_{s.key}" title="{html.escape(s.note)}">'
             f'<span class="lf-step-icon">{STATE_ICONS[s.state]}</span><span class="lf-step-num">{i}</span>'
@@ -243,21 +244,16 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
     def status(project: projects.Project) -> list[Any]:
         """[state, steps, hint, resume_row, resume_md] for `project` as it is on disk now."""
         sync_runs(project)
-        active = _active_runs()
-        states = projects.step_states(project, active)
-        hint = projects.next_hint(states)
-        if project.read_only:
-            hint = f"⚠ {project.read_only}\n\n{hint}"
-        stopped = [r for r in projects.interrupted_runs(project, active) if r.resumable]
-        if stopped:
+        bar_state = steps.bar_state(project, _active_runs())
+        if bar_state.resume is not None:
             text = (
-                f"Run **{stopped[-1].name}** stopped before it finished (a restart or a crash). "
+                f"Run **{bar_state.resume.name}** stopped before it finished (a restart or a crash). "
                 "Its saved state can continue it."
             )
             resume = [gr.update(visible=True), text]
         else:
             resume = [gr.update(visible=False), ""]
-        return [to_state(project), steps_html(states), hint, *resume]
+        return [to_state(project), steps_html(bar_state.steps), bar_state.hint, *resume]
 
     status_outputs = [state, bar["steps"], bar["hint"], bar["resume_row"], bar["resume_md"]]
 
@@ -434,14 +430,14 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
 
         try:
             project = from_state(value)
-            stopped = [r for r in projects.interrupted_runs(project, _active_runs()) if r.resumable]
-            if not stopped:
+            stopped = steps.bar_state(project, _active_runs()).resume
+            if stopped is None:
                 raise ForgeError("no interrupted run with a saved state in this project")
-            run = RUNS.start(ctx.host(), str(project.dataset_dir), resume=str(stopped[-1].folder))
+            run = RUNS.start(ctx.host(), str(project.dataset_dir), resume=str(stopped.folder))
             project.add_run(run.run_dir)
         except ForgeError as e:
             return [gr.update()] * 5 + [f"**Error:** {e}", gr.update()]
-        msg = f"Resuming run {stopped[-1].name} as {run.name}; its progress is in 训练."
+        msg = f"Resuming run {stopped.name} as {run.name}; its progress is in 训练."
         return [*status(project), msg, gr.update(selected="train")]
 
     watch_js = (
