@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lora_forge.lora.network import LoraNetwork
 
 NETWORK_MODULE = "networks.lora"  # kohya's module name; the WebUI shows it, tools branch on it
-MODELSPEC_VERSION = "1.0.0"
+MODELSPEC_VERSION = "1.0.1"  # the spec version kohya writes; 1.0.1 added implementation_version
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
 ARCHITECTURE = {
     "sd1": "stable-diffusion-v1",
@@ -76,14 +76,17 @@ def meta_value(value: Any) -> str:
 def minimal_metadata(network: LoraNetwork) -> dict[str, str]:
     """The keys kohya writes even with `--no_metadata`; the WebUI sorts LoRAs by family with them."""
     key = _version_key(network.family)
-    return {
+    meta = {
         "ss_v2": str(_base(network.family) == "sd2"),
         "ss_base_model_version": BASE_MODEL_VERSION[key],
         "ss_network_module": NETWORK_MODULE,
         "ss_network_dim": str(network.rank),
         "ss_network_alpha": str(float(network.alpha)),
-        "ss_network_args": json.dumps(network.network_args()),
     }
+    args = network.network_args()
+    if args:  # kohya writes the key only when network_args were given
+        meta["ss_network_args"] = json.dumps(args)
+    return meta
 
 
 def lora_metadata(
@@ -134,6 +137,7 @@ def lora_metadata(
     meta.update(
         {
             "modelspec.sai_model_spec": MODELSPEC_VERSION,
+            "modelspec.implementation_version": implementation_version(),
             "modelspec.architecture": f"{ARCHITECTURE[key]}/lora",
             "modelspec.implementation": IMPLEMENTATION[_base(network.family)],
             "modelspec.title": title or output_name,
@@ -151,6 +155,13 @@ def lora_metadata(
     if cover_images:
         meta["ssmd_cover_images"] = json.dumps([_cover_b64(img) for img in cover_images])
     return meta
+
+
+def implementation_version() -> str:
+    """Which trainer wrote the file, as kohya writes "sd-scripts/<commit>"."""
+    from lora_forge import __version__
+
+    return f"lora-forge/{__version__}"
 
 
 def _cover_b64(image: Any) -> str:

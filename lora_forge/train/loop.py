@@ -240,6 +240,7 @@ class _Loop:
         self.offloaded: list[Any] = []
         self.on_saved: Callable[[Path, Any], str] | None = None
         self.save_checks: list[str] = []
+        self.optimizer: Any = None
         first_tags = [c.split(",")[0].strip() for c in (it.caption for it in dataset.items) if c]
         self.prompts = outputs.default_prompts(config, first_tags)
 
@@ -276,7 +277,7 @@ class _Loop:
         smoother, clock = outputs.Smoother(plan.steps_per_epoch), outputs.Clock()
         losses: list[float] = []
         stopped, start, first_step = "", time.perf_counter(), pos.step
-        self.started_at = pos.started_at
+        self.started_at, self.optimizer = pos.started_at, optimizer
         accum = c.gradient_accumulation_steps
         try:
             for epoch in range(pos.epoch, plan.epochs):
@@ -387,53 +388,18 @@ class _Loop:
 
     def _save(self, path: Path, step: int, epoch: int) -> Path:
         from lora_forge.lora.fileformat import lora_metadata, save_dtype, save_lora
+        from lora_forge.train.kohya_meta import file_fields
 
         c = self.config
         net = self.session.network
-        sd_model = self.session.sd_model
-        info = getattr(sd_model, "sd_checkpoint_info", None)
         dtype = save_dtype("fp32" if c.save_precision == "float" else c.save_precision)
-        training = {
-            "num_train_images": len(self.dataset.items),
-            "num_epochs": self.plan.epochs,
-            "steps": step,
-            "epoch": epoch,
-            "max_train_steps": self.plan.total_steps,
-            "learning_rate": c.learning_rate,
-            "unet_lr": c.unet_learning_rate,
-            "text_encoder_lr": c.te_learning_rate if c.train_text_encoder else 0.0,
-            "optimizer": c.optimizer_type,
-            "lr_scheduler": c.lr_scheduler,
-            "batch_size_per_device": c.train_batch_size,
-            "gradient_accumulation_steps": c.gradient_accumulation_steps,
-            "max_grad_norm": c.max_grad_norm,
-            "mixed_precision": c.mixed_precision,
-            "noise_offset": c.noise_offset,
-            "min_snr_gamma": c.min_snr_gamma,
-            "seed": c.seed,
-            "shuffle_caption": c.shuffle_caption,
-            "keep_tokens": c.keep_tokens,
-            "flip_aug": c.flip_aug,
-            "enable_bucket": c.enable_bucket,
-            "training_comment": c.training_comment,
-            "network_train_unet_only": not c.train_text_encoder,
-        }
-        dirs = {f: {"n_repeats": r or 0, "img_count": n} for f, n, r in self.dataset.folders}
+        info = getattr(self.session.sd_model, "sd_checkpoint_info", None)
+        fields = file_fields(c, self.dataset, self.plan, step=step, epoch=epoch, optimizer=self.optimizer,
+                             checkpoint=info, config_hash=_config_hash(c))  # fmt: skip
         meta = lora_metadata(
             net,
             output_name=c.output_name,
-            training=training,
-            tag_frequency=self.dataset.tag_frequency(),
-            dataset_dirs=dirs,
-            bucket_info={
-                "buckets": {
-                    str(i): {"resolution": list(b), "count": n}
-                    for i, (b, n) in enumerate(self.dataset.bucket_counts().items())
-                }
-            },
-            sd_model_name=getattr(info, "model_name", None),
-            sd_model_hash=getattr(info, "hash", None),
-            new_sd_model_hash=getattr(info, "sha256", None),
+            **fields,
             resolution=c.resolution_wh,
             clip_skip=c.clip_skip,
             trigger_phrase=c.trigger_word or None,
