@@ -17,6 +17,7 @@ from typing import Any
 from lora_forge.errors import ForgeError
 from lora_forge.host.clip_files import resolve_clip_folder
 from lora_forge.model.family import FAMILY_LABELS, SDXL_FAMILIES, checkpoint_family, sd2_is_v_prediction
+from lora_forge.model.yaml_policy import check_model_config, read_yaml_tree
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_CONFIGS = {"sd1": "sd1.yaml", "sd2": "sd2.yaml", "sd2-v": "sd2-v.yaml"}
@@ -125,10 +126,14 @@ def choose_config(ckpt: Path, state_dict: Mapping[str, Any], explicit: Path | No
 
 
 def load_config(path: Path) -> Any:
+    """The yaml as an OmegaConf tree, after every class it names passed the allow-list
+    (model/yaml_policy.py): a yaml beside a checkpoint is data and must never run code."""
     from omegaconf import OmegaConf
 
+    tree = read_yaml_tree(path)
+    check_model_config(tree, path)
     try:
-        config = OmegaConf.load(str(path))
+        config = OmegaConf.create(tree)
         config.model.params.unet_config.params.use_checkpoint = False  # as the WebUI's repair_config
     except Exception as e:  # yaml/omegaconf raise many types for a broken file
         raise ForgeError(f"not a usable model config ({e.__class__.__name__}: {e})", path=path) from e
@@ -238,6 +243,9 @@ def instantiate(config: Any, clip_folder: Path | None = None, on_meta: bool = Tr
     import io
     import warnings
 
+    from omegaconf import OmegaConf
+
+    check_model_config(OmegaConf.to_container(config, resolve=False))  # also for configs built in code
     with warnings.catch_warnings():
         # lightning_fabric imports pkg_resources, which warns about itself with newer setuptools
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

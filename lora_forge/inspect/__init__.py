@@ -43,6 +43,12 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
         report.kind, report.error = "error", f"could not be classified (inspector bug: {type(e).__name__}: {e})"
         return report
     report.notes.extend(notes)
+    dangers = report.details.get("yaml_dangerous")
+    if dangers:
+        report.error = (
+            f"DANGEROUS config beside it: {report.details.get('yaml')} names code that is not a model class "
+            f"({'; '.join(dangers[:3])}); loading this checkpoint with it would run that code. Delete the yaml"
+        )
     if display_path(path) != os.fsdecode(path):
         # The content is fine, but the WebUI's file lists and JSON cannot carry such a name: an error
         # (exit code 2) that still says what the file is, so the user knows what they are renaming.

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lora_forge.errors import ForgeError
 from lora_forge.inspect.readers import InertObject, TensorTable, is_tensor
 from lora_forge.model.family import FAMILY_LABELS, base_family, checkpoint_family
+from lora_forge.model.yaml_policy import dangerous_entries, read_yaml_tree
 
 Result = tuple[str, dict[str, Any], list[str]]
 
@@ -51,6 +53,19 @@ def _yaml_parameterization(path: Path) -> tuple[str, str]:
         m = re.search(r"^\s*parameterization:\s*[\"']?(\w+)", text, re.MULTILINE)
         return ("v" if m and m[1] == "v" else "eps"), candidate.name
     return "", ""
+
+
+def _yaml_warnings(yaml_path: Path, details: dict[str, Any]) -> list[str]:
+    """Check the yaml the WebUI would load with this checkpoint against the model-class allow-list:
+    its `target`s are imported and called when the checkpoint is loaded, so a foreign one runs code.
+    Dangerous entries go to `details["yaml_dangerous"]` (the report turns them into its error)."""
+    try:
+        dangers = dangerous_entries(read_yaml_tree(yaml_path))
+    except ForgeError as e:
+        return [f"the config beside it could not be checked: {str(e).removeprefix(f'{yaml_path}: ')}"]
+    if dangers:
+        details["yaml_dangerous"] = dangers
+    return []
 
 
 def checkpoint(table: TensorTable, path: Path, extras: dict[str, Any]) -> Result | None:
@@ -98,6 +113,7 @@ def checkpoint(table: TensorTable, path: Path, extras: dict[str, Any]) -> Result
     }
     if yaml_name:
         details["yaml"] = yaml_name
+        notes.extend(_yaml_warnings(path.with_name(yaml_name), details))
     for key in ("global_step", "epoch"):
         if isinstance(extras.get(key), int):
             details[key] = extras[key]
