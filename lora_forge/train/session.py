@@ -117,7 +117,6 @@ class Session:
 
 def open_session(sd_model: Any, config: TrainConfig) -> Session:
     """Freeze the base, inject a fresh (or continued) LoRA, patch attention and checkpointing."""
-    from lora_forge.lora.network import LoraNetwork
     from lora_forge.model.unet import frozen, sdp_attention, training_unet, unet_of
     from lora_forge.train import fastlora
 
@@ -125,18 +124,7 @@ def open_session(sd_model: Any, config: TrainConfig) -> Session:
     try:
         unet = unet_of(sd_model)
         stack.enter_context(frozen(sd_model))
-        network = LoraNetwork.create(
-            sd_model,
-            rank=config.network_dim,
-            alpha=config.network_alpha,
-            conv_rank=config.conv_dim,
-            conv_alpha=config.conv_alpha,
-            train_unet=True,
-            train_text_encoder=config.train_text_encoder,
-            dropout=config.network_dropout,
-            rank_dropout=config.rank_dropout,
-            module_dropout=config.module_dropout,
-        )
+        network = _seeded_network(sd_model, config)
         if config.network_weights:
             from lora_forge.lora.fileformat import load_lora
 
@@ -158,3 +146,29 @@ def open_session(sd_model: Any, config: TrainConfig) -> Session:
         stack.close()
         raise
     return Session(sd_model, network, unet, groups, fast, stack)
+
+
+def _seeded_network(sd_model: Any, config: TrainConfig) -> Any:
+    """A fresh LoRA whose initial weights come from `config.seed` alone: same seed, same file.
+
+    The modules are built on the CPU (then moved), so only the CPU generator is drawn from; it is
+    forked, so the host's own global random state (the WebUI's next image) is left as it was.
+    """
+    import torch
+
+    from lora_forge.lora.network import LoraNetwork
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return LoraNetwork.create(
+            sd_model,
+            rank=config.network_dim,
+            alpha=config.network_alpha,
+            conv_rank=config.conv_dim,
+            conv_alpha=config.conv_alpha,
+            train_unet=True,
+            train_text_encoder=config.train_text_encoder,
+            dropout=config.network_dropout,
+            rank_dropout=config.rank_dropout,
+            module_dropout=config.module_dropout,
+        )
