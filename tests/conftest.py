@@ -84,3 +84,15 @@ def wd14_model(tmp_path_factory: pytest.TempPathFactory):
     from lora_forge.tagger.testing import build_test_model
 
     return ModelFiles("test-wd14", build_test_model(tmp_path_factory.mktemp("wd14") / "model", size=48))
+
+
+# Tiny real SDXL (lora_forge/host/tiny_sdxl.py, sgm classes via lora_forge.host.sgm_compat): built once per session.
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_files(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny SDXL-base-layout checkpoint + yaml + CLIP-L tokenizer folder + the bigG arch json (seed 0).
+    Treat as read-only: copy it before writing beside it."""
+    from lora_forge.host.tiny_sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"), seed=0)

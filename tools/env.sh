@@ -14,7 +14,10 @@ if [[ ! -f $VENV/.complete ]]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements-test.txt" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   # The `ldm` package the WebUI loads; its 2022 pins would downgrade the stack, so no deps.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps stable-diffusion-sdkit==2.1.5 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" -c "import ldm.models.diffusion.ddpm, gradio, onnxruntime, cv2, playwright" >&2
+  # `sgm` (SDXL's classes) is not on PyPI; imaginAIry ships a fork that lora_forge/host/sgm_compat.py
+  # maps onto the WebUI's pinned sgm. Its own pins (and a 1 GB dependency tree) are not wanted.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps imaginAIry==15.0.0 torchdiffeq==0.2.5 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$VENV/bin/python" -c "import ldm.models.diffusion.ddpm, imaginairy.modules.sgm.diffusion, gradio, onnxruntime, cv2, playwright" >&2
   touch "$VENV/.complete"
 fi
 # Browser tests drive Debian's Chromium (Playwright never downloads its own browser here).

@@ -134,10 +134,21 @@ def load_config(path: Path) -> Any:
     check_model_config(tree, path)
     try:
         config = OmegaConf.create(tree)
-        config.model.params.unet_config.params.use_checkpoint = False  # as the WebUI's repair_config
+        params = config.model.params
+        unet = params.unet_config if "unet_config" in params else params.network_config  # ldm / sgm
+        unet.params.use_checkpoint = False  # as the WebUI's repair_config
+        ddconfig = params.first_stage_config.params.get("ddconfig", {})
+        if ddconfig.get("attn_type") == "vanilla-xformers" and not _xformers_available():
+            ddconfig.attn_type = "vanilla"  # so does repair_config: that block needs xformers
     except Exception as e:  # yaml/omegaconf raise many types for a broken file
         raise ForgeError(f"not a usable model config ({e.__class__.__name__}: {e})", path=path) from e
     return config
+
+
+def _xformers_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xformers") is not None
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ SGM_TARGETS = (
     "sgm.modules.diffusionmodules.denoiser_scaling.VScaling",
     "sgm.modules.diffusionmodules.denoiser_weighting.EpsWeighting",
     "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization",
+    "sgm.modules.GeneralConditioner",  # what sd_xl_base.yaml names (sgm re-exports it)
     "sgm.modules.encoders.modules.GeneralConditioner",
     "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
     "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
