@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,28 +88,54 @@ def test_unknown_and_mistyped_keys_are_errors():
         TrainConfig.from_dict({"network_dim": "four"})
 
 
-def test_toml_round_trip_with_both_readers():
-    config = preset_config("anime", {"trigger_word": '雪 "quoted" #tag', "sample_prompts": ["a, b", "c"]})
-    text = config.to_toml()
-    assert TrainConfig.from_dict(parse_toml(text)) == config
-    assert TrainConfig.from_dict(cfgmod._parse_toml_subset(text)) == config  # the Python 3.10 path
+@pytest.fixture(params=["tomllib", "tomli"])
+def toml_reader(request, monkeypatch):
+    """Both readers parse_toml can use: Python 3.11's tomllib, and tomli as on the WebUI's 3.10."""
+    if request.param == "tomli":
+        monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails, as on 3.10
+    return request.param
 
 
-def test_subset_reader_matches_tomllib_on_a_lora_scripts_style_file():
+def test_toml_round_trip_keeps_every_value(toml_reader):
+    tricky = 'C:\\Users\\张三\\lora "q" #tag \t tab\nnew line \x01 \x7f end'
+    config = preset_config("anime", {"trigger_word": tricky, "sample_prompts": ["a, b", 'c "d"', "e\\f"]})
+    config = config.replace(learning_rate=1e-5, lr_warmup_steps=0.05, training_comment="")
+    assert TrainConfig.from_dict(parse_toml(config.to_toml())) == config
+
+
+def test_toml_features_kohya_configs_use_read_on_every_python(toml_reader):
     text = """
-# lora-scripts style
+# kohya / lora-scripts style, with what a hand-written reader got wrong
 [model]
-pretrained_model_name_or_path = './sd-models/model.safetensors'
+pretrained_model_name_or_path = 'D:\\sd\\models\\model.safetensors'
 [training]
 max_train_epochs = 10  # comment
 resolution = "512,768"
-network_args = ["conv_dim=4", "conv_alpha=1"]
+network_args = [
+    "conv_dim=4",  # a comment inside a multi-line array
+    "conv_alpha=1",
+]
 learning_rate = 1e-4
 shuffle_caption = true
+optimizer.name = "AdamW"
+sample = { steps = 20, cfg = 7.0 }
+training_comment = \"\"\"
+two
+lines\"\"\"
 """
-    import tomllib
+    data = parse_toml(text)
+    assert data["model"]["pretrained_model_name_or_path"] == "D:\\sd\\models\\model.safetensors"
+    training = data["training"]
+    assert training["network_args"] == ["conv_dim=4", "conv_alpha=1"]
+    assert training["optimizer"] == {"name": "AdamW"} and training["sample"] == {"steps": 20, "cfg": 7.0}
+    assert training["training_comment"] == "two\nlines" and training["learning_rate"] == 1e-4
 
-    assert cfgmod._parse_toml_subset(text) == tomllib.loads(text)
+
+def test_a_broken_toml_file_is_a_clear_error(tmp_path, toml_reader):
+    path = tmp_path / "bad.toml"
+    path.write_text('max_train_epochs = 10\nresolution = "512\n', encoding="utf-8")
+    with pytest.raises(ForgeError, match="cannot read the config"):
+        cfgmod.read_config_file(path)
 
 
 def test_import_kohya_ss_json_maps_gui_names_and_lists_what_it_ignores(tmp_path):

@@ -245,7 +245,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    # A JSON string is a TOML basic string once DEL, which JSON leaves raw and TOML forbids, is escaped.
+    return json.dumps(str(v), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 # ---------------------------------------------------------------------- reading TOML / JSON files
@@ -277,82 +278,21 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_toml(text: str) -> dict[str, Any]:
-    """tomllib when the Python has it (3.11+); else a reader for the flat subset configs use.
+    """A TOML document read by a real TOML parser: `tomllib` (Python 3.11+), else `tomli`.
 
-    The WebUI's Python 3.10 has neither tomllib nor the `toml` package, and kohya / lora-scripts
-    configs only use `[tables]`, `key = value` with strings, numbers, booleans and one-line arrays.
+    The WebUI 1.10.1 runs on Python 3.10, which has no tomllib, and nothing it installs brings
+    tomli: install.py adds tomli there (and pyproject.toml lists it for 3.10), so every TOML
+    feature kohya / lora-scripts configs use (multi-line arrays, inline tables, literal strings,
+    dotted keys) reads the same on every Python. Errors are ValueError (TOMLDecodeError is one).
     """
     try:
         import tomllib
     except ImportError:
-        return _parse_toml_subset(text)
+        try:
+            import tomli as tomllib
+        except ImportError as e:
+            raise ForgeError(
+                "reading a TOML config on Python 3.10 needs the tomli package: python -m pip install tomli "
+                "(the WebUI's install step adds it on restart)"
+            ) from e
     return tomllib.loads(text)
-
-
-def _parse_toml_subset(text: str) -> dict[str, Any]:
-    root: dict[str, Any] = {}
-    table = root
-    for n, line in enumerate(text.splitlines(), 1):
-        line = _strip_comment(line).strip()
-        if not line:
-            continue
-        if line.startswith("["):
-            if not line.endswith("]") or line.startswith("[["):
-                raise ValueError(f"line {n}: unsupported table header {line!r}")
-            table = root
-            for part in line.strip("[]").split("."):
-                table = table.setdefault(part.strip().strip('"'), {})
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise ValueError(f"line {n}: expected key = value")
-        table[key.strip().strip('"')] = _toml_scalar(value.strip(), n)
-    return root
-
-
-def _strip_comment(line: str) -> str:
-    quote = ""
-    for i, c in enumerate(line):
-        if quote:
-            if c == quote and line[i - 1] != "\\":
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == "#":
-            return line[:i]
-    return line
-
-
-def _toml_scalar(value: str, n: int) -> Any:
-    if value.startswith("["):
-        inner = value[1:-1].strip().rstrip(",")
-        return [_toml_scalar(v.strip(), n) for v in _split_array(inner)] if inner else []
-    if value.startswith('"'):
-        return json.loads(value)
-    if value.startswith("'"):
-        return value[1:-1]
-    if value in ("true", "false"):
-        return value == "true"
-    try:
-        return int(value.replace("_", ""))
-    except ValueError:
-        pass
-    try:
-        return float(value.replace("_", ""))
-    except ValueError as e:
-        raise ValueError(f"line {n}: cannot read value {value!r}") from e
-
-
-def _split_array(inner: str) -> list[str]:
-    parts, quote, start = [], "", 0
-    for i, c in enumerate(inner):
-        if quote:
-            if c == quote and inner[i - 1] != "\\":
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == ",":
-            parts.append(inner[start:i])
-            start = i + 1
-    parts.append(inner[start:])
-    return [p for p in parts if p.strip()]
