@@ -143,7 +143,7 @@ def next_config(previous_run: Path, changes: dict[str, Any], configs_dir: Path) 
 
     source = Path(previous_run) / "config.toml"
     if not source.is_file():
-        raise ForgeError("the previous run's config.toml is gone; start the next run from 训练 by hand", path=source)
+        raise ForgeError("the previous run's config.toml is gone; start the next run from Train by hand", path=source)
     values = read_config_file(source)
     values.pop("resume", None)
     values.pop("network_weights", None)

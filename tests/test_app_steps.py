@@ -48,7 +48,7 @@ def test_steps_follow_what_is_on_disk(tmp_path):
         (p.dataset_dir / f"{i}.txt").write_text("a", encoding="utf-8")
     bar = steps.bar_state(p)
     assert bar.state("tag") == "done" and bar.state("train") == "todo" and bar.state("edit") == "todo"
-    assert "训练" in bar.hint
+    assert "in Train (Edit tags" in bar.hint
 
     lora = tmp_path / "Lora"
     cut = _run(lora / "mine", "mine", final=False, state=True)

@@ -27,14 +27,14 @@ STEP_LABELS = {
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 NEXT_HINTS = {
-    "images": "Next: bring your images in (素材/裁剪): drop 20–50 pictures of the subject or a zip.",
-    "crop": "Next: prepare (crop) the images in 素材/裁剪.",
-    "tag": "Next: caption the images in 打标 (or copy your own .txt captions beside them).",
-    "train": "Next: train in 训练 (编辑 first if you want to clean up tags).",
-    "test": "Next: compare the epochs at several strengths in 测试.",
+    "images": "Next: bring your images in (Images & crop): drop 20–50 pictures of the subject or a zip.",
+    "crop": "Next: prepare (crop) the images in Images & crop.",
+    "tag": "Next: caption the images in Tagging (or copy your own .txt captions beside them).",
+    "train": "Next: train in Train (Edit tags first if you want to clean up tags).",
+    "test": "Next: compare the epochs at several strengths in Test grid.",
 }
-RUNNING_HINT = "Training now: follow its progress in 训练."
-DONE_HINT = "All steps done. 优化 below suggests what to change if the recommended LoRA is not right yet."
+RUNNING_HINT = "Training now: follow its progress in Train."
+DONE_HINT = "All steps done. Optimise below suggests what to change if the recommended LoRA is not right yet."
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _images_and_crop(data: Path, images: list[Path]) -> tuple[StepState, StepSta
 
     has_manifest = (data / MANIFEST_NAME).is_file()
     if not images and not has_manifest:
-        note = "drop images or a zip in 素材/裁剪, or copy them into the dataset folder"
+        note = "drop images or a zip in Images & crop, or copy them into the dataset folder"
         return StepState("images", "todo", note), StepState("crop", "todo", "")
     got = StepState("images", "done", f"{len(images)} images")
     if not images:

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buckets", action="store_true", help="aspect-ratio buckets (no upscaling) instead of squares")
     p.add_argument("--min-side", type=int, default=256, help="smallest bucket side (with --buckets)")
     p.add_argument("--max-side", type=int, default=1024, help="largest bucket side (with --buckets)")
-    p.add_argument("--face-crops", action="store_true", help="脸部加强: an extra tighter crop per face (*__face.png)")
+    p.add_argument("--face-crops", action="store_true", help="face boost: an extra tighter crop per face (*__face.png)")
     p.add_argument("--format", choices=["jpg", "png", "webp"], default="jpg", help="output files (default jpg q95)")
     p.add_argument("--no-faces", action="store_true", help="do not detect faces; crop on the saliency focal point")
     p.add_argument("--no-download", action="store_true", help="never download the face model (place it by hand)")

@@ -17,7 +17,7 @@ from lora_forge.errors import ForgeError
 from lora_forge.ui.context import UiContext
 
 TITLE = "Optimise"
-EMPTY = "Render a grid with scores in 测试 first; the advice is based on what the grid measured."
+EMPTY = "Render a grid with scores in Test grid first; the advice is based on what the grid measured."
 
 
 def latest_scores(run_dirs: list[Path]) -> tuple[dict[str, Any], Path] | None:
@@ -125,7 +125,7 @@ def build(ctx: UiContext) -> None:
             values["text_encoder_lr"] = 0
         msg = (
             f"Saved the next run's config as `{path}` (the previous run is kept). "
-            "训练 is filled with it: press Start training."
+            "Train is filled with it: press Start training."
         )
         updates = [gr.update(value=values[k]) if k in values else gr.update() for k in fields]
         tab = gr.update(selected="train") if sections is not None else gr.update()

@@ -437,7 +437,7 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
             project.add_run(run.run_dir)
         except ForgeError as e:
             return [gr.update()] * 5 + [f"**Error:** {e}", gr.update()]
-        msg = f"Resuming run {stopped.name} as {run.name}; its progress is in 训练."
+        msg = f"Resuming run {stopped.name} as {run.name}; its progress is in Train."
         return [*status(project), msg, gr.update(selected="train")]
 
     watch_js = (
