@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_forge import fsio
+from lora_forge.dataset.lock import STATE_DIR, dataset_lock
 from lora_forge.errors import ForgeError
 
 log = logging.getLogger(__name__)
 
 CAPTION_EXT = ".txt"
-STATE_DIR = ".lora_forge"  # per-dataset folder for our own files; loaders must skip it
 HISTORY_DIR = "history"
 INDEX_NAME = "index.json"
 BACKUP_NAME = "before.zip"  # the previous bytes of every file of one save
@@ -152,6 +152,16 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
     except OSError as e:
         raise ForgeError(f"cannot read it before saving ({e.strerror}); nothing was saved", path=path) from e
+
+
+def _read_or_none(path: Path) -> bytes | object | None:
+    """The bytes, None when absent, or a sentinel equal to nothing when unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return object()
 
 
 def _write_index(entry: HistoryEntry) -> None:
@@ -279,13 +289,22 @@ def _commit(root: Path, new_data: dict[Path, bytes | None], reason: str) -> Hist
         if bad:
             raise ForgeError("a file read back differs from what was written; check the disk", path=bad[0])
     except (OSError, ForgeError) as e:
-        try:  # put the batch back as it was: all old, not half new
-            _write_many({p: old_data[p] for p in placed}, [])
+        # Put the batch back as it was, but only the files that still hold what we wrote: one that
+        # changed again meanwhile holds someone else's work, which a restore must never overwrite.
+        ours = [p for p in placed if _read_or_none(p) == new_data[p]]
+        try:
+            _write_many({p: old_data[p] for p in ours}, [])
         except OSError:
             log.exception("could not restore every caption; the old ones are in %s", entry.folder)
         entry.state = "failed"
         _write_index(entry)
         detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        others = len(placed) - len(ours)
+        if others:
+            raise ForgeError(
+                f"saving stopped ({detail}); the files written were restored, except {others} that another "
+                "program changed meanwhile, which were left as that program wrote them"
+            ) from e
         raise ForgeError(f"saving stopped ({detail}); the files written were restored, nothing changed") from e
     entry.state = "done"
     _write_index(entry)
@@ -321,6 +340,13 @@ def save_captions(
     paths = {Path(p): text for p, text in changes.items()}
     for p in paths:
         _relative(p, root)
+    with dataset_lock(root):  # the check below and the write are one step for every other writer
+        return _save_locked(root, paths, reason, expected)
+
+
+def _save_locked(
+    root: Path, paths: dict[Path, str | None], reason: str, expected: Mapping[Path, str | None] | None
+) -> HistoryEntry | None:
     if expected is not None:
         stale = [p for p, text in expected.items() if Path(p) in paths and _decode(_read_bytes(Path(p))) != text]
         if stale:
@@ -356,6 +382,11 @@ def rollback(dataset_root: str | os.PathLike[str], entry_id: str) -> HistoryEntr
     `entry_id`); the later entries still hold those later versions.
     """
     root = Path(dataset_root)
+    with dataset_lock(root):
+        return _rollback_locked(root, entry_id)
+
+
+def _rollback_locked(root: Path, entry_id: str) -> HistoryEntry | None:
     match = [e for e in list_history(root) if e.id == entry_id]
     if not match:
         raise ForgeError(f"no saved history entry {entry_id!r}; list them with `tags DIR --history`", path=root)
@@ -378,8 +409,9 @@ def rollback(dataset_root: str | os.PathLike[str], entry_id: str) -> HistoryEntr
 def prune_history(dataset_root: str | os.PathLike[str], keep: int) -> int:
     """Delete all but the newest `keep` entries; the user asks for this, we never do it on our own."""
     removed = 0
-    for entry in list_history(dataset_root)[keep:]:
-        assert entry.folder is not None
-        shutil.rmtree(entry.folder)
-        removed += 1
+    with dataset_lock(dataset_root):
+        for entry in list_history(dataset_root)[keep:]:
+            assert entry.folder is not None
+            shutil.rmtree(entry.folder)
+            removed += 1
     return removed

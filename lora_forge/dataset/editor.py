@@ -21,6 +21,7 @@ from pathlib import Path
 from lora_forge.dataset import captions
 from lora_forge.dataset.captions import STATE_DIR, join_tags, read_caption, split_tags
 from lora_forge.dataset.editor_ops import Op, Tags, trigger_first
+from lora_forge.dataset.lock import tidy
 from lora_forge.errors import ForgeError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".jfif", ".avif", ".tif", ".tiff"})
@@ -159,6 +160,7 @@ class Dataset:
         root = Path(root).expanduser()
         if not str(root).strip() or not root.exists():
             raise ForgeError("the dataset folder does not exist; check the path", path=root)
+        tidy(root)  # temp files of a save that was killed half-way
         images, texts = scan(root, recursive)
         images.sort(key=_natural_key)
         report = LoadReport()

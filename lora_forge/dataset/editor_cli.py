@@ -8,6 +8,7 @@ with a history entry that --rollback undoes). Without operations it lists the ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from lora_forge.dataset.captions import list_history, prune_history, rollback
 from lora_forge.dataset.editor import Dataset, load_translations, tag_table
 from lora_forge.dataset.editor_ops import POSITIONS, REGEX_SCOPES, SORT_KEYS, build_op
+from lora_forge.dataset.lock import dataset_lock
 from lora_forge.errors import ForgeError
 
 _UNESCAPED_EQ = re.compile(r"(?<!\\)=")
@@ -117,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
         _emit(args, {"rolled_back": args.rollback, "written": n, "history": hid}, [f"restored {n} caption file(s)"])
         return 0
 
+    writes = bool(getattr(args, "ops", None) or args.trigger) and not args.dry_run
+    # A writing command holds the dataset's lock from reading to saving: a second `tags` on the same
+    # folder waits, then edits what the first one saved, so both edits land.
+    with dataset_lock(args.dir) if writes else contextlib.nullcontext():
+        return _edit(args)
+
+
+def _edit(args: argparse.Namespace) -> int:
     ds = Dataset.load(args.dir)
     ds.trigger = args.trigger
     ids = ds.filter(args.where, args.any, args.without)
