@@ -81,6 +81,11 @@ class Host(ABC):
         """True when the user pressed the host's own Interrupt button (besides our Stop)."""
         return False
 
+    def zero_terminal_snr_sampling(self) -> bool:
+        """True when the host renders with a zero-terminal-SNR noise schedule (the WebUI's
+        Settings → Noise schedule); training's zero_terminal_snr = "auto" follows it."""
+        return False
+
     def report(self, event: Progress) -> None:
         """Mirror a progress event into the host's own progress display."""
 

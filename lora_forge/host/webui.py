@@ -284,6 +284,12 @@ class WebUIHost(Host):
 
         return bool(shared.state.interrupted)
 
+    def zero_terminal_snr_sampling(self) -> bool:
+        from modules import shared
+
+        # 1.8+ (`sd_models.apply_alpha_schedule_override`); older WebUIs have no such option
+        return getattr(shared.opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR"
+
     def report(self, event: Progress) -> None:
         from modules import shared
 

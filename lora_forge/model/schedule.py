@@ -13,8 +13,13 @@ from typing import Any
 
 @dataclass
 class NoiseSchedule:
-    alphas_cumprod: Any  # fp32 tensor [T] on the training device
+    alphas_cumprod: Any  # fp32 tensor [T] on the training device (rescaled when zero_terminal_snr)
     parameterization: str  # "eps" or "v"
+    # ᾱ the SNR loss weights read. kohya computes its `all_snr` before it rescales the betas for
+    # zero-terminal SNR, so its weights keep the original schedule (and stay finite at t = T-1,
+    # where the rescaled SNR is 0). None: the same as `alphas_cumprod`.
+    snr_alphas_cumprod: Any = None
+    zero_terminal_snr: bool = False
 
     @property
     def num_timesteps(self) -> int:
@@ -37,7 +42,8 @@ class NoiseSchedule:
         return noise
 
     def snr(self, t: Any) -> Any:
-        a = self.alphas_cumprod[t].float()
+        """Signal-to-noise ratio ᾱ/(1−ᾱ) at `t`, of the schedule the loss weights use."""
+        a = (self.alphas_cumprod if self.snr_alphas_cumprod is None else self.snr_alphas_cumprod)[t].float()
         return a / (1.0 - a)
 
     def min_snr_weight(self, t: Any, gamma: float) -> Any:
@@ -51,8 +57,30 @@ class NoiseSchedule:
         return clipped / (snr + 1.0) if self.parameterization == "v" else clipped / snr
 
 
-def schedule_from_model(sd_model: Any, device: Any) -> NoiseSchedule:
-    """Build the fp32 schedule; `alphas_cumprod_original` wins when the WebUI has set it."""
+def rescale_zero_terminal_snr(alphas_cumprod: Any) -> Any:
+    """ᾱ with zero terminal SNR (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed"), as kohya's `--zero_terminal_snr` rescales it: √ᾱ is shifted so its last
+    value is 0 and scaled so its first value is unchanged. kohya goes through the betas and back;
+    the cumulative product of those betas is this ᾱ, so we rescale ᾱ directly (in float64).
+    The last ᾱ is exactly 0: the final timestep is pure noise, as for a ZTSNR-trained model.
+    """
+    import torch
+
+    ac = torch.as_tensor(alphas_cumprod)
+    root = ac.detach().cpu().double().sqrt()  # on the CPU: MPS has no float64
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    return (root**2).to(device=ac.device, dtype=ac.dtype)
+
+
+def schedule_from_model(
+    sd_model: Any, device: Any, v: bool | None = None, zero_terminal_snr: bool = False
+) -> NoiseSchedule:
+    """Build the fp32 schedule; `alphas_cumprod_original` wins when the WebUI has set it.
+
+    `v` overrides the model's own parameterization (None: use it); `zero_terminal_snr` rescales
+    the training schedule while the SNR weights keep the original one, as kohya does.
+    """
     import torch
 
     ac = getattr(sd_model, "alphas_cumprod_original", None)
@@ -66,24 +94,9 @@ def schedule_from_model(sd_model: Any, device: Any) -> NoiseSchedule:
         betas = torch.linspace(start**0.5, end**0.5, ac.shape[0], dtype=torch.float64) ** 2
         ac = torch.cumprod(1.0 - betas, dim=0)
     ac = ac.to(device=device, dtype=torch.float32)
-    parameterization = getattr(sd_model, "parameterization", "eps")
-    return NoiseSchedule(alphas_cumprod=ac, parameterization="v" if parameterization == "v" else "eps")
-
-
-def sample_noise(latents: Any, generator: Any, noise_offset: float) -> Any:
-    """Gaussian noise like the latents, plus kohya's per-channel offset (helps very dark/bright images)."""
-    import torch
-
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-    if noise_offset:
-        b, c = latents.shape[:2]
-        offset = torch.randn((b, c, 1, 1), generator=generator, dtype=torch.float32).to(latents.device)
-        noise = noise + noise_offset * offset
-    return noise
-
-
-def sample_timesteps(batch: int, generator: Any, low: int, high: int, device: Any) -> Any:
-    """Uniform integer timesteps in [low, high), as kohya does."""
-    import torch
-
-    return torch.randint(low, high, (batch,), generator=generator).to(device)
+    if v is None:
+        v = getattr(sd_model, "parameterization", "eps") == "v"
+    parameterization = "v" if v else "eps"
+    if not zero_terminal_snr:
+        return NoiseSchedule(alphas_cumprod=ac, parameterization=parameterization)
+    return NoiseSchedule(rescale_zero_terminal_snr(ac), parameterization, snr_alphas_cumprod=ac, zero_terminal_snr=True)

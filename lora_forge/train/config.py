@@ -20,6 +20,8 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # kohya says "float", our file format "fp32"
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")
 
 
 @dataclass
@@ -79,6 +81,22 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     min_timestep: int = 0
     max_timestep: int = 1000
+    # prediction and more loss options (kohya's names; train/losses.py, model/prediction.py)
+    v_parameterization: str = "auto"  # auto: as the host renders the model; true / false
+    zero_terminal_snr: str = "auto"  # auto: the host's noise-schedule setting; true / false
+    scale_v_pred_loss_like_noise_pred: bool = False
+    v_pred_like_loss: float = 0.0
+    debiased_estimation_loss: bool = False
+    noise_offset_random_strength: bool = False
+    adaptive_noise_scale: float = 0.0
+    multires_noise_iterations: int = 0
+    multires_noise_discount: float = 0.3
+    ip_noise_gamma: float = 0.0
+    ip_noise_gamma_random_strength: bool = False
+    loss_type: str = "l2"
+    huber_schedule: str = "snr"
+    huber_c: float = 0.1
+    huber_scale: float = 1.0
     # outputs
     save_every_n_epochs: int = 1
     save_precision: str = "fp16"
@@ -155,6 +173,7 @@ class TrainConfig:
         _check(0 <= self.noise_offset < 1, "noise_offset", "must be in [0, 1) (0.05-0.1 is usual)")
         _check(self.min_snr_gamma >= 0, "min_snr_gamma", "must not be negative (0 turns it off, 5 is usual)")
         _check(0 <= self.min_timestep < self.max_timestep <= 1000, "min_timestep", "need 0 ≤ min < max ≤ 1000")
+        self._validate_loss_options()
         _check(self.save_every_n_epochs >= 0, "save_every_n_epochs", "must not be negative")
         _check(self.sample_every_n_steps >= 0, "sample_every_n_steps", "must not be negative (0: no samples)")
         _check(1 <= self.sample_steps <= 150, "sample_steps", "must be between 1 and 150")
@@ -166,6 +185,25 @@ class TrainConfig:
         if self.caption_dropout_rate or self.caption_tag_dropout_rate or self.shuffle_caption:
             _check(self.keep_tokens >= 0, "keep_tokens", "must not be negative")
         return self
+
+    def _validate_loss_options(self) -> None:
+        from lora_forge.model.prediction import TRISTATE
+
+        for key in ("v_parameterization", "zero_terminal_snr"):
+            _check(str(getattr(self, key)).lower() in TRISTATE, key, "must be auto, true or false")
+        v = str(self.v_parameterization).lower()
+        _check(not (self.scale_v_pred_loss_like_noise_pred and v == "false"), "scale_v_pred_loss_like_noise_pred",
+               "needs v-prediction (v_parameterization)")  # fmt: skip
+        _check(not (self.v_pred_like_loss and v == "true"), "v_pred_like_loss", "is for ε-prediction models")
+        _check(0 <= self.v_pred_like_loss <= 10, "v_pred_like_loss", "must be between 0 and 10 (0 turns it off)")
+        _check(not self.adaptive_noise_scale or self.noise_offset > 0, "adaptive_noise_scale", "needs noise_offset")
+        _check(self.multires_noise_iterations >= 0, "multires_noise_iterations", "must not be negative (6-10 is usual)")
+        _check(0 < self.multires_noise_discount <= 1, "multires_noise_discount", "must be in (0, 1] (0.3 is usual)")
+        _check(0 <= self.ip_noise_gamma < 1, "ip_noise_gamma", "must be in [0, 1) (0.1 is usual)")
+        _check(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
+        _check(self.huber_schedule in HUBER_SCHEDULES, "huber_schedule", f"must be one of {', '.join(HUBER_SCHEDULES)}")
+        _check(0 < self.huber_c <= 1, "huber_c", "must be in (0, 1] (0.1 is usual)")
+        _check(self.huber_scale > 0, "huber_scale", "must be positive (1 is usual)")
 
     # ------------------------------------------------------------------ TOML
     def to_dict(self) -> dict[str, Any]:

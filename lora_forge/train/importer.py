@@ -40,7 +40,6 @@ _PATH_KEYS = {
     "log_with",
     "log_prefix",
     "v2",
-    "v_parameterization",
     "full_fp16",
     "full_bf16",
     "no_half_vae",
@@ -49,7 +48,7 @@ _PATH_KEYS = {
 
 def import_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     """Our keys from a foreign config file, and one warning per key we could not use."""
-    raw = read_config_file(path)
+    raw = _noise_offset_type(read_config_file(path))
     ours = {f.name for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     warnings: list[str] = []
@@ -62,6 +61,10 @@ def import_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             continue
         if key == "network_args":
             _network_args(value, out, warnings)
+            continue
+        if key in ("v_parameterization", "zero_terminal_snr"):
+            if str(value).lower() in ("true", "1"):  # kohya_ss writes false everywhere: that stays "auto"
+                out[key] = "true"
             continue
         if key == "LoRA_type":
             if str(value).lower() not in ("standard", "kohya locon", "locon"):
@@ -100,6 +103,15 @@ def import_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
         else:
             warnings.append(f"{key} ignored (no such option in LoRA Forge)")
     return out, warnings
+
+
+def _noise_offset_type(raw: dict[str, Any]) -> dict[str, Any]:
+    """kohya_ss GUI files hold both noise kinds and pass sd-scripts only the one `noise_offset_type`
+    names ("Original": noise_offset, "Multires": multires_noise_*): keep only that one."""
+    kind = str(raw.pop("noise_offset_type", "")).lower()
+    drop = {"original": ("multires_noise_iterations", "multires_noise_discount"), "multires": ("noise_offset",
+            "adaptive_noise_scale", "noise_offset_random_strength")}.get(kind, ())  # fmt: skip
+    return {k: v for k, v in raw.items() if k not in drop}
 
 
 def _optimizer(value: str) -> str:

@@ -91,8 +91,7 @@ def train(
     when not empty, is a problem with that file; the run's report lists them as `save_checks`."""
     import torch
 
-    from lora_forge.model.schedule import schedule_from_model
-    from lora_forge.train import memory, state
+    from lora_forge.train import losses, memory, state
     from lora_forge.train.optim import check_optimizer, make_scheduler
     from lora_forge.train.session import offloaded, open_session, precision_for
 
@@ -117,7 +116,7 @@ def train(
             idle = [sd_model.first_stage_model] + ([conds.encoder.module] if conds.cache else [])
             for module in idle:
                 session.stack.enter_context(offloaded(module, device))
-            schedule = schedule_from_model(sd_model, device)
+            schedule = losses.schedule_for(host, sd_model, config, device, progress, plan.total_steps)
             optimizer, _ = optimizer_for(session, config)
             scheduler = make_scheduler(optimizer, config, plan.total_steps)
             pos = state.Position(0, 0, 0, plan.total_steps, time.time(), _config_hash(config))
@@ -190,21 +189,14 @@ def optimizer_for(session: Any, config: TrainConfig) -> tuple[Any, list[Any]]:
 def diffusion_loss(
     unet: Any, x0: Any, cond_fn: Any, schedule: Any, config: TrainConfig, precision: Any, gen: Any
 ) -> Any:
-    """kohya's loss: noise (+ offset), uniform t, ε or v target, min-SNR-γ weights, MSE."""
-    import torch.nn.functional as F
-
-    from lora_forge.model.schedule import sample_noise, sample_timesteps
+    """kohya's loss with kohya's options (train/losses.py): noise, t, UNet prediction, weighted loss."""
     from lora_forge.model.unet import predict
+    from lora_forge.train.losses import draw_noise, loss_per_sample
 
-    noise = sample_noise(x0, gen, config.noise_offset)
-    t = sample_timesteps(x0.shape[0], gen, config.min_timestep, config.max_timestep, x0.device)
-    noisy = schedule.add_noise(x0, noise, t)
+    drawn = draw_noise(x0, gen, schedule, config)
     with precision.autocast():
-        pred = predict(unet, noisy, t, cond_fn())
-    loss = F.mse_loss(pred.float(), schedule.target(x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
-    if config.min_snr_gamma:
-        loss = loss * schedule.min_snr_weight(t, config.min_snr_gamma)
-    return loss.mean()
+        pred = predict(unet, drawn.noisy, drawn.t, cond_fn())
+    return loss_per_sample(pred, x0, drawn, schedule, config).mean()
 
 
 def backward(loss: Any, config: TrainConfig, precision: Any) -> None:
@@ -388,6 +380,7 @@ class _Loop:
 
     def _save(self, path: Path, step: int, epoch: int) -> Path:
         from lora_forge.lora.fileformat import lora_metadata, save_dtype, save_lora
+        from lora_forge.model.prediction import file_metadata
         from lora_forge.train.kohya_meta import file_fields
 
         c = self.config
@@ -405,6 +398,7 @@ class _Loop:
             trigger_phrase=c.trigger_word or None,
             timestamp=self.started_at,
         )
+        meta.update(file_metadata(self.schedule.parameterization == "v", self.schedule.zero_terminal_snr, net.family))
         saved = save_lora(path, net.kohya_state_dict(dtype), meta)
         self._check_saved(saved)
         return saved
