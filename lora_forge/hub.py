@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lora_forge.errors import ForgeError
-from lora_forge.settings import Settings
+from lora_forge.settings import ENV_MIRROR_HINT, Settings
 
 
 def local_folder(settings: Settings, repo_id: str) -> Path:
@@ -84,10 +84,13 @@ def _remembered(key: tuple[str, str, str]) -> tuple[float, str] | None:
         return found
 
 
-def _fail(settings: Settings, filename: str, repo_id: str, name: str, target: Path) -> ForgeError:
+def _fail(settings: Settings, filename: str, repo_id: str, name: str, target: Path, url: str) -> ForgeError:
+    """Names the endpoint that failed: with HF_ENDPOINT already set, "set HF_ENDPOINT" is no advice."""
+    hint = settings.mirror_hint
+    if settings.hf_endpoint and hint == ENV_MIRROR_HINT:
+        hint = f"check the network and HF_ENDPOINT={settings.hf_endpoint} (unset it to use huggingface.co)"
     return ForgeError(
-        f"could not download {filename} from {repo_id} ({name}); {settings.mirror_hint}, "
-        f"or place the file by hand in {target}"
+        f"could not download {filename} from {repo_id} at {url} ({name}); {hint}, or place the file by hand in {target}"
     )
 
 
@@ -122,7 +125,7 @@ def download(
     failed = _unreachable(url)
     if failed is not None:
         _remember(key, remember_failure, failed)
-        raise _fail(settings, filename, repo_id, f"{failed}, no answer from {url}", target)
+        raise _fail(settings, filename, repo_id, f"{failed}, no answer", target, url)
     target.mkdir(parents=True, exist_ok=True)
     finished = threading.Event()
     try:
@@ -140,13 +143,13 @@ def download(
         )
     except HfHubHTTPError as e:
         _remember(key, remember_failure, e.__class__.__name__)
-        raise _fail(settings, filename, repo_id, e.__class__.__name__, target) from e
+        raise _fail(settings, filename, repo_id, e.__class__.__name__, target, url) from e
     except OSError as e:
         _remember(key, remember_failure, e.__class__.__name__)
         raise ForgeError(
-            f"could not download {filename} from {repo_id} ({e.__class__.__name__}); check the network or the mirror "
-            f"endpoint and download again (what arrived is kept and the download resumes), or place the file by "
-            f"hand in {target}"
+            f"could not download {filename} from {repo_id} at {url} ({e.__class__.__name__}); check the network or "
+            "the mirror endpoint and download again (what arrived is kept and the download resumes), "
+            f"or place the file by hand in {target}"
         ) from e
     finally:
         finished.set()

@@ -73,10 +73,22 @@ def test_offline_fails_in_seconds_in_one_line_with_the_environment_hint(tmp_path
     msg = str(err.value)
     assert "\n" not in msg and "Request ID" not in msg and "Max retries" not in msg, msg
     assert "ConnectionError" in msg  # the class name stays, so a helper can tell what happened
-    assert "HF_ENDPOINT=https://hf-mirror.com" in msg and "LoRA Forge settings" not in msg, msg
+    # HF_ENDPOINT is already set: the message names that endpoint instead of advising to set one
+    assert f"at {closed_port} (" in msg and f"HF_ENDPOINT={closed_port} (unset it" in msg, msg
+    assert "hf-mirror.com" not in msg and "LoRA Forge settings" not in msg, msg
     assert f"place the file by hand in {hub.local_folder(settings, faces.YUNET_REPO)}" in msg
     zh = i18n.translate(msg, "zh_CN")
-    assert "环境变量 HF_ENDPOINT" in zh and "手动把文件放到" in zh, zh
+    assert f"HF_ENDPOINT={closed_port}（取消" in zh and "手动把文件放到" in zh, zh
+
+
+def test_without_hf_endpoint_the_hint_is_to_set_one(tmp_path, closed_port, monkeypatch) -> None:
+    settings = Settings(tmp_path / "models", tmp_path / "ds", hf_endpoint=None)
+    monkeypatch.setattr(hub, "_endpoint_url", lambda endpoint: closed_port)  # huggingface.co, out of reach
+    with pytest.raises(ForgeError) as err:
+        faces.yunet_path(settings)
+    msg = str(err.value)
+    assert f"at {closed_port} (" in msg and "set the environment variable HF_ENDPOINT=https://hf-mirror.com" in msg
+    assert "环境变量 HF_ENDPOINT" in i18n.translate(msg, "zh_CN")
 
 
 def test_the_webui_host_points_at_its_settings(tmp_path, closed_port) -> None:

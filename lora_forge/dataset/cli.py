@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from lora_forge.dataset.buckets import SQUARE_SIZES
-from lora_forge.dataset.prepare import PrepareOptions, apply_action, default_workers, prepare
+from lora_forge.dataset.prepare import PrepareOptions, PrepareReport, apply_action, default_workers, prepare
+from lora_forge.errors import ForgeError
 from lora_forge.events import cli_progress
 from lora_forge.settings import Settings
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         close()
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=1))
+        _check_usable(report, args.src)
         return 0
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -78,4 +80,17 @@ def run(args: argparse.Namespace) -> int:
     for name, flags in report.flagged.items():
         print(f"check {name}: {'; '.join(flags)}")
     print(f"{report.summary()} in {report.seconds:.1f}s -> {report.folder}")
+    if report.no_face_model:
+        print(f"no face crops: {report.no_face_model}")
+    _check_usable(report, args.src)
     return 0
+
+
+def _check_usable(report: PrepareReport, sources: list[Path]) -> None:
+    """Nothing usable in what the user named (missing, empty or every file bad) is their mistake: exit 2."""
+    if report.written or report.unchanged or report.stopped:
+        return
+    named = ", ".join(str(s) for s in sources)
+    if report.skipped:
+        raise ForgeError(f"no usable image in {named}: all {len(report.skipped)} skipped (reasons above)")
+    raise ForgeError(f"no images found in {named} (png, jpg, webp, bmp, gif, zip); check the path")

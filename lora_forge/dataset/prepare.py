@@ -81,9 +81,14 @@ class PrepareReport:
     warnings: list[str] = field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0
+    # with face crops asked for: why there are none when no face model could be used ("" otherwise)
+    face_crops: bool = False
+    no_face_model: str = ""
 
     def summary(self) -> str:
         parts = [f"{len(self.written)} images written", f"{len(self.unchanged)} sources unchanged"]
+        if self.face_crops:
+            parts.append(self.face_crop_line())
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped")
         if self.near_duplicates:
@@ -91,6 +96,14 @@ class PrepareReport:
         if self.flagged:
             parts.append(f"{len(self.flagged)} flagged")
         return ", ".join(parts) + (" (stopped)" if self.stopped else "")
+
+    def face_crop_line(self) -> str:
+        """ "3 face crops", or "0 face crops (no face model: …)" / "(no faces found)" saying why."""
+        n = sum(FACE_SUFFIX in Path(name).stem for name in self.written)
+        if n or not self.written:
+            return f"{n} face crops"
+        reason = "no face model" if self.no_face_model else "no faces found"
+        return f"0 face crops ({reason})"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -326,6 +339,9 @@ def prepare(
     scan = ingest.scan(inputs, exclude=out)
     report.skipped += scan.skipped
     stage = _Stage(out, options, settings, report.warnings)
+    report.face_crops = options.face_crops
+    if options.face_crops and stage.detector is None:
+        report.no_face_model = report.warnings[-1] if report.warnings else "face detection is off (--no-faces)"
     workers = workers or default_workers()
     progress(Progress(0, len(scan.items), "reading"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from lora_forge.errors import ForgeError
 from lora_forge.settings import Settings
 from lora_forge.tagger import registry
-from lora_forge.tagger.batch import EXISTING_ACTIONS, TagOptions, tag_folder
+from lora_forge.tagger.batch import EXISTING_ACTIONS, TagOptions, list_images, tag_folder
 from lora_forge.tagger.labels import CaptionOptions, Thresholds
 
 
@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _print_models(settings)
         return 0
+    images = list_images(args.dir)  # before any download: a wrong folder is the user's to fix first
+    if not images:
+        raise ForgeError(
+            "no images (png, jpg, webp, bmp) in this folder; give the folder of prepared images", path=args.dir
+        )
     files = registry.resolve(settings, args.model)
     usual = Thresholds()  # a user's folder gets the usual defaults, a registered model its own
     if files.spec is not None:
