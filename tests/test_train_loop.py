@@ -125,6 +125,29 @@ def test_stop_then_resume_gives_the_same_lora_bytes(tiny_host, dataset, tmp_path
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the stopped file really is an earlier state
 
 
+def test_a_run_whose_state_has_the_old_file_names_still_resumes(tiny_host, dataset, tmp_path):
+    """Runs saved before the state left the WebUI's Lora list kept it as state/lora.safetensors and
+    state/optimizer.pt; they resume to the same bytes as an uninterrupted run."""
+    common = dict(max_train_steps=4, network_dim=4, network_alpha=2, unet_lr=1e-3, seed=5, train_batch_size=1)
+    whole = run(tiny_host, dataset, tmp_path / "whole", **common)
+    stop = StopFlag()
+
+    def progress(event):
+        if event.data.get("step") == 2:
+            stop.request("test stop")
+
+    part = run(tiny_host, dataset, tmp_path / "part", stop=stop, progress=progress, **common)
+    state = part.run_dir / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["optimizer.state", "rng.json", "state.json", "weights.state"]
+    assert not list(part.run_dir.rglob("*.pt")) and all(
+        p.parent == part.run_dir for p in part.run_dir.rglob("*.safetensors")
+    )
+    (state / "weights.state").rename(state / "lora.safetensors")
+    (state / "optimizer.state").rename(state / "optimizer.pt")
+    resumed = run(tiny_host, dataset, tmp_path / "resumed", resume=str(part.run_dir), **common)
+    assert resumed.steps == 4 and tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)
+
+
 class _Killed(BaseException):
     """A process killed mid-run (a WebUI restart): nothing after the raise runs, no final file."""
 

@@ -40,7 +40,7 @@ DISPLAY_MODULES = [
     "app/*.py",
     "optimise.py",
     "dataset/editor_view.py",
-    "host/train_jobs.py",
+    "app/*.py",
     "grid/scores.py",
     "grid/job.py",
     "dataset/prepare.py",
@@ -57,7 +57,8 @@ NOT_FORGE = {"ValueError", "RuntimeError", "TypeError", "KeyError", "AssertionEr
 # Reviewed literals that are not messages for the page: (file, text) → why
 ALLOWED: dict[tuple[str, str], str] = {
     ("lora_forge/ui/app.py", "LoRA Forge (炼丹炉)"): "the product's name, the same in every language",
-    ("lora_forge/ui/train.py", "memory estimate"): "the job name the host's lock logs",
+    ("lora_forge/app/train.py", "memory estimate"): "the job name the host's lock logs",
+    ("lora_forge/app/train.py", "training run ⟨0⟩"): "the job's thread name, in the console's log only",
     ("lora_forge/dataset/editor_view.py", "tag editor"): "the reason stored in the caption history file",
     ("lora_forge/grid/plan.py", "masterpiece, best quality"): "a prompt: model input, never translated",
     ("lora_forge/grid/plan.py", "white hair, red dress"): "a prompt: model input, never translated",
@@ -91,14 +92,14 @@ FRAGMENTS: dict[tuple[str, str], str] = {
     ("lora_forge/grid/job.py", " (partial: ⟨0⟩ of ⟨1⟩ cells, ⟨2⟩)"): (
         "{n} × {m} grid in {seconds}s (partial: {rendered} of {cells} cells, {reason}), saved to {where}"
     ),
-    ("lora_forge/host/train_jobs.py", "Finished: ⟨0⟩ steps"): FINISHED,
-    ("lora_forge/host/train_jobs.py", "Stopped (⟨0⟩) at step ⟨1⟩"): STOPPED,
+    ("lora_forge/app/train.py", "Finished: ⟨0⟩ steps"): FINISHED,
+    ("lora_forge/app/train.py", "Stopped (⟨0⟩) at step ⟨1⟩"): STOPPED,
     (
-        "lora_forge/host/train_jobs.py",
+        "lora_forge/app/train.py",
         "⟨0⟩. ⟨1⟩ LoRA file(s) in ⟨2⟩. Try one in txt2img with `<lora:⟨3⟩:0.8>`, or compare every epoch at "
         "several strengths in the Test grid section.",
     ): FINISHED,
-    ("lora_forge/host/train_jobs.py", " Press Resume to continue this run."): STOPPED,
+    ("lora_forge/app/train.py", " Press Resume to continue this run."): STOPPED,
     ("lora_forge/train/presets.py", "⟨0⟩ image views per epoch (⟨1⟩ images × ⟨2⟩ repeats"): PLAN,
     ("lora_forge/train/presets.py", "), ⟨0⟩ epochs, ⟨1⟩ steps"): PLAN,
     ("lora_forge/ui/train.py", "; this will not fit: lower the batch size, the resolution or the rank"): (

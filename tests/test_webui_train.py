@@ -79,7 +79,7 @@ def webui(tmp_path: Path, tiny_host):
 
 @pytest.fixture
 def runs():
-    from lora_forge.host.train_jobs import Runs
+    from lora_forge.app.train import Runs
 
     return Runs()
 
@@ -214,6 +214,16 @@ def test_interrupt_stops_the_run_and_resume_continues(webui, runs, dataset, monk
     stopped = run_to_end(runs, dataset, sample_every_n_steps=0)
     assert stopped.state == "stopped" and stopped.step == 3
     assert "Resume" in stopped.message
+    # the resumable state is there, but not in the WebUI's Lora list (it once showed "lora" and
+    # "optimizer" there: one did nothing, the other printed a pickle warning and a traceback)
+    assert (Path(stopped.run_dir) / "state" / "state.json").is_file()
+    networks = sys.modules["networks"]
+    networks.list_available_networks()
+    listed = {
+        Path(e.filename).relative_to(Path(stopped.run_dir).parent).as_posix()
+        for e in networks.available_networks.values()
+    }
+    assert "zkw/zkw.safetensors" in listed and not any("/state/" in f for f in listed), listed
     assert shared.state.interrupted is False  # the next generation is not cancelled
     assert snapshot()[0] == before[0]
     assert np.array_equal(snapshot()[1], before[1])
@@ -435,7 +445,7 @@ def test_loadback_check_fires_after_the_first_save_when_the_webui_applies_the_fi
 def test_clip_skip_and_medvram_come_from_the_webui(webui):
     from modules import shared
 
-    from lora_forge.host.train_jobs import build_config
+    from lora_forge.app.train import build_config
 
     shared.opts.data["CLIP_stop_at_last_layers"] = 2
     try:
@@ -479,7 +489,7 @@ def test_pristine_restores_layers_the_lora_extension_left_merged_lazily(webui):
 def test_standalone_host_runs_through_the_same_registry(tiny_host, dataset):
     """`python -m lora_forge ui` uses the same 训练 section on the standalone host: fresh name in its
     Lora folder, card previews, no WebUI needed."""
-    from lora_forge.host.train_jobs import Runs
+    from lora_forge.app.train import Runs
 
     before = weights_hash(tiny_host.sd_model())
     runs = Runs()

@@ -65,7 +65,7 @@ def test_start_poll_files_and_stop_over_http(api_app, dataset):  # noqa: F811
     run_id = call(api_app, "POST", "/lora_forge/v1/train", json=body, headers=AUTH).json()["id"]
     stopped = call(api_app, "POST", f"/lora_forge/v1/train/runs/{run_id}/stop", headers=AUTH)
     assert stopped.status_code == 200
-    from lora_forge.host.train_jobs import RUNS
+    from lora_forge.app.train import RUNS
 
     final = RUNS.wait(run_id, timeout=300)
     assert final.state == "stopped" and final.step < final.total and final.name == "zkw-2"

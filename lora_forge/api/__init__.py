@@ -21,7 +21,7 @@ from lora_forge.settings import Settings
 
 PREFIX = "/lora_forge/v1"
 # module names, in the order of the user's path; each has routes(ctx) -> APIRouter
-ROUTES: list[str] = ["lora_forge.host.train_routes"]
+ROUTES: list[str] = ["lora_forge.api.train"]
 
 
 @dataclass

@@ -1,34 +1,35 @@
-"""Training runs started from the 训练 section or the HTTP API: a worker thread per run and a
-status both faces poll, so neither blocks gradio's event loop or an HTTP request.
+"""Training runs for every face: start, stop, resume, list, wait — a run is an app.jobs.Job that
+the 训练 section, the HTTP API and the CLI all follow through the same `RunStatus`.
 
-Host-agnostic: inside the WebUI the run goes through webui_train (queue_lock, pristine model,
-load-back check); on the standalone host straight through the engine. Either way each run gets a
-fresh name in the host's Lora folder (`name`, `name-2`, …), every saved file gets the latest
-sample as its card preview (`<file>.preview.png`), and the host's Lora list is refreshed.
+Host-agnostic: the host holds its model for the run (`Host.training`: inside the WebUI its queue
+lock, a pristine model put back after, its status line and the load-back check), refuses what it
+cannot train (`Host.training_refusal`) and supplies its defaults (`Host.training_defaults`). Each
+run gets a fresh name in the host's Lora folder (`name`, `name-2`, …), every saved file gets the
+latest sample as its card preview (`<file>.preview.png`), and the host's Lora list is refreshed.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_forge.app.jobs import DONE, Job, new_id
 from lora_forge.errors import ForgeError
-from lora_forge.events import Progress, StopFlag
-
-log = logging.getLogger(__name__)
+from lora_forge.events import Progress
+from lora_forge.host.base import Host
+from lora_forge.rundir import RunDir
 
 GOOD_LOSS = (0.07, 0.09)  # what our users' tutorial calls a good loss: guidance, not a target
-DONE = ("finished", "stopped", "failed")
 
 
 @dataclass
 class RunStatus:
+    """What the faces show of a run; the HTTP API returns it as JSON (`as_dict`)."""
+
     id: str
     name: str
     data_dir: str
@@ -83,30 +84,20 @@ def unique_name(lora_dir: Path, name: str) -> str:
     return candidate
 
 
-def build_config(host: Any, preset: str, overrides: dict[str, Any], resume: str = "") -> tuple[Any, frozenset[str]]:
-    """Preset ← the saved run's config (resume) ← the user's values; inside the WebUI the clip skip
-    is the user's WebUI setting unless given, and --medvram caches everything before training."""
-    from lora_forge.train.config import read_config_file
-    from lora_forge.train.presets import preset_config
+def build_config(host: Host, preset: str, overrides: dict[str, Any], resume: str = "") -> tuple[Any, frozenset[str]]:
+    """The one config layering (train.layering) with this host's defaults; empty values from a
+    form or a request mean "not set"."""
+    from lora_forge.train.layering import layer_config
 
-    layered: dict[str, Any] = {}
-    if resume:
-        from lora_forge.train.state import find_state
+    given = {k: v for k, v in overrides.items() if v is not None and v != ""}
+    layered = layer_config(preset, given, resume, defaults=host.training_defaults(), forced=host.training_overrides())
+    return layered.config, layered.user_keys
 
-        run_dir = find_state(resume).parent
-        layered.update(read_config_file(run_dir / "config.toml"))
-        layered["resume"] = str(run_dir)
-    layered.update({k: v for k, v in overrides.items() if v is not None and v != ""})
-    if getattr(host, "name", "") == "webui":
-        from lora_forge.host import webui_train
 
-        if not layered.get("clip_skip"):
-            layered["clip_skip"] = webui_train.clip_skip()
-        layered.update(webui_train.medvram_overrides())
-    elif not layered.get("clip_skip"):
-        layered.pop("clip_skip", None)
-    config = preset_config(str(layered.pop("preset", preset) or "custom"), layered)
-    return config, frozenset(layered) - {"output_name", "resume"}
+def _check_trainable(host: Host, sd_model: Any) -> None:
+    refusal = host.training_refusal(sd_model)
+    if refusal:
+        raise ForgeError(refusal)
 
 
 class Runs:
@@ -115,8 +106,7 @@ class Runs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, RunStatus] = {}
-        self._stops: dict[str, StopFlag] = {}
-        self._threads: dict[str, threading.Thread] = {}
+        self._jobs: dict[str, Job] = {}
 
     # ------------------------------------------------------------------ queries
     def get(self, run_id: str) -> RunStatus:
@@ -137,21 +127,21 @@ class Runs:
         return runs[-1] if runs else None
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunStatus:
-        thread = self._threads.get(run_id)
-        if thread is not None:
-            thread.join(timeout)
+        job = self._jobs.get(run_id)
+        if job is not None:
+            job.wait(timeout)
         return self.get(run_id)
 
     # ------------------------------------------------------------------ control
     def start(
         self,
-        host: Any,
+        host: Host,
         data_dir: str,
         preset: str = "custom",
         overrides: dict[str, Any] | None = None,
         resume: str = "",
     ) -> RunStatus:
-        """Check everything that can be checked without the model lock, then train in a thread."""
+        """Check everything that can be checked without the model lock, then train in a Job."""
         from lora_forge.train.loop import prepare
 
         if not str(data_dir or "").strip():
@@ -160,88 +150,92 @@ class Runs:
             busy = next((r for r in self._runs.values() if not r.done), None)
             if busy is not None:
                 raise ForgeError(f"training run “{busy.name}” is still going; stop it or wait for it to finish")
-            placeholder = RunStatus(uuid.uuid4().hex[:12], "", str(data_dir), message="preparing…")
-            self._runs[placeholder.id] = placeholder  # holds the slot while we check
+            status = RunStatus(new_id(), "", str(data_dir), message="preparing…")
+            self._runs[status.id] = status  # holds the slot while we check
         try:
-            sd_model = host.sd_model()  # no model / Forge 2: refused before anything else
-            if getattr(host, "name", "") == "webui":
-                from lora_forge.host import webui_train
-
-                webui_train.check_trainable(sd_model)
+            _check_trainable(host, host.sd_model())  # no model / Forge 2 / a refusal: before anything else
             config, user_keys = build_config(host, preset, dict(overrides or {}), resume)
             name = unique_name(host.lora_dir(), config.output_name)
             prepared = prepare(config.replace(output_name=name), data_dir, user_keys)
         except BaseException:
             with self._lock:
-                self._runs.pop(placeholder.id, None)
+                self._runs.pop(status.id, None)
             raise
-        status = placeholder
         status.name, status.plan, status.total = name, prepared.plan.note, prepared.plan.total_steps
         status.epochs, status.message = prepared.plan.epochs, "starting…"
-        status.run_dir = str(host.lora_dir() / name)  # where the engine's new_run_dir puts it
+        status.run_dir = str(host.lora_dir() / name)  # where the engine's new run folder goes
         status.resumed_from = str(prepared.resume_from.parent) if prepared.resume_from is not None else ""
-        stop = StopFlag()
-        thread = threading.Thread(
-            target=self._work, args=(status, host, prepared, stop), name=f"lora_forge train {name}", daemon=True
+        job = Job(
+            f"training run {name}",
+            lambda job: _work(job, status, host, prepared),
+            on_event=lambda event: _apply(status, event),
+            on_end=lambda job: _ended(status, job),
+            job_id=status.id,
         )
         with self._lock:
-            self._stops[status.id] = stop
-            self._threads[status.id] = thread
-        thread.start()
+            self._jobs[status.id] = job
+        job.start()
         return status
+
+    def resume(self, host: Host, run_dir: str, data_dir: str = "") -> RunStatus:
+        """Continue a stopped run (its folder) in a new run folder, on its dataset unless given."""
+        if not run_dir:
+            raise ForgeError("Nothing to resume: no stopped run in this session.")
+        if not data_dir:
+            data_dir = next((r.data_dir for r in self.list() if r.run_dir == str(run_dir)), "")
+        return self.start(host, data_dir, resume=str(run_dir))
 
     def stop(self, run_id: str) -> RunStatus:
         status = self.get(run_id)
         if not status.done:
-            self._stops[run_id].request("stopped by user")
+            self._jobs[run_id].stop("stopped by user")
             status.message = "stopping after the current step…"
         return status
 
-    # ------------------------------------------------------------------ the worker
-    def _work(self, status: RunStatus, host: Any, prepared: Any, stop: StopFlag) -> None:
-        def progress(event: Progress) -> None:
-            _apply(status, event)
 
-        out_dir = host.lora_dir()
-        try:
-            if getattr(host, "name", "") == "webui":
-                from lora_forge.host.webui_train import train_in_webui
+def _work(job: Job, status: RunStatus, host: Host, prepared: Any) -> Any:
+    """The run, on the job's thread, inside the host's training context."""
+    from lora_forge.train.loop import train
+    from lora_forge.train.outputs import default_prompts
 
-                result = train_in_webui(host, prepared, out_dir, progress, stop)
-            else:
-                from lora_forge.train.loop import train
+    with host.training(prepared.config.output_name, job.emit) as ctx:
+        status.state = "running"
+        config = prepared.config
+        if not config.sample_prompts:
+            first = [c.split(",")[0].strip() for c in (it.caption for it in prepared.dataset.items) if c]
+            prompts = host.sample_prompts(default_prompts(config, first))
+            if prompts is not None:
+                prepared.config = config.replace(sample_prompts=prompts)
+        result = train(host, prepared, host.lora_dir(), ctx.progress, job.stop_flag, on_saved=ctx.on_saved)
+    _finish(status, host, prepared, result)
+    job.state = status.state
+    return result
 
-                status.state = "running"
-                result = train(host, prepared, out_dir, progress, stop)
-            self._finish(status, host, prepared, result)
-        except ForgeError as e:
-            if stop.requested:  # stopped before anything was trained (while encoding the images)
-                status.state, status.message = "stopped", str(e)
-            else:
-                status.state, status.error = "failed", str(e)
-        except Exception as e:  # a bug: loud in the log, one line for the user
-            log.exception("training run %s failed", status.name)
-            status.state, status.error = "failed", f"{type(e).__name__}: {e}"
-        finally:
-            status.finished = time.time()
-            if status.state == "failed":
-                status.message = status.error
 
-    def _finish(self, status: RunStatus, host: Any, prepared: Any, result: Any) -> None:
-        files = [*result.epoch_files, result.final_file]
-        per_epoch = prepared.plan.steps_per_epoch
-        for path in files:
-            m = re.search(r"-(\d{6})$", path.stem)
-            at = min(int(m.group(1)) * per_epoch, result.steps) if m and path != result.final_file else result.steps
-            attach_preview(path, result.run_dir, at)
-        try:
-            host.refresh_loras()
-        except ForgeError as e:
-            status.warnings.append(str(e))
-        status.run_dir, status.files = str(result.run_dir), [str(p) for p in files]
-        status.step = result.steps
-        status.state = "stopped" if result.stopped else "finished"
-        status.message = finish_message(status, result.stopped)
+def _ended(status: RunStatus, job: Job) -> None:
+    """The job's outcome into the status (a failure, or a stop before anything was trained)."""
+    if job.state == "failed":
+        status.state, status.error, status.message = "failed", job.error, job.error
+    elif not status.done:  # stopped while loading, before anything was trained
+        status.state, status.message = job.state, job.message or status.message
+    status.finished = job.finished
+
+
+def _finish(status: RunStatus, host: Host, prepared: Any, result: Any) -> None:
+    files = [*result.epoch_files, result.final_file]
+    per_epoch = prepared.plan.steps_per_epoch
+    for path in files:
+        m = re.search(r"-(\d{6})$", path.stem)
+        at = min(int(m.group(1)) * per_epoch, result.steps) if m and path != result.final_file else result.steps
+        attach_preview(path, result.run_dir, at)
+    try:
+        host.refresh_loras()
+    except ForgeError as e:
+        status.warnings.append(str(e))
+    status.run_dir, status.files = str(result.run_dir), [str(p) for p in files]
+    status.step = result.steps
+    status.state = "stopped" if result.stopped else "finished"
+    status.message = finish_message(status, result.stopped)
 
 
 def _apply(status: RunStatus, event: Progress) -> None:
@@ -259,7 +253,7 @@ def _apply(status: RunStatus, event: Progress) -> None:
         status.smoothed.append(float(d.get("loss_avg", d["loss"])))
     elif event.image is not None:
         status.sample_step = event.step
-        status.sample_path = _latest_sample(Path(status.run_dir)) if status.run_dir else ""
+        status.sample_path = _latest_sample(RunDir(status.run_dir)) if status.run_dir else ""
         status._sample_image = event.image  # type: ignore[attr-defined]  # for the UI, not serialised
     elif "frozen_weights" in d:
         status.estimate = event.message
@@ -269,9 +263,9 @@ def _apply(status: RunStatus, event: Progress) -> None:
         status.message = event.message
 
 
-def _latest_sample(run_dir: Path) -> str:
-    samples = sorted((run_dir / "samples").glob("step*-0.png"))
-    return str(samples[-1]) if samples else ""
+def _latest_sample(run: RunDir) -> str:
+    samples = list(run.first_samples())
+    return str(samples[-1][1]) if samples else ""
 
 
 def attach_preview(lora_file: Path, run_dir: Path, step: int) -> Path | None:
@@ -280,13 +274,12 @@ def attach_preview(lora_file: Path, run_dir: Path, step: int) -> Path | None:
     import shutil
 
     best = None
-    for sample in sorted((Path(run_dir) / "samples").glob("step*-0.png")):
-        m = re.match(r"step(\d+)-0$", sample.stem)
-        if m and int(m.group(1)) <= step:
+    for at, sample in RunDir(run_dir).first_samples():
+        if at <= step:
             best = sample
     if best is None:
         return None
-    target = lora_file.with_name(lora_file.stem + ".preview.png")
+    target = RunDir.preview_of(lora_file)
     if not target.exists():
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(best, tmp)
@@ -306,3 +299,73 @@ def finish_message(status: RunStatus, stopped: str) -> str:
 
 
 RUNS = Runs()  # one per process: survives the WebUI's "Reload UI", shared by the UI and the API
+
+
+# -- the use cases, as the faces call them ---------------------------------------------------------
+
+
+def start(
+    host: Host, data_dir: str, preset: str = "custom", overrides: dict[str, Any] | None = None, resume: str = ""
+) -> RunStatus:
+    """Start a run in the background; the returned status is that run's (poll it, `stop` it by id)."""
+    return RUNS.start(host, data_dir, preset, overrides, resume)
+
+
+def resume(host: Host, run_dir: str, data_dir: str = "") -> RunStatus:
+    """Continue the stopped run in `run_dir` in a new run folder."""
+    return RUNS.resume(host, run_dir, data_dir)
+
+
+def stop(run_id: str) -> RunStatus:
+    """Ask run `run_id` to stop after its current step (it saves a file and resumable state)."""
+    return RUNS.stop(run_id)
+
+
+def get(run_id: str) -> RunStatus:
+    return RUNS.get(run_id)
+
+
+def runs() -> list[RunStatus]:
+    """Every run of this process, oldest first."""
+    return RUNS.list()
+
+
+def active() -> RunStatus | None:
+    return RUNS.active()
+
+
+def latest() -> RunStatus | None:
+    return RUNS.latest()
+
+
+def wait(run_id: str, timeout: float | None = None) -> RunStatus:
+    return RUNS.wait(run_id, timeout)
+
+
+def lora_files(host: Host) -> list[dict[str, Any]]:
+    """Every LoRA file in the host's Lora folder, with whether it has a card picture."""
+    folder = host.lora_dir()
+    found = sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []
+    return [
+        {"name": p.stem, "path": str(p), "bytes": p.stat().st_size, "preview": RunDir.preview_of(p).is_file()}
+        for p in found
+    ]
+
+
+def estimate_memory(host: Host, data_dir: str, preset: str, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    """(memory estimate, prepared run) for these settings on the host's model, without training."""
+    from lora_forge.train import memory
+    from lora_forge.train.loop import prepare
+    from lora_forge.train.session import open_session
+
+    config, user_keys = build_config(host, preset, overrides)
+    prepared = prepare(config, data_dir, user_keys)
+    with host.job("memory estimate"):
+        sd_model = host.sd_model()
+        _check_trainable(host, sd_model)
+        session = open_session(sd_model, prepared.config)
+        try:
+            est = memory.estimate(sd_model, session.network, prepared.config, prepared.dataset)
+        finally:
+            session.close()
+    return est, prepared

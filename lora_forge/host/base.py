@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,24 @@ class RenderRequest:
     loras: list[LoraRef] = field(default_factory=list)
 
 
+@dataclass
+class TrainingContext:
+    """What a host hands a training run while it holds its model for it (`Host.training`)."""
+
+    progress: ProgressFn  # the run's progress, relayed into the host's own status display as well
+    # run right after each file is saved, with the live modules still injected: '' when the file
+    # is fine, else what is wrong with it (the host's load-back check)
+    on_saved: Callable[[Path, Any], str] | None = None
+
+
 class Host(ABC):
-    """The small interface every later stage is written against."""
+    """The small interface every later stage is written against.
+
+    Faces and use cases ask the host, never its name: what it refuses to train and why
+    (`training_refusal`), which training values it supplies or forces (`training_defaults`,
+    `training_overrides`), how it holds the model while a run trains (`training`), how a saved
+    file is checked against it (`loadback_check`) and whether its HTTP routes answer (`api_*`).
+    """
 
     name: str = "host"
     # True when requests that differ only in LoRA strength go through the UNet as one batch (the
@@ -102,3 +118,45 @@ class Host(ABC):
     def job(self, job: str) -> Iterator[None]:
         with self.exclusive(job):
             yield
+
+    # -- training ------------------------------------------------------------------------------
+
+    def training_refusal(self, sd_model: Any) -> str | None:
+        """Why `sd_model` cannot be trained on in this host, with what to do instead; None when it can.
+        Asked before a run starts (and again once the host holds the model for it)."""
+        return None
+
+    def training_defaults(self) -> dict[str, Any]:
+        """Config values this host supplies when the user left them empty (the WebUI: its clip skip)."""
+        return {}
+
+    def training_overrides(self) -> dict[str, Any]:
+        """Config values this host forces whatever the user chose (the WebUI with --medvram: caching)."""
+        return {}
+
+    def sample_prompts(self, prompts: list[str]) -> list[str] | None:
+        """The default sample prompts (tag text) as this host's txt2img must receive them, or None
+        when the engine may use them as they are."""
+        return None
+
+    @contextlib.contextmanager
+    def training(self, name: str, progress: ProgressFn) -> Iterator[TrainingContext]:
+        """Hold the model for the training run `name` (the WebUI: its queue lock, the model taken to a
+        pristine state and put back after, its status line). The engine takes the host's job lock
+        itself, so the default only hands the progress through."""
+        yield TrainingContext(progress)
+
+    def loadback_check(self, sd_model: Any, path: Path, muted: Any) -> str:
+        """'' when the host's own loader applies the saved `path` as the live modules do (`muted()`
+        turns those off); else a message naming the file. Hosts without a loader of their own: ''."""
+        return ""
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def api_enabled(self) -> bool:
+        """Whether our HTTP routes answer in this host (the WebUI: only with --api / --nowebui)."""
+        return True
+
+    def api_access(self, user: str | None, password: str | None) -> bool:
+        """Whether these Basic-auth credentials may use our routes (the WebUI: its --api-auth)."""
+        return True

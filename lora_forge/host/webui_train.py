@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge.errors import ForgeError
-from lora_forge.events import Progress, ProgressFn, StopFlag
+from lora_forge.events import Progress, ProgressFn
+from lora_forge.host.base import TrainingContext
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +49,30 @@ def clip_skip() -> int:
     return max(1, int(shared.opts.data.get("CLIP_stop_at_last_layers", 1) or 1))
 
 
-def check_trainable(sd_model: Any) -> None:
-    """Refuse, with what to do instead, what in-process training cannot work on."""
+def training_refusal(sd_model: Any) -> str | None:
+    """What in-process training cannot work on, with what to do instead; None when it can."""
     from modules import devices, shared
 
     from lora_forge.model.family import model_family
 
     opts = shared.cmd_opts
     if getattr(opts, "lowvram", False) or (getattr(sd_model, "lowvram", False) and not _medvram()):
-        raise ForgeError(
+        return (
             "the WebUI runs with --lowvram, which keeps the model in pieces on the CPU; restart it without "
             "--lowvram (use --medvram on 6-8 GB cards), or train headless with `python -m lora_forge train`"
         )
     if getattr(devices, "fp8", False):
-        raise ForgeError(
+        return (
             "the model's weights are stored in FP8 (Settings → Optimizations → FP8 weight), which cannot "
             "be trained; set it to Disable, apply, then start again"
         )
     family = model_family(sd_model)
     if family.startswith("sdxl"):
-        raise ForgeError(
+        return (
             "SDXL models cannot be trained in LoRA Forge yet; load an SD 1.5 or SD 2.x checkpoint "
             "(the Stable Diffusion checkpoint list at the top), then start again"
         )
+    return None
 
 
 def _medvram() -> bool:
@@ -180,27 +182,21 @@ def _optional(name: str) -> Any:
 # -- the run -------------------------------------------------------------------------------------
 
 
-def train_in_webui(host: Any, prepared: Any, out_dir: Path, progress: ProgressFn, stop: StopFlag) -> Any:
-    """The engine's run on the WebUI's model, under queue_lock, with the model restored after.
-
-    Each saved file is load-back checked at once; a failure is a `warning` progress event, stays
-    in the WebUI's status text until the run ends, and is listed in `report["save_checks"]`."""
+@contextlib.contextmanager
+def training(host: Any, name: str, progress: ProgressFn) -> Iterator[TrainingContext]:
+    """WebUIHost.training: wait for queue_lock (generations and checkpoint changes then wait for
+    the run), refuse what cannot train, take the model to a pristine state and put it back after,
+    mirror the run into the WebUI's status line, and load-back check each saved file at once (a
+    failure is a `warning` event that stays in the status text until the run ends)."""
     import torch
     from modules import shared
-
-    from lora_forge.train import outputs
-    from lora_forge.train.loop import train
 
     progress(Progress(0, 0, WAIT_MESSAGE))
     with host.exclusive("train"):
         sd_model = host.sd_model()
-        check_trainable(sd_model)
-        config = prepared.config
-        if not config.sample_prompts:
-            first = [c.split(",")[0].strip() for c in (it.caption for it in prepared.dataset.items) if c]
-            prompts = outputs.default_prompts(config, first)
-            prepared.config = config.replace(sample_prompts=[escape_prompt(p) for p in prompts])
-        name = prepared.config.output_name
+        refusal = training_refusal(sd_model)
+        if refusal:
+            raise ForgeError(refusal)
 
         def relay(event: Progress) -> None:
             if event.message:
@@ -211,7 +207,7 @@ def train_in_webui(host: Any, prepared: Any, out_dir: Path, progress: ProgressFn
             progress(event)
 
         def check_saved(path: Path, session: Any) -> str:
-            problem = loadback_check(host, sd_model, path, session.muted)
+            problem = host.loadback_check(sd_model, path, session.muted)
             if problem:
                 log.error(problem)
                 host.status_note = problem
@@ -220,7 +216,7 @@ def train_in_webui(host: Any, prepared: Any, out_dir: Path, progress: ProgressFn
 
         try:
             with pristine(sd_model):
-                result = train(host, prepared, out_dir, relay, stop, on_saved=check_saved)
+                yield TrainingContext(relay, check_saved)
         except torch.OutOfMemoryError as e:
             raise ForgeError(
                 "out of GPU memory while training; lower the batch size, the resolution or the rank, keep "
@@ -230,7 +226,6 @@ def train_in_webui(host: Any, prepared: Any, out_dir: Path, progress: ProgressFn
         finally:
             host.status_note = ""
             shared.state.interrupted = False  # our Stop/Interrupt must not cancel the next generation
-    return result
 
 
 # -- load-back check -----------------------------------------------------------------------------

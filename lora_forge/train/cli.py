@@ -1,8 +1,8 @@
 """Train a LoRA on a checkpoint file: `python -m lora_forge train --ckpt M --data D --name N --out O`.
 
-Config layering, lowest first: the preset, a config file (ours, or a kohya / kohya_ss /
-lora-scripts TOML or JSON), then each `--set key=value`. With `--resume RUN`, the run's own
-config.toml is the base. The dataset and config are checked before the model is loaded.
+Config layering (train.layering), lowest first: the preset, with `--resume RUN` the run's own
+config, a config file (ours, or a kohya / kohya_ss / lora-scripts TOML or JSON), then each
+`--set key=value`. The dataset and config are checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -48,30 +48,16 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[str]]:
-    """(config, keys the user set, warnings from importing a foreign config)."""
-    from lora_forge.train.config import read_config_file
-    from lora_forge.train.importer import import_config
-    from lora_forge.train.presets import preset_config
+    """(config, keys the user set, warnings from importing a foreign config): the flags as
+    overrides on the one config layering (train.layering)."""
+    from lora_forge.train.layering import layer_config
 
-    warnings: list[str] = []
-    layered: dict[str, Any] = {}
-    if args.resume:
-        from lora_forge.train.state import find_state
-
-        run_dir = find_state(args.resume).parent
-        layered.update(read_config_file(run_dir / "config.toml"))
-        layered["resume"] = str(args.resume)
-    if args.config:
-        imported, warnings = import_config(args.config)
-        layered.update(imported)
-    layered.update(parse_sets(args.set))
+    overrides: dict[str, Any] = dict(parse_sets(args.set))
     if args.trigger is not None:
-        layered["trigger_word"] = args.trigger
-    layered["output_name"] = args.name
-    if args.resume:
-        layered["resume"] = str(args.resume)
-    config = preset_config(str(layered.get("preset", args.preset)), layered)
-    return config, frozenset(layered) - {"output_name", "resume", "preset"}, warnings
+        overrides["trigger_word"] = args.trigger
+    overrides["output_name"] = args.name
+    layered = layer_config(args.preset, overrides, args.resume or "", config_file=args.config)
+    return layered.config, layered.user_keys, layered.warnings
 
 
 def run(args: argparse.Namespace) -> int:

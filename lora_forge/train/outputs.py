@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lora_forge.fsio import atomic_write_text, unused_path
+from lora_forge.fsio import atomic_write_text
+from lora_forge.rundir import RunDir
 from lora_forge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -21,24 +22,16 @@ PROBE = "white hair, red dress"  # a generalisation probe: the subject in clothe
 
 
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
-    """A folder that did not exist before this call (mkdir without exist_ok closes the race)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        path = unused_path(out_dir / name)
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    """A folder that did not exist before this call (its layout: rundir.RunDir)."""
+    return RunDir.create(out_dir, name).path
 
 
 def epoch_file(run_dir: Path, name: str, epoch: int) -> Path:
-    return run_dir / f"{name}-{epoch:06d}.safetensors"
+    return RunDir(run_dir).epoch_file(name, epoch)
 
 
 def final_file(run_dir: Path, name: str) -> Path:
-    return run_dir / f"{name}.safetensors"
+    return RunDir(run_dir).final_file(name)
 
 
 def default_prompts(config: TrainConfig, first_tags: list[str]) -> list[str]:
@@ -56,14 +49,14 @@ class LossLog:
     """loss.jsonl always; TensorBoard events too when the `tensorboard` package is installed."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "loss.jsonl"
+        self.path = RunDir(run_dir).loss_log
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._tb: Any = None
         try:
             import tensorboard  # noqa: F401
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(RunDir(run_dir).tensorboard))
         except ImportError:
             pass
 
@@ -82,11 +75,11 @@ class LossLog:
 
 
 def write_config(run_dir: Path, config: TrainConfig) -> None:
-    atomic_write_text(run_dir / "config.toml", config.to_toml())
+    atomic_write_text(RunDir(run_dir).config, config.to_toml())
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    atomic_write_text(RunDir(run_dir).report, json.dumps(report, indent=2, ensure_ascii=False))
 
 
 def render_samples(host: Any, prompts: list[str], config: TrainConfig, step: int, run_dir: Path) -> list[Any]:
@@ -107,10 +100,10 @@ def render_samples(host: Any, prompts: list[str], config: TrainConfig, step: int
         for i, p in enumerate(prompts)
     ]
     images = host.txt2img(requests)
-    folder = run_dir / "samples"
-    folder.mkdir(exist_ok=True)
+    run = RunDir(run_dir)
+    run.samples.mkdir(exist_ok=True)
     for i, image in enumerate(images):
-        image.save(folder / f"step{step:06d}-{i}.png")
+        image.save(run.sample(step, i))
     return images
 
 

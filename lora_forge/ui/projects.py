@@ -68,9 +68,9 @@ def steps_html(states: list[steps.StepState] | None) -> str:
 def _active_runs() -> set[str]:
     from lora_forge.cli import module_exists
 
-    if not module_exists("lora_forge.host.train_jobs"):
+    if not module_exists("lora_forge.app.train"):
         return set()
-    from lora_forge.host.train_jobs import RUNS
+    from lora_forge.app.train import RUNS
 
     # a run being resumed counts as training too: its continuation may not have a folder yet
     return {p for r in RUNS.list() if not r.done for p in (r.run_dir, r.resumed_from) if p}
@@ -82,9 +82,9 @@ def sync_runs(project: projects.Project) -> None:
     from lora_forge.cli import module_exists
     from lora_forge.fsio import is_within
 
-    if project.read_only or not module_exists("lora_forge.host.train_jobs"):
+    if project.read_only or not module_exists("lora_forge.app.train"):
         return
-    from lora_forge.host.train_jobs import RUNS
+    from lora_forge.app.train import RUNS
 
     for r in RUNS.list():
         mine = r.run_dir and r.data_dir and is_within(r.data_dir.strip().strip('"'), project.dataset_dir)
@@ -131,8 +131,8 @@ def train_status(project: projects.Project) -> str:
     from lora_forge.ui.train import render
 
     mine = {str(p) for p in project.runs}
-    if module_exists("lora_forge.host.train_jobs"):
-        from lora_forge.host.train_jobs import RUNS
+    if module_exists("lora_forge.app.train"):
+        from lora_forge.app.train import RUNS
 
         live = [r for r in RUNS.list() if r.run_dir in mine]
         if live:
@@ -407,7 +407,7 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
 
     def grid_runs(value: Any):
         """测试's run list once a run has ended: the project's runs first, its newest picked."""
-        from lora_forge.host.train_jobs import RUNS
+        from lora_forge.app.train import RUNS
 
         runs: list[Path] = []
         if value:
@@ -426,7 +426,7 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
                 after(blocks, button, grid_runs, [state], [grid_run])
 
     def on_resume(value: Any):
-        from lora_forge.host.train_jobs import RUNS
+        from lora_forge.app.train import RUNS
 
         try:
             project = from_state(value)
@@ -462,7 +462,7 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
         if not value:
             yield [gr.update()] * len(status_outputs)
             return
-        from lora_forge.host.train_jobs import RUNS
+        from lora_forge.app.train import RUNS
 
         yield from follow(from_state(value), lambda: RUNS.active() is not None)
 
@@ -481,7 +481,7 @@ def wire(ctx: UiContext, blocks: Any, bar: dict[str, Any], sections: Any, tabs: 
             if not value:
                 yield [gr.update()] * len(status_outputs)
                 return
-            from lora_forge.host.train_jobs import RUNS
+            from lora_forge.app.train import RUNS
 
             project = from_state(value)
             clicked = time.time()

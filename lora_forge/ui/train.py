@@ -1,5 +1,5 @@
 """训练: pick a preset, set the handful of values users touch, start; watch progress, the loss
-chart, memory and samples; stop, resume. The run itself lives in host.train_jobs (a worker
+chart, memory and samples; stop, resume. The run itself is app.train's (a Job on a worker
 thread); the Start/Resume/Watch handlers are generators that poll it, so gradio's event loop and
 the WebUI stay free while it trains.
 """
@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from lora_forge.errors import ForgeError
+from lora_forge.host.base import Host
 from lora_forge.ui.context import UiContext
 
 TITLE = "Train"
@@ -81,7 +82,7 @@ def _fmt_eta(seconds: float) -> str:
 
 def render(status: Any) -> tuple[Any, ...]:
     """(status markdown, progress html, chart, sample image, result markdown) for one poll."""
-    from lora_forge.host.train_jobs import GOOD_LOSS
+    from lora_forge.app.train import GOOD_LOSS
     from lora_forge.ui.train_chart import loss_chart
 
     if status is None:
@@ -118,7 +119,7 @@ def render(status: Any) -> tuple[Any, ...]:
     return "\n\n".join(lines), bar, chart, sample, result
 
 
-def _card_memory(host: Any, needed: int) -> str:
+def _card_memory(host: Host, needed: int) -> str:
     """The card's memory, and a plain warning when the estimate does not fit in it."""
     import torch
 
@@ -133,26 +134,12 @@ def _card_memory(host: Any, needed: int) -> str:
 
 
 def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) -> str:
-    from lora_forge.host.train_jobs import build_config
-    from lora_forge.train import memory
-    from lora_forge.train.loop import prepare
-    from lora_forge.train.session import open_session
+    from lora_forge.app import train
 
     try:
         host = ctx.host()
-        config, user_keys = build_config(host, _preset_name(preset), _overrides(list(values[:-1]), values[-1]))
-        prepared = prepare(config, data_dir, user_keys)
-        with host.job("memory estimate"):
-            sd_model = host.sd_model()
-            if getattr(host, "name", "") == "webui":
-                from lora_forge.host.webui_train import check_trainable
-
-                check_trainable(sd_model)
-            session = open_session(sd_model, prepared.config)
-            try:
-                est = memory.estimate(sd_model, session.network, prepared.config, prepared.dataset)
-            finally:
-                session.close()
+        overrides = _overrides(list(values[:-1]), values[-1])
+        est, prepared = train.estimate_memory(host, data_dir, _preset_name(preset), overrides)
     except ForgeError as e:
         return f"**Failed:** {e}"
     return f"Memory plan: {est.summary()} — {_card_memory(host, est.total)}. {prepared.plan.note}"
@@ -161,7 +148,7 @@ def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) ->
 def build(ctx: UiContext) -> None:
     import gradio as gr
 
-    from lora_forge.host.train_jobs import RUNS
+    from lora_forge.app import train
 
     dataset_dir = ctx.shared["dataset_dir"]
     preset = gr.Radio(
@@ -208,7 +195,7 @@ def build(ctx: UiContext) -> None:
 
     def follow(run_id: str):
         while True:
-            status = RUNS.get(run_id)
+            status = train.get(run_id)
             yield (*render(status), "")
             if status.done:
                 return
@@ -217,33 +204,33 @@ def build(ctx: UiContext) -> None:
     def on_start(data_dir: str, preset_name: str, *values: Any):
         try:
             overrides = _overrides(list(values[:-1]), values[-1])
-            status = RUNS.start(ctx.host(), data_dir, _preset_name(preset_name), overrides)
+            status = train.start(ctx.host(), data_dir, _preset_name(preset_name), overrides)
         except ForgeError as e:
             yield "", "", None, None, f"**Failed:** {e}", ""
             return
         yield from follow(status.id)
 
     def on_resume(data_dir: str):
-        last = RUNS.latest()
+        last = train.latest()
         if last is None or last.state not in ("stopped", "failed") or not last.run_dir:
             yield "", "", None, None, "Nothing to resume: no stopped run in this session.", ""
             return
         try:
-            status = RUNS.start(ctx.host(), data_dir or last.data_dir, resume=last.run_dir)
+            status = train.resume(ctx.host(), last.run_dir, data_dir or last.data_dir)
         except ForgeError as e:
             yield "", "", None, None, f"**Failed:** {e}", ""
             return
         yield from follow(status.id)
 
     def on_stop() -> str:
-        active = RUNS.active()
+        active = train.active()
         if active is None:
             return "Nothing is training."
-        RUNS.stop(active.id)
+        train.stop(active.id)
         return "Stopping after the current step…"
 
     def on_watch():
-        active = RUNS.active() or RUNS.latest()
+        active = train.active() or train.latest()
         if active is None:
             yield (*render(None), "")
             return
