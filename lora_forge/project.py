@@ -32,6 +32,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.fsio import atomic_write_text, is_within, unused_path
+from lora_forge.rundir import RunDir
 
 SCHEMA_VERSION = 1
 MANIFEST = "lora_forge_project.json"
@@ -156,12 +157,30 @@ class Project:
         if step in STEPS and not self.read_only:
             self.save({"step": step}, check_revision=False)
 
-    def add_run(self, run_dir: str | Path) -> None:
-        """Record a run folder (once); merged, since a run is a fact whichever tab started it."""
+    @property
+    def runs_elsewhere(self) -> list[Path]:
+        """Runs another face (the HTTP API) trained on this project's dataset: they count for the
+        steps and 测试, but 训练's fields never come from them (the page's own runs set those)."""
+        return [Path(p) for p in self.data.get("runs_elsewhere", [])]
+
+    def add_run(self, run_dir: str | Path, elsewhere: bool = False) -> None:
+        """Record a run folder (once); merged, since a run is a fact whichever tab started it. A run
+        the page started is the page's even if a refresh first recorded it as trained elsewhere."""
         run = str(Path(run_dir))
-        if run in self.data.get("runs", []) or self.read_only:
+        known = run in self.data.get("runs", [])
+        if self.read_only or (known and (elsewhere or run not in self.data.get("runs_elsewhere", []))):
             return
-        self.save({"runs": [*self._on_disk().get("runs", []), run]}, check_revision=False)
+        on_disk = self._on_disk()
+        runs, others = list(on_disk.get("runs", [])), list(on_disk.get("runs_elsewhere", []))
+        changes: dict[str, Any] = {}
+        if run not in runs:
+            changes["runs"] = [*runs, run]
+        if elsewhere and run not in others and run not in runs:
+            changes["runs_elsewhere"] = [*others, run]
+        elif not elsewhere and run in others:
+            changes["runs_elsewhere"] = [p for p in others if p != run]
+        if changes:
+            self.save(changes, check_revision=False)
 
     def remember(self, key: str, value: Any) -> None:
         """Keep one of the user's choices (the trigger word the tagger wrote) in the settings;
@@ -348,18 +367,16 @@ class RunInfo:
 
 def run_info(run_dir: Path) -> RunInfo | None:
     """What a run folder holds; None when it is gone."""
-    if not (run_dir / "config.toml").is_file():
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         return None
     name, resumed_from = run_dir.name, None
     with contextlib.suppress(ForgeError, OSError):
         from lora_forge.train.config import read_config_file
         from lora_forge.train.state import resumed_run
 
-        config = read_config_file(run_dir / "config.toml")
+        config = read_config_file(run.config)
         name = str(config.get("output_name") or name)
         if config.get("resume"):
             resumed_from = resumed_run(str(config["resume"]))
-    final = (run_dir / f"{name}.safetensors").is_file()
-    resumable = (run_dir / "state" / "state.json").is_file()
-    grids = sorted(p for p in run_dir.glob("*-grid-*.png") if not p.stem.endswith("-scores"))
-    return RunInfo(run_dir, name, final, resumable, grids, resumed_from)
+    return RunInfo(run_dir, name, run.final_file(name).is_file(), run.resumable, run.grids(), resumed_from)

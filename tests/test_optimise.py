@@ -74,6 +74,7 @@ def test_train_again_fills_the_train_section_and_keeps_the_run(tmp_path):
     from lora_forge.settings import Settings
     from lora_forge.ui import projects, tab
     from lora_forge.ui.context import UiContext
+    from tests.blocks_support import by_id
 
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "projects")
     blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
@@ -88,21 +89,21 @@ def test_train_again_fills_the_train_section_and_keeps_the_run(tmp_path):
     ).to_toml()
     (run / "config.toml").write_text(previous, encoding="utf-8")
     stale = projects.to_state(p)
-    out = handler.fn(projects.to_state(p), {"run": str(run), "changes": {"max_train_epochs": 4, "num_repeats": 6}})
-    assert "previous run is kept" in out[0]
-    assert out[2]["selected"] == "train"
-    by_id = {c.elem_id: v for c, v in zip(handler.outputs, out, strict=True) if getattr(c, "elem_id", None)}
-    assert by_id["lora_forge_train_max_train_epochs"]["value"] == 4
-    assert by_id["lora_forge_train_num_repeats"]["value"] == 6
+    changes = {"max_train_epochs": 4, "num_repeats": 6}
+    out = by_id(handler, handler.fn(projects.to_state(p), {"run": str(run), "changes": changes}))
+    assert "previous run is kept" in out["lora_forge_optimise_advice"]
+    assert out["lora_forge_sections"]["selected"] == "train"
+    assert out["lora_forge_train_max_train_epochs"]["value"] == 4
+    assert out["lora_forge_train_num_repeats"]["value"] == 6
     # keys 训练 has no field for reach Start through its "more settings" box (no preset selected here
     # means Custom; the run was Art style, whose own defaults need no line: flip_aug is one of them)
-    assert by_id["lora_forge_train_extra"].splitlines() == ["preset = style", "min_bucket_reso = 64"]
+    assert out["lora_forge_train_extra"].splitlines() == ["preset = style", "min_bucket_reso = 64"]
     assert (run / "config.toml").read_text(encoding="utf-8") == previous
     saved = pj.open_project(p.folder).settings["next_config"]
     assert read_config_file(saved)["max_train_epochs"] == 4
-    refused = handler.fn(stale, {"run": str(run), "changes": {"max_train_epochs": 3}})
-    assert "another browser tab" in refused[0]
+    refused = by_id(handler, handler.fn(stale, {"run": str(run), "changes": {"max_train_epochs": 3}}))
+    assert "another browser tab" in refused["lora_forge_optimise_advice"]
     same_preset = handler.fn(
         projects.to_state(pj.open_project(p.folder)), {"run": str(run), "changes": {}}, "Art style"
     )
-    assert same_preset[-1] == "min_bucket_reso = 64"
+    assert by_id(handler, same_preset)["lora_forge_train_extra"] == "min_bucket_reso = 64"

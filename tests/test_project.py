@@ -9,6 +9,8 @@ import pytest
 
 from lora_forge import project as pj
 from lora_forge.errors import ForgeError
+from tests.blocks_support import call, handler
+from tests.test_webui_train import dataset  # noqa: F401 - fixture
 
 
 def test_chinese_and_long_names_get_short_ascii_folders(tmp_path):
@@ -120,8 +122,7 @@ def test_page_load_restores_project_step_settings_and_offers_resume(tmp_path):
 
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=root)
     blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
-    load = next(f for f in blocks.fns if getattr(f.fn, "__name__", "") == "on_load")
-    out = dict(zip([getattr(c, "elem_id", None) or id(c) for c in load.outputs], load.fn(), strict=True))
+    out = call(blocks, "on_load")
     assert "Reopened project “重启之后”" in out["lora_forge_project_msg"]
     assert out["lora_forge_dataset_dir"] == str(p.dataset_dir) == out["lora_forge_prepare_out"]
     assert out["lora_forge_sections"]["selected"] == "train"
@@ -160,27 +161,22 @@ def test_a_new_project_trains_under_its_own_name_and_its_tagger_trigger_word(tmp
 
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=root)
     blocks = tab.build(UiContext(host=lambda: None, settings=lambda: settings))
-    fns = {getattr(f.fn, "__name__", ""): f for f in blocks.fns}
-
-    def keyed(fn, values):
-        return dict(zip([getattr(c, "elem_id", None) or id(c) for c in fn.outputs], values, strict=True))
-
-    out = keyed(fns["on_open"], fns["on_open"].fn("旧项目"))
+    out = call(blocks, "on_open", "旧项目")
     assert out["lora_forge_train_output_name"]["value"] == "old"
     assert out["lora_forge_train_trigger_word"]["value"] == "oldtrig"
     assert "min_bucket_reso = 64" in out["lora_forge_train_extra"]
 
-    out = keyed(fns["on_open"], fns["on_open"].fn("小明 v2"))
+    out = call(blocks, "on_open", "小明 v2")
     assert out["lora_forge_train_output_name"]["value"] == "小明_v2"
     assert out["lora_forge_train_trigger_word"]["value"] == ""
     assert out["lora_forge_train_extra"] == "" and out["lora_forge_tagger_trigger"] == ""
 
-    carry = fns["carry_trigger"]
+    carry = handler(blocks, "carry_trigger")
     assert [c.elem_id for c in carry.outputs] == ["lora_forge_train_trigger_word"]
     assert carry.fn(to_state(new), "  xiaoming ") == "xiaoming"
     assert pj.open_project(new.folder).settings == {"trigger_word": "xiaoming"}
     assert pj.open_project(new.folder).revision == new.revision  # another tab's next save still works
-    out = keyed(fns["on_load"], fns["on_load"].fn())  # a restart
+    out = call(blocks, "on_load")  # a restart
     assert out["lora_forge_train_trigger_word"]["value"] == "xiaoming"
     assert out["lora_forge_tagger_trigger"] == out["lora_forge_editor_trigger"] == "xiaoming"
 
@@ -206,3 +202,53 @@ def test_the_bar_is_recomputed_after_each_section_action_that_changes_the_files(
     prefix = "lora_forge_"
     wanted = {"prepare_run", "tagger_run", "editor_save", "editor_rollback", "grid_go"}
     assert {prefix + w for w in wanted} <= followed
+
+
+def test_reopening_after_an_api_run_keeps_the_projects_name_and_trigger_word(tmp_path, tiny_host, dataset):  # noqa: F811
+    """Issue 17, WebUI item 8: a run started over the HTTP API on the project's dataset filled 训练 from
+    that run when the project was reopened, and the trigger word typed in 打标 was lost. The run still
+    counts for the steps and 测试; 训练 keeps the project's own name and trigger word."""
+    import shutil
+    import time
+
+    from fastapi import FastAPI
+
+    from lora_forge import api
+    from lora_forge.settings import Settings
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+    from lora_forge.ui.projects import to_state
+    from tests.asgi import request
+    from tests.test_webui_train import FAST
+
+    root = tmp_path / "projects"
+    p = pj.create(root, "小明")
+    for f in dataset.iterdir():
+        shutil.copy(f, p.dataset_dir)
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=root)
+    blocks = tab.build(UiContext(host=lambda: tiny_host, settings=lambda: settings))
+    assert handler(blocks, "carry_trigger").fn(to_state(p), "xm") == "xm"  # typed in 打标
+
+    app = FastAPI()
+    api.register(app, host=lambda: tiny_host, settings=lambda: settings)
+    config = {k: v for k, v in FAST.items() if k != "trigger_word"}
+    config.update(output_name="from_api", max_train_epochs=1, sample_every_n_steps=0)
+    started = request(app, "POST", "/lora_forge/v1/train", json={"data_dir": str(p.dataset_dir), "config": config})
+    assert started.status_code == 200, started.text
+    deadline = time.time() + 300
+    while (status := request(app, "GET", f"/lora_forge/v1/train/runs/{started.json()['id']}").json())["state"] not in (
+        "finished",
+        "stopped",
+        "failed",
+    ):
+        assert time.time() < deadline, status
+        time.sleep(0.3)
+    assert status["state"] == "finished", status
+
+    for name, args in (("on_open", ("小明",)), ("on_load", ())):  # opened again, and after a restart
+        out = call(blocks, name, *args)
+        assert out["lora_forge_train_output_name"]["value"] == "小明"
+        assert out["lora_forge_train_trigger_word"]["value"] == "xm"
+        assert 'lf-step-done" id="lora_forge_step_train"' in out["lora_forge_steps"]  # trained, by the API
+        assert "from_api" in out["lora_forge_train_status"]  # the run itself is the project's last run
+    assert [r.name for r in pj.open_project(p.folder).runs] == ["from_api"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from lora_forge import i18n
+from tests.blocks_support import call
 from tests.browser import js_errors, wait_gradio
 from tests.test_flow_browser import _fill, _wait_text
 
@@ -371,9 +372,7 @@ def test_a_webui_user_who_chose_chinese_gets_chinese_messages(tmp_path, monkeypa
     def create(language: str, name: str) -> str:
         monkeypatch.setitem(shared.opts.data, "localization", language)
         [(blocks, _, _)] = webui.on_ui_tabs()
-        fn = next(f for f in blocks.fns if getattr(f.fn, "__name__", "") == "on_create")
-        out = fn.fn(name)
-        return out[[getattr(c, "elem_id", None) for c in fn.outputs].index("lora_forge_project_msg")]
+        return call(blocks, "on_create", name)["lora_forge_project_msg"]
 
     folder = tmp_path / "projects" / "project"
     assert create("zh_CN", "猫猫") == f"已创建项目“猫猫”，位于 `{folder}`。"

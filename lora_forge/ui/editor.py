@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import html
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lora_forge.dataset.editor_labels import OPERATIONS, SCOPES
@@ -50,7 +51,18 @@ def with_session(fn: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
-def build(ctx: UiContext) -> None:
+@dataclass(frozen=True)
+class EditorHandles:
+    """What the tab wires to: the clicks whose work changes the steps (save, roll back), and the
+    trigger word with the click that writes it into every caption."""
+
+    saved: Any
+    rolled_back: Any
+    trigger_added: Any
+    trigger: Any
+
+
+def build(ctx: UiContext) -> EditorHandles:
     import gradio as gr
 
     folder = ctx.shared.get("dataset_dir")
@@ -199,12 +211,15 @@ def build(ctx: UiContext) -> None:
     lists = {"fn": refresh_lists, "inputs": [state, search, sort], "outputs": [tag_table, history]}
 
     def on(event, fn, inputs, with_gallery=False):
-        return event(action(fn, with_gallery), [state, *inputs], view_outputs).then(**lists)
+        """The event's handler, then the tag and history lists; returns the handler's event."""
+        done = event(action(fn, with_gallery), [state, *inputs], view_outputs)
+        done.then(**lists)
+        return done
 
     on(load.click, lambda s, f: s.load(f), [folder], with_gallery=True)
     on(undo.click, lambda s: s.undo(), [])
     on(redo.click, lambda s: s.redo(), [])
-    on(save.click, lambda s: s.save(), [])
+    saved = on(save.click, lambda s: s.save(), [])
     on(prev_page.click, lambda s: s.go_page(-1), [], with_gallery=True)
     on(next_page.click, lambda s: s.go_page(1), [], with_gallery=True)
     on(apply_caption.click, lambda s, text: s.edit_current(text), [caption])
@@ -212,10 +227,10 @@ def build(ctx: UiContext) -> None:
     on(none_of.submit, lambda s, a, o, n: s.set_filter(a, o, n), [all_of, any_of, none_of], with_gallery=True)
     on(all_of.submit, lambda s, a, o, n: s.set_filter(a, o, n), [all_of, any_of, none_of], with_gallery=True)
     on(any_of.submit, lambda s, a, o, n: s.set_filter(a, o, n), [all_of, any_of, none_of], with_gallery=True)
-    on(add_trigger.click, lambda s, word: s.add_trigger(word), [trigger])
+    trigger_added = on(add_trigger.click, lambda s, word: s.add_trigger(word), [trigger])
     on(trigger.submit, lambda s, word: s.set_trigger(word), [trigger])
     on(translations.submit, lambda s, path: s.load_translations(path), [translations])
-    on(rollback.click, lambda s, choice: s.rollback(choice), [history], with_gallery=True)
+    rolled_back = on(rollback.click, lambda s, choice: s.rollback(choice), [history], with_gallery=True)
     on(toggle_sel.click, lambda s: s.toggle_selected(), [], with_gallery=True)
     on(select_shown.click, lambda s: s.select_shown(), [], with_gallery=True)
     on(show_sel.click, lambda s: s.show_selection(), [], with_gallery=True)
@@ -287,3 +302,4 @@ def build(ctx: UiContext) -> None:
     # an edit made after the preview makes it stale: Apply would be refused, so disable it right away
     for button in (undo, redo, apply_caption, add_trigger, rollback, load):
         button.click(lambda: gr.update(interactive=False), None, [apply_btn])
+    return EditorHandles(saved, rolled_back, trigger_added, trigger)

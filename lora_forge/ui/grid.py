@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,16 @@ def _settings_md(settings: Any) -> str:
     )
 
 
-def build(ctx: UiContext) -> None:
+@dataclass(frozen=True)
+class GridHandles:
+    """What the tab wires to: the run picker (the project's runs, the newest picked) and the Render
+    click (a grid changes the steps)."""
+
+    run: Any
+    rendered: Any
+
+
+def build(ctx: UiContext) -> GridHandles:
     import gradio as gr
 
     from lora_forge.grid.plan import DEFAULT_NEGATIVE, DEFAULT_STRENGTHS, PROBE, QUALITY_TAGS
@@ -254,7 +264,7 @@ def build(ctx: UiContext) -> None:
             *more,
         )
 
-    go.click(
+    rendered = go.click(
         do_render,
         inputs=[
             run,
@@ -306,3 +316,4 @@ def build(ctx: UiContext) -> None:
         outputs=[send_info],
         _js="(text, info) => window.loraForgeGrid ? window.loraForgeGrid.sendToTxt2img(text, info) : info",
     )
+    return GridHandles(run, rendered)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_forge import optimise
 from lora_forge.errors import ForgeError
 from lora_forge.ui.context import UiContext
+
+if TYPE_CHECKING:
+    from lora_forge.ui.train import TrainHandles
 
 TITLE = "Optimise"
 EMPTY = "Render a grid with scores in Test grid first; the advice is based on what the grid measured."
@@ -68,7 +71,8 @@ def more_settings(values: dict[str, Any], preset_label: str) -> str:
     return "\n".join(lines)
 
 
-def build(ctx: UiContext) -> None:
+def build(ctx: UiContext, train: TrainHandles | None = None) -> None:
+    """The section; `train` is 训练's form, which "Train again with these changes" fills."""
     import gradio as gr
 
     from lora_forge.ui.projects import from_state, to_state
@@ -102,17 +106,9 @@ def build(ctx: UiContext) -> None:
 
     advise_btn.click(on_advise, [project_state, scores_state], [advice_md, pending, again_btn])
 
-    blocks = gr.context.Context.root_block
     sections = ctx.shared.get("sections")
-    fields, components = {}, list(blocks.blocks.values()) if blocks is not None else []
-    for comp in components:
-        elem_id = getattr(comp, "elem_id", None) or ""
-        if elem_id.startswith("lora_forge_train_") and comp.__class__.__name__ in ("Textbox", "Number"):
-            fields[elem_id.removeprefix("lora_forge_train_")] = comp
-    extra = fields.pop("extra", None)
-    preset = next((c for c in components if getattr(c, "elem_id", None) == "lora_forge_train_preset"), None)
 
-    def on_again(project_v: Any, pending_v: Any, preset_label: str = ""):
+    def on_again(project_v: Any, pending_v: Any, preset_label: str = "") -> dict[Any, Any]:
         try:
             project = from_state(project_v)
             if not pending_v:
@@ -120,20 +116,25 @@ def build(ctx: UiContext) -> None:
             path, values = optimise.next_config(Path(pending_v["run"]), pending_v["changes"], project.configs_dir)
             project.save({"settings": {**project.settings, "next_config": str(path)}})
         except ForgeError as e:
-            return [f"**Error:** {e}", gr.update(), gr.update()] + [gr.update()] * (len(fields) + len(more))
+            return {advice_md: f"**Error:** {e}"}
         if values.get("network_train_unet_only"):
             values["text_encoder_lr"] = 0
         msg = (
             f"Saved the next run's config as `{path}` (the previous run is kept). "
             "Train is filled with it: press Start training."
         )
-        updates = [gr.update(value=values[k]) if k in values else gr.update() for k in fields]
-        tab = gr.update(selected="train") if sections is not None else gr.update()
-        # keys without a field (e.g. bucket sizes typed under Advanced) go to the "more settings" box
-        lines = [more_settings(values, preset_label)] if more else []
-        return [msg, to_state(project), tab, *updates, *lines]
+        out: dict[Any, Any] = {advice_md: msg, project_state: to_state(project)}
+        if sections is not None:
+            out[sections] = gr.update(selected="train")
+        if train is not None:
+            # keys without a field (e.g. bucket sizes typed under Advanced) go to the "more settings" box
+            out.update(train.fill(values, more_settings(values, preset_label)))
+        return out
 
-    more = [extra] if extra is not None else []
-    outputs = [advice_md, project_state, sections if sections is not None else gr.State(None), *fields.values()]
-    inputs = [project_state, pending, *([preset] if preset is not None else [])]
-    again_btn.click(on_again, inputs, [*outputs, *more])
+    outputs = [advice_md, project_state, *([sections] if sections is not None else [])]
+    if train is None:
+        again_btn.click(on_again, [project_state, pending], outputs)
+    else:
+        again_btn.click(
+            on_again, [project_state, pending, train.preset], [*outputs, *train.fields.values(), train.extra]
+        )

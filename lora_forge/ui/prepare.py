@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ TITLE = "Images & crop"
 SIZES = ["512", "768", "1024"]
 ACTIONS = {"Re-crop centred": "centre", "Face focus": "face", "Keep whole": "whole", "Drop": "drop"}
 BOX_COLOUR = (255, 40, 40)
+
+
+@dataclass(frozen=True)
+class PrepareHandles:
+    """What the tab wires to: the output folder box and the Prepare click (its work changes the steps)."""
+
+    out: Any
+    prepared: Any
 
 
 def _paths_from_text(text: str) -> list[str]:
@@ -89,7 +98,7 @@ def _report_markdown(report: Any) -> str:
     return "\n".join(lines)
 
 
-def build(ctx: UiContext) -> None:
+def build(ctx: UiContext) -> PrepareHandles:
     import gradio as gr
 
     with gr.Row():
@@ -163,7 +172,7 @@ def build(ctx: UiContext) -> None:
         items, file_names = gallery_items(out, boxes_v, ctx.tr)
         return _report_markdown(report), items, file_names, str(out), str(out), str(out)
 
-    run.click(
+    prepared = run.click(
         do_run,
         inputs=[files, sources, out_box, size, buckets, face_crops, fmt, show_boxes],
         outputs=[report_md, gallery, names, folder_state, out_box, dataset_dir],
@@ -206,3 +215,4 @@ def build(ctx: UiContext) -> None:
             inputs=[folder_state, selected, show_boxes],
             outputs=[message, gallery, names, selected],
         )
+    return PrepareHandles(out_box, prepared)

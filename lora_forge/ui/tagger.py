@@ -12,6 +12,7 @@ import html
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,15 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.1f} MB"
 
 
-def build(ctx: UiContext) -> None:
+@dataclass(frozen=True)
+class TaggerHandles:
+    """What the tab wires to: the Tag click (captions change the steps) and its trigger word box."""
+
+    tagged: Any
+    trigger: Any
+
+
+def build(ctx: UiContext) -> TaggerHandles:
     import gradio as gr
 
     from lora_forge.tagger import registry
@@ -247,7 +256,7 @@ def build(ctx: UiContext) -> None:
         name = (choice or registry.DEFAULT_MODEL).split(SEP)[0]
         return gr.update(choices=model_choices(settings), value=choice_for(settings, name)), model_info(settings, name)
 
-    run.click(
+    tagged = run.click(
         do_run,
         inputs=[
             model,
@@ -264,5 +273,7 @@ def build(ctx: UiContext) -> None:
             existing,
         ],
         outputs=[status, results],
-    ).then(refresh_models, inputs=[model], outputs=[model, info])
+    )
+    tagged.then(refresh_models, inputs=[model], outputs=[model, info])
     stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
+    return TaggerHandles(tagged, trigger)

@@ -7,6 +7,7 @@ the WebUI stay free while it trains.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from lora_forge.errors import ForgeError
@@ -145,7 +146,40 @@ def estimate_memory(ctx: UiContext, data_dir: str, preset: str, *values: Any) ->
     return f"Memory plan: {est.summary()} — {_card_memory(host, est.total)}. {prepared.plan.note}"
 
 
-def build(ctx: UiContext) -> None:
+@dataclass
+class TrainHandles:
+    """What the tab wires to: the form (preset, a field per config key, the more-settings box), the
+    status line, the run the last Start launched, and the events that follow a run until it ends."""
+
+    preset: Any
+    fields: dict[str, Any]  # config key → its Textbox / Number
+    extra: Any  # keys without a field of their own, as `key = value` lines
+    status: Any
+    run_id: Any  # gr.State: the id of the run Start launched (what the run service returned)
+    started: Any  # Start's launch: run_id is set when it is done
+    run_ended: list[Any] = field(default_factory=list)  # Start, Resume, Show progress: done when their run is
+    _follow: Any = None
+    _outputs: list[Any] = field(default_factory=list)
+
+    def follow_after(self, event: Any) -> Any:
+        """Show the run whose id is in run_id once `event` is done (e.g. the bar's Resume), as this
+        section's own Start does; the returned event ends when the run does."""
+        followed = event.then(self._follow, [self.run_id], self._outputs)
+        self.run_ended.append(followed)
+        return followed
+
+    def fill(self, values: dict[str, Any], more: str | None) -> dict[Any, Any]:
+        """Updates that show `values` (config keys) in the form; `more` for the more-settings box
+        (None leaves it as it is). Keys with no field and no value are left as the page has them."""
+        import gradio as gr
+
+        out: dict[Any, Any] = {comp: gr.update(value=values[k]) for k, comp in self.fields.items() if k in values}
+        if more is not None:
+            out[self.extra] = more
+        return out
+
+
+def build(ctx: UiContext) -> TrainHandles:
     import gradio as gr
 
     from lora_forge.app import train
@@ -159,23 +193,24 @@ def build(ctx: UiContext) -> None:
         elem_classes=["lora-forge-preset-cards"],
     )
     defaults = _preset_values("person")
-    components = []
+    fields: dict[str, Any] = {}
     with gr.Row():
         for i, (key, label, kind) in enumerate(MAIN_FIELDS):
             value = "my_lora" if key == "output_name" else defaults[i]
             comp = gr.Textbox if kind == "text" else gr.Number
-            components.append(comp(value=value, label=label, elem_id=f"lora_forge_train_{key}", min_width=160))
+            fields[key] = comp(value=value, label=label, elem_id=f"lora_forge_train_{key}", min_width=160)
     with gr.Accordion("Advanced", open=False, elem_id="lora_forge_train_advanced"):
         with gr.Row():
             for j, (key, label, kind) in enumerate(ADVANCED_FIELDS):
                 value = defaults[len(MAIN_FIELDS) + j]
                 comp = gr.Textbox if kind == "text" else gr.Number
-                components.append(comp(value=value, label=label, elem_id=f"lora_forge_train_{key}", min_width=160))
+                fields[key] = comp(value=value, label=label, elem_id=f"lora_forge_train_{key}", min_width=160)
         extra = gr.Textbox(
             label="More settings, one `key = value` per line (kohya names)",
             lines=3,
             elem_id="lora_forge_train_extra",
         )
+    components = list(fields.values())
     with gr.Row():
         check = gr.Button("Check memory", elem_id="lora_forge_train_check")
         start = gr.Button("Start training", variant="primary", elem_id="lora_forge_train_start")
@@ -191,36 +226,40 @@ def build(ctx: UiContext) -> None:
             label="Latest sample", type="pil", interactive=False, height=240, elem_id="lora_forge_train_sample"
         )
     result_md = gr.Markdown("", elem_id="lora_forge_train_result")
+    run_id = gr.State("")
     outputs = [status_md, bar, chart, sample, result_md, memory_md]
 
-    def follow(run_id: str):
+    def follow(run: str):
+        """The run's progress every POLL_SECONDS until it is done; nothing when no run was launched."""
+        if not run:
+            return
         while True:
-            status = train.get(run_id)
+            status = train.get(run)
             yield (*render(status), "")
             if status.done:
                 return
             time.sleep(POLL_SECONDS)
+
+    def failed(message: str) -> dict[Any, Any]:
+        return {run_id: "", status_md: "", bar: "", chart: None, sample: None, result_md: message, memory_md: ""}
 
     def on_start(data_dir: str, preset_name: str, *values: Any):
         try:
             overrides = _overrides(list(values[:-1]), values[-1])
             status = train.start(ctx.host(), data_dir, _preset_name(preset_name), overrides)
         except ForgeError as e:
-            yield "", "", None, None, f"**Failed:** {e}", ""
-            return
-        yield from follow(status.id)
+            return failed(f"**Failed:** {e}")
+        return {run_id: status.id, memory_md: ""}
 
     def on_resume(data_dir: str):
         last = train.latest()
         if last is None or last.state not in ("stopped", "failed") or not last.run_dir:
-            yield "", "", None, None, "Nothing to resume: no stopped run in this session.", ""
-            return
+            return failed("Nothing to resume: no stopped run in this session.")
         try:
             status = train.resume(ctx.host(), last.run_dir, data_dir or last.data_dir)
         except ForgeError as e:
-            yield "", "", None, None, f"**Failed:** {e}", ""
-            return
-        yield from follow(status.id)
+            return failed(f"**Failed:** {e}")
+        return {run_id: status.id, memory_md: ""}
 
     def on_stop() -> str:
         active = train.active()
@@ -243,10 +282,14 @@ def build(ctx: UiContext) -> None:
     inputs = [dataset_dir, preset, *components, extra]
     preset.change(on_preset, inputs=[preset], outputs=components[2:])
     check.click(lambda *a: estimate_memory(ctx, a[0], a[1], *a[2:]), inputs=inputs, outputs=[memory_md])
-    start.click(on_start, inputs=inputs, outputs=outputs)
-    resume.click(on_resume, inputs=[dataset_dir], outputs=outputs)
+    started = start.click(on_start, inputs=inputs, outputs=[run_id, *outputs])
+    resumed = resume.click(on_resume, inputs=[dataset_dir], outputs=[run_id, *outputs])
     stop.click(on_stop, outputs=[memory_md])
-    watch.click(on_watch, outputs=outputs)
+    watched = watch.click(on_watch, outputs=outputs)
+    handles = TrainHandles(preset, fields, extra, status_md, run_id, started, [watched], follow, outputs)
+    handles.follow_after(started)
+    handles.follow_after(resumed)
+    return handles
 
 
 def _preset_name(label: str) -> str:
