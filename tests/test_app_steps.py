@@ -9,6 +9,7 @@ from PIL import Image
 
 from lora_forge import project as pj
 from lora_forge.app import steps
+from lora_forge.rundir import RunDir
 
 
 def _image(path: Path) -> None:
@@ -17,13 +18,14 @@ def _image(path: Path) -> None:
 
 
 def _run(folder: Path, name: str, final: bool, state: bool) -> Path:
+    run = RunDir(folder)
     folder.mkdir(parents=True)
-    (folder / "config.toml").write_text(f'output_name = "{name}"\n', encoding="utf-8")
+    run.config.write_text(f'output_name = "{name}"\n', encoding="utf-8")
     if final:
-        (folder / f"{name}.safetensors").write_bytes(b"x")
+        run.final_file(name).write_bytes(b"x")
     if state:
-        (folder / "state").mkdir()
-        (folder / "state" / "state.json").write_text("{}", encoding="utf-8")
+        run.state.mkdir()
+        run.state_path("position").write_text("{}", encoding="utf-8")
     return folder
 
 
@@ -96,13 +98,13 @@ def test_a_resumed_run_is_offered_again_only_until_its_continuation_gets_further
     # the continuation was killed before it saved anything: the first run is still the one to resume
     cont = lora / "mine-2"
     cont.mkdir()
-    (cont / "config.toml").write_text(f'output_name = "mine-2"\nresume = "{cut / "state"}"\n', encoding="utf-8")
+    RunDir(cont).config.write_text(f'output_name = "mine-2"\nresume = "{RunDir(cut).state}"\n', encoding="utf-8")
     p.add_run(cont)
     assert steps.bar_state(p).resume.folder == cut
     assert steps.interrupted_runs(p, active={str(cut)}) == [pj.run_info(cont)]  # being resumed right now
     resuming = steps.bar_state(p, {str(cut)})
     assert resuming.resume is None and resuming.state("train") == "running"
-    (cont / "mine-2.safetensors").write_bytes(b"x")  # it finished: nothing is left to resume
+    RunDir(cont).final_file("mine-2").write_bytes(b"x")  # it finished: nothing is left to resume
     assert steps.interrupted_runs(p) == [] and steps.bar_state(p).resume is None
     assert steps.bar_state(p).state("train") == "done"
 

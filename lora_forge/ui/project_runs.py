@@ -66,7 +66,7 @@ def wire_runs(ctx: UiContext, bar: BarHandles, sections: Sections) -> None:
         except ForgeError as e:
             return {bar.message: f"**Error:** {e}"}
         out = bar.status(project, desk.bar(project))
-        out[bar.message] = f"Resuming run {stopped.name} as {run.name}; its progress is in 训练."
+        out[bar.message] = f"Resuming run {stopped.name} as {run.name}; its progress is in Train."
         out[sections.tabs] = gr.update(selected="train")
         if train is not None:
             out[train.run_id] = run.id
