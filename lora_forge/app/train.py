@@ -88,9 +88,12 @@ def build_config(host: Host, preset: str, overrides: dict[str, Any], resume: str
     """The one config layering (train.layering) with this host's defaults; empty values from a
     form or a request mean "not set"."""
     from lora_forge.train.layering import layer_config
+    from lora_forge.train.presets import loaded_family
 
     given = {k: v for k, v in overrides.items() if v is not None and v != ""}
-    layered = layer_config(preset, given, resume, defaults=host.training_defaults(), forced=host.training_overrides())
+    family, device_type = loaded_family(host)  # an SDXL-family model gets the presets' SDXL values
+    layered = layer_config(preset, given, resume, defaults=host.training_defaults(), forced=host.training_overrides(),
+                           family=family, device_type=device_type)  # fmt: skip
     return layered.config, layered.user_keys
 
 

@@ -10,6 +10,8 @@ real checkpoint is classified differently.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,6 +97,24 @@ def _context_dim(shapes: Mapping[str, tuple[int, ...]]) -> int:
         if key.startswith("model.diffusion_model.") and key.endswith("attn2.to_k.weight") and len(shape) == 2:
             return int(shape[1])
     return 0
+
+
+def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Key → shape from a `.safetensors` header without reading a tensor; {} for any other or
+    unreadable file (callers then fall back to what they know without it)."""
+    if not str(path).lower().endswith(".safetensors"):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100 << 20:
+                return {}
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(header, dict):
+        return {}
+    return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
 
 def state_dict_shapes(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

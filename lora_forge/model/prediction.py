@@ -16,7 +16,6 @@ what the file says it is. `v_parameterization` / `zero_terminal_snr` = true/fals
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,19 +44,12 @@ def tristate(value: Any) -> bool | None:
 def checkpoint_markers(sd_model: Any) -> frozenset[str]:
     """The v-pred / ZTSNR marker keys in the loaded checkpoint's safetensors header ({} when the
     file is not a readable .safetensors). Reads the header only, never a tensor."""
+    from lora_forge.model.family import safetensors_shapes
+
     info = getattr(sd_model, "sd_checkpoint_info", None)
     path = str(getattr(info, "filename", "") or getattr(sd_model, "sd_model_checkpoint", "") or "")
-    if not path.lower().endswith(".safetensors"):
-        return frozenset()
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100 << 20:
-                return frozenset()
-            header = json.loads(f.read(n))
-    except (OSError, ValueError):
-        return frozenset()
-    return frozenset(k for k in MARKERS if isinstance(header, dict) and k in header)
+    shapes = safetensors_shapes(path) if path else {}
+    return frozenset(k for k in MARKERS if k in shapes)
 
 
 def resolve(sd_model: Any, v_setting: Any, ztsnr_setting: Any, host_ztsnr: bool) -> Prediction:

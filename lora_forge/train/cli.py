@@ -50,13 +50,16 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[str]]:
     """(config, keys the user set, warnings from importing a foreign config): the flags as
     overrides on the one config layering (train.layering)."""
+    from lora_forge.model.family import checkpoint_family, safetensors_shapes
     from lora_forge.train.layering import layer_config
 
     overrides: dict[str, Any] = dict(parse_sets(args.set))
     if args.trigger is not None:
         overrides["trigger_word"] = args.trigger
     overrides["output_name"] = args.name
-    layered = layer_config(args.preset, overrides, args.resume or "", config_file=args.config)
+    family = checkpoint_family(safetensors_shapes(args.ckpt))  # "" for a .ckpt: the SD1/SD2 values
+    layered = layer_config(args.preset, overrides, args.resume or "", config_file=args.config, family=family,
+                           device_type=str(args.device).split(":")[0])  # fmt: skip
     return layered.config, layered.user_keys, layered.warnings
 
 

@@ -36,7 +36,11 @@ def layer_config(
     config_file: str | Path | None = None,
     defaults: Mapping[str, Any] | None = None,
     forced: Mapping[str, Any] | None = None,
+    family: str = "",
+    device_type: str = "",
 ) -> Layered:
+    """`family` / `device_type`: the model's (model/family.py) and the device's, which pick the
+    preset's SDXL values (train/presets.py); "" for the SD1/SD2 ones."""
     from lora_forge.train.config import read_config_file
     from lora_forge.train.presets import preset_config
 
@@ -63,5 +67,5 @@ def layer_config(
         layered.pop("clip_skip", None)
     if resumed:
         layered["resume"] = resumed
-    config = preset_config(str(layered.pop("preset", preset) or "custom"), layered)
+    config = preset_config(str(layered.pop("preset", preset) or "custom"), layered, family, device_type)
     return Layered(config, frozenset(layered) - {"output_name", "resume"}, warnings)

@@ -18,6 +18,24 @@ The subject changes what matters:
 - product (产品): logos and text must not mirror; rank 16 is plenty for one object; noise offset
   helps the white studio backgrounds; ~1200 steps.
 - custom: the plain defaults, for users who bring their own numbers.
+
+SDXL-family models (SDXL, Pony, Illustrious, NoobAI) get `SDXL_BASE` and each subject's `sdxl`
+values on top, chosen by `preset_config(..., family=)` / `model_preset_config(host)`:
+- 1024 px with buckets 512-2048 in 64-px steps: SDXL's native size (kohya docs/train_SDXL-en.md
+  "The default resolution of SDXL is 1024x1024"; kohya_ss's SDXL presets use max_bucket_reso 2048,
+  bucket_reso_steps 64); 512 as the floor because SDXL renders badly below it.
+- U-Net only, text encoder learning rate 0: kohya "highly recommends" --network_train_unet_only for
+  SDXL LoRA (two text encoders give unexpected results) and it is what lets the cached
+  text-encoder outputs fit 8 GB (same doc, "LoRA training can be done with 8GB").
+- rank 16 / alpha 8 (32 / 16 for a style): the doc's 8 GB advice is dim 4-8, kohya_ss's SDXL
+  presets and the Civitai Illustrious guides use 32; 16 is the middle, half-alpha as our SD1 presets.
+- UNet learning rate 1e-4 with AdamW8bit on CUDA: kohya_ss's SDXL AdamW preset ("AI_Now") and
+  the Illustrious guides' "0.0001 keeps image quality"; kohya recommends an 8-bit optimizer or
+  Adafactor for 8 GB. AdamW8bit needs bitsandbytes on CUDA, so other devices get AdamW.
+- noise offset 0.0357 for style/product (kohya_ss's SDXL presets: SDXL was trained with it).
+- clip skip 1: kohya's SDXL scripts warn that clip_skip does not apply to SDXL; inside the WebUI the
+  user's own setting is used anyway.
+Epochs and step targets stay the subjects' (the guides' "10 epochs" for beginners).
 """
 
 from __future__ import annotations
@@ -36,13 +54,14 @@ class Preset:
     label: str  # English; Chinese in localizations
     target_steps: int  # optimizer steps the plan aims for
     values: dict[str, Any] = field(default_factory=dict)
+    sdxl: dict[str, Any] = field(default_factory=dict)  # on top of SDXL_BASE for SDXL-family models
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("person", "Person", 1600, {"flip_aug": False, "clip_skip": 1}),
-        Preset("anime", "Anime character", 1500, {"flip_aug": False, "clip_skip": 2}),
+        Preset("anime", "Anime character", 1500, {"flip_aug": False, "clip_skip": 2}, {"clip_skip": 1}),
         Preset(
             "style",
             "Art style",
@@ -56,27 +75,78 @@ PRESETS: dict[str, Preset] = {
                 "noise_offset": 0.05,
                 "max_train_epochs": 12,
             },
+            {"network_dim": 32, "network_alpha": 16.0, "noise_offset": 0.0357},
         ),
         Preset(
             "product",
             "Product / object",
             1200,
             {"network_dim": 16, "network_alpha": 8.0, "flip_aug": False, "noise_offset": 0.05},
+            {"noise_offset": 0.0357},
         ),
         Preset("custom", "Custom", 1500, {}),
     )
 }
 
+SDXL_BASE: dict[str, Any] = {
+    "resolution": "1024",
+    "min_bucket_reso": 512,
+    "max_bucket_reso": 2048,
+    "bucket_reso_steps": 64,
+    "network_train_unet_only": True,
+    "text_encoder_lr": 0.0,
+    "network_dim": 16,
+    "network_alpha": 8.0,
+    "learning_rate": 1e-4,
+    "clip_skip": 1,
+}
 MAX_REPEATS = 50
 MAX_EPOCHS = 40
 
 
-def preset_config(preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The preset's config with the user's overrides on top (every key can be overridden)."""
+def preset_values(preset: str, family: str = "", device_type: str = "") -> dict[str, Any]:
+    """The keys a preset sets for a model family ("sdxl…" gets the SDXL values) on a device."""
+    from lora_forge.model.family import base_family
+
     if preset not in PRESETS:
         raise ForgeError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = TrainConfig.from_dict({**PRESETS[preset].values, "preset": preset})
+    p = PRESETS[preset]
+    if base_family(family) != "sdxl":
+        return dict(p.values)
+    optimizer = "AdamW8bit" if device_type == "cuda" and _has_bitsandbytes() else "AdamW"
+    return {**p.values, **SDXL_BASE, "optimizer_type": optimizer, **p.sdxl}
+
+
+def _has_bitsandbytes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def preset_config(
+    preset: str, overrides: dict[str, Any] | None = None, family: str = "", device_type: str = ""
+) -> TrainConfig:
+    """The preset's config for `family` (the loaded model's, model/family.py) with the user's
+    overrides on top (every key can be overridden)."""
+    base = TrainConfig.from_dict({**preset_values(preset, family, device_type), "preset": preset})
     return TrainConfig.from_dict(overrides or {}, base=base)
+
+
+def loaded_family(host: Any) -> tuple[str, str]:
+    """(family, device type) of the model the host holds, ("", "") when none is loaded."""
+    from lora_forge.model.family import model_family
+
+    try:
+        return model_family(host.sd_model()), str(host.device.type)
+    except ForgeError:
+        return "", ""
+
+
+def model_preset_config(preset: str, host: Any, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """`preset_config` for the model the host has loaded: what the Train section shows and
+    starts with (SDXL values when an SDXL-family model is loaded)."""
+    family, device_type = loaded_family(host)
+    return preset_config(preset, overrides, family, device_type)
 
 
 @dataclass(frozen=True)
@@ -125,10 +195,20 @@ def plan_steps(
 
 
 def describe_presets() -> list[dict[str, Any]]:
-    """Each preset's name, label and the keys it changes, for the UI and `--help`."""
+    """Each preset's name, label and the keys it changes (for SD1/SD2 and for SDXL on CUDA), for
+    the UI and `--help`."""
     defaults = dataclasses.asdict(TrainConfig())
     out = []
     for p in PRESETS.values():
         changed = {k: v for k, v in p.values.items() if defaults.get(k) != v}
-        out.append({"name": p.name, "label": p.label, "target_steps": p.target_steps, "changes": changed})
+        sdxl = preset_values(p.name, "sdxl", "cuda")
+        out.append(
+            {
+                "name": p.name,
+                "label": p.label,
+                "target_steps": p.target_steps,
+                "changes": changed,
+                "sdxl_changes": {k: v for k, v in sdxl.items() if defaults.get(k) != v},
+            }
+        )
     return out

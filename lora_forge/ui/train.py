@@ -46,14 +46,16 @@ ADVANCED_FIELDS = [
     ("mixed_precision", "Mixed precision (no / fp16 / bf16)", "text"),
     ("min_snr_gamma", "Min-SNR gamma (0 = off)", "float"),
     ("noise_offset", "Noise offset", "float"),
+    ("v_parameterization", "v-prediction (auto / true / false)", "text"),
     ("seed", "Seed", "int"),
 ]
 
 
-def _preset_values(preset: str) -> list[Any]:
-    from lora_forge.train.presets import preset_config
+def _preset_values(preset: str, host: Any = None) -> list[Any]:
+    """The fields' values for a preset, for the model `host` has loaded (SDXL values for SDXL)."""
+    from lora_forge.train.presets import model_preset_config, preset_config
 
-    config = preset_config(_preset_name(preset))
+    config = preset_config(_preset_name(preset)) if host is None else model_preset_config(_preset_name(preset), host)
     values = []
     for key, _, _ in MAIN_FIELDS + ADVANCED_FIELDS:
         v = getattr(config, key)
@@ -276,7 +278,7 @@ def build(ctx: UiContext) -> TrainHandles:
         yield from follow(active.id)
 
     def on_preset(name: str) -> list[Any]:
-        values = _preset_values(name)
+        values = _preset_values(name, ctx.host())
         return [gr.update(value=v) for v in values[2:]]  # name and trigger word stay the user's
 
     inputs = [dataset_dir, preset, *components, extra]
