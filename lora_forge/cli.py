@@ -64,7 +64,10 @@ RUNTIME_PACKAGES = frozenset(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # Our own INFO lines only: libraries' INFO chatter (matplotlib's "generated new fontManager" on a
+    # fresh HOME, …) is not what a user asked to see; their warnings still show, -v shows everything.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("lora_forge").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -45,10 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or Path(tempfile.mkdtemp(prefix="lora_forge_selftest_"))
+    """Without --out everything goes to a temporary folder that is removed at the end (it holds
+    ~90 MB: the tiny model, datasets, LoRAs, grids), pass or fail; --out keeps the files."""
+    if args.out is not None:
+        return _run(args, args.out, "")
+    with tempfile.TemporaryDirectory(prefix="lora_forge_selftest_", ignore_cleanup_errors=True) as tmp:
+        return _run(args, Path(tmp), " (removed at the end; --out FOLDER keeps the files)")
+
+
+def _run(args: argparse.Namespace, out: Path, note: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ctx = SelftestContext(out=out)
-    print(f"LoRA Forge selftest, writing to {out}")
+    print(f"LoRA Forge selftest, writing to {out}{note}")
     results = []
     for title, module_name in STAGES:
         if not module_exists(module_name):

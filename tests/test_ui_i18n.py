@@ -102,7 +102,7 @@ FRAGMENTS: dict[tuple[str, str], str] = {
     ): FINISHED,
     ("lora_forge/app/train.py", " Press Resume to continue this run."): STOPPED,
     ("lora_forge/train/presets.py", "⟨0⟩ image views per epoch (⟨1⟩ images × ⟨2⟩ repeats"): PLAN,
-    ("lora_forge/train/presets.py", "), ⟨0⟩ epochs, ⟨1⟩ steps"): PLAN,
+    ("lora_forge/train/presets.py", "⟨0⟩, ⟨1⟩ epochs, ⟨2⟩ steps"): PLAN,
     ("lora_forge/ui/train.py", "; this will not fit: lower the batch size, the resolution or the rank"): (
         "the card has {total} GiB ({device}); this will not fit: lower the batch size, the resolution or the rank"
     ),

@@ -20,12 +20,8 @@ if [[ ! -f $VENV/.complete ]]; then
   "$VENV/bin/python" -c "import ldm.models.diffusion.ddpm, imaginairy.modules.sgm.diffusion, gradio, onnxruntime, cv2, playwright" >&2
   touch "$VENV/.complete"
 fi
-# Browser tests drive Debian's Chromium (Playwright never downloads its own browser here).
-if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing chromium for the browser tests" >&2
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk) >/dev/null 2>&1 \
-    || echo "could not install chromium; browser tests will be skipped" >&2
-fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-cd "$ROOT"
+# No `cd` here: tools/run.sh and tools/selftest.sh run in the user's folder, so the paths they give
+# are read from where they typed them. Nothing here changes the system either (no apt): only the
+# browser tests need Chromium, and tools/test.sh installs it.

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lora_forge.train.config import describe_keys
     from lora_forge.train.presets import PRESETS
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "keys for --set KEY=VALUE (and config files), with their types and defaults:\n" + describe_keys()
 
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file (.safetensors / .ckpt), SD1.x or SD2.x")
     p.add_argument("--vae", type=Path, help="a separate VAE file to encode the images with")
@@ -33,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trigger", help="trigger word (kept as the first tag of every caption)")
     p.add_argument("--resume", type=Path, help="continue a stopped run from its folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads on --device cpu (default: half the cores)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan, do not train")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -71,11 +76,14 @@ def run(args: argparse.Namespace) -> int:
     for w in warnings:
         log.warning("config: %s", w)
     prepared = prepare(config, args.data, user_keys)
-    print(f"plan: {prepared.plan.note}; {prepared.plan.total_steps} steps", flush=True)
+    print(f"plan: {prepared.plan.note}", flush=True)
     if not args.ckpt.is_file():
         raise ForgeError("checkpoint file not found", path=args.ckpt)
+    from lora_forge import cpu_threads
     from lora_forge.host.standalone import StandaloneHost
 
+    if line := cpu_threads.apply(args.threads, args.device):
+        print(line, flush=True)
     host = StandaloneHost(args.ckpt, vae=args.vae, clip_folder=args.clip_folder, device=args.device)
     if args.dry_run:
         from lora_forge.train import memory

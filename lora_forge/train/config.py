@@ -220,11 +220,46 @@ class TrainConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ForgeError(f"unknown config key(s): {', '.join(unknown)}")
+            named = ", ".join(_with_suggestion(k, list(known)) for k in unknown)
+            raise ForgeError(f"unknown config key(s): {named}; train --help lists every key with its type and default")
         values = dataclasses.asdict(base or cls())
         for key, raw in data.items():
             values[key] = coerce(key, raw, values[key])
         return cls(**values)
+
+
+def nearest_key(name: str, keys: list[str]) -> str | None:
+    """The config key a user most likely meant: `epochs` → `max_train_epochs`, `lr` → `learning_rate`."""
+    import difflib
+
+    low = name.strip().lower().replace("-", "_")
+    aliases = {
+        "lr": "learning_rate", "dim": "network_dim", "rank": "network_dim", "alpha": "network_alpha",
+        "epochs": "max_train_epochs", "steps": "max_train_steps", "batch_size": "train_batch_size",
+        "batch": "train_batch_size", "repeats": "num_repeats", "trigger": "trigger_word", "name": "output_name",
+    }  # fmt: skip
+    if aliases.get(low) in keys:
+        return aliases[low]
+    containing = [k for k in keys if (low and low in k.split("_")) or (len(low) > 3 and low in k)]
+    if containing:
+        return min(containing, key=len)
+    close = difflib.get_close_matches(low, keys, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _with_suggestion(name: str, keys: list[str]) -> str:
+    near = nearest_key(name, keys)
+    return f"{name} (did you mean {near}?)" if near else name
+
+
+def describe_keys() -> str:
+    """Every config key with its type and default, one per line: `train --help` and the README."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind = type(default).__name__
+        lines.append(f"  {f.name} ({kind}, default {_toml_value(default)})")
+    return "\n".join(lines)
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -59,7 +59,7 @@ def prepare(config: TrainConfig, data_dir: str | Path, user_keys: frozenset[str]
     per_epoch = -(-batches // config.gradient_accumulation_steps)
     total = config.max_train_steps or per_epoch * plan.epochs
     epochs = -(-total // per_epoch)
-    plan = StepPlan(plan.repeats_for_plain, epochs, per_epoch, total, plan.note)
+    plan = plan.with_steps(epochs, per_epoch, total)
     resume = None
     if config.resume:
         from lora_forge.train.state import find_state

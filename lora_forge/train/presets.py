@@ -155,7 +155,13 @@ class StepPlan:
     epochs: int
     steps_per_epoch: int
     total_steps: int  # optimizer steps
-    note: str
+    note: str  # "… image views per epoch (…), N epochs, M steps": the one plan line users read
+    views: str = ""  # the note's first part, kept so the counts can be restated
+
+    def with_steps(self, epochs: int, steps_per_epoch: int, total_steps: int) -> StepPlan:
+        """The plan with the counts the batches really give, its note saying those counts."""
+        note = f"{self.views}, {epochs} epochs, {total_steps} steps" if self.views else self.note
+        return StepPlan(self.repeats_for_plain, epochs, steps_per_epoch, total_steps, note, self.views)
 
 
 def plan_steps(
@@ -186,12 +192,12 @@ def plan_steps(
     if config.max_train_steps:
         total = config.max_train_steps
         epochs = -(-total // steps_per_epoch)
-    note = (
+    head = (
         f"{views} image views per epoch ({plain} images × {repeats} repeats"
         + (f" + {fixed} from N_ folders" if fixed else "")
-        + f"), {epochs} epochs, {total} steps"
+        + ")"
     )
-    return StepPlan(repeats, epochs, steps_per_epoch, total, note)
+    return StepPlan(repeats, epochs, steps_per_epoch, total, f"{head}, {epochs} epochs, {total} steps", head)
 
 
 def describe_presets() -> list[dict[str, Any]]:

@@ -167,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-folder", type=Path, help="CLIP tokenizer/config folder when not in the HF cache")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--lora-dir", type=Path, help="where trained LoRA files go (default: Lora/ beside --ckpt)")
-    parser.add_argument("--port", type=int, default=7870, help="port (default 7870)")
+    parser.add_argument("--port", type=int, default=7870, help="port (default 7870; another one when it is taken)")
     parser.add_argument(
         "--listen",
         action="store_true",
@@ -179,16 +179,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_port(host: str, port: int) -> None:
+    """ForgeError naming --port when something already listens on `port` (gradio's own error is a
+    traceback that ends "Cannot find empty port"). No SO_REUSEADDR: on Windows it would let the bind
+    succeed over a listening socket."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ForgeError(
+                f"port {port} is taken ({e.strerror or e}): another program, or LoRA Forge already running there; "
+                f"start with --port N to use another one, e.g. --port {port + 1}"
+            ) from e
+
+
 def run(args: argparse.Namespace) -> int:
     for label, path in (("--ckpt", args.ckpt), ("--vae", args.vae)):
         if path is not None and not path.is_file():
             raise ForgeError(f"{label} {path}: no such file")
     if args.clip_folder is not None and not args.clip_folder.is_dir():
         raise ForgeError(f"--clip-folder {args.clip_folder}: no such folder")
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    check_port(host, args.port)  # before the page is built: a taken port is said in one line, not a traceback
     demo = build_app(
         args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir, listen=args.listen, language=args.lang
     )
-    host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
     demo = lift_relay_timeout(demo.queue(concurrency_count=4))
     demo.launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)
