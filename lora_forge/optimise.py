@@ -24,6 +24,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.fsio import atomic_write_text, unused_path
+from lora_forge.rundir import RunDir
 
 WEAK_FIDELITY = 0.5  # below this the subject is not reliably there
 LOW_STRENGTH = 0.65  # best only at or below this strength: the LoRA is too strong
@@ -141,7 +142,7 @@ def next_config(previous_run: Path, changes: dict[str, Any], configs_dir: Path) 
     """
     from lora_forge.train.config import TrainConfig, read_config_file
 
-    source = Path(previous_run) / "config.toml"
+    source = RunDir(previous_run).config
     if not source.is_file():
         raise ForgeError("the previous run's config.toml is gone; start the next run from Train by hand", path=source)
     values = read_config_file(source)

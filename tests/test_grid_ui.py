@@ -30,8 +30,11 @@ class WebUIishHost:
     def lora_dir(self) -> Path:
         return self._lora_dir
 
-    def xyz_layout(self) -> tuple[str, int]:
-        return "1.8-1.10", 7
+    def xyz_script(self) -> tuple[list[str], list[str]]:
+        from lora_forge.grid.xyz import LAYOUTS, PROMPT_SR
+
+        axes = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", PROMPT_SR]
+        return ["self", "p", *LAYOUTS["1.8-1.10"]], axes
 
     def network_name(self, path: Path) -> str:
         return Path(path).stem

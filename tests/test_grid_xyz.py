@@ -16,7 +16,7 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from lora_forge.grid.plan import EpochFile, GridPlan
-from lora_forge.grid.xyz import layout_for_version, layout_from_signature, xyz_settings
+from lora_forge.grid.xyz import host_layout, layout_for_version, layout_from_signature, xyz_settings
 
 # Script.run(self, p, ...) of scripts/xyz_grid.py at v1.10.1 (82a973c), in order (read from the source).
 RUN_1_10_1 = [
@@ -159,7 +159,7 @@ def test_webui_host_reads_the_layout_from_the_loaded_script(monkeypatch):
 
     runner = type("Runner", (), {"selectable_scripts": [XYZ()]})()
     monkeypatch.setattr(scripts, "scripts_txt2img", runner, raising=False)
-    assert WebUIHost().xyz_layout() == ("1.8-1.10", 8)  # a fork that inserted an axis: index 8
+    assert host_layout(WebUIHost()) == ("1.8-1.10", 8)  # a fork that inserted an axis: index 8
     monkeypatch.setattr(scripts, "scripts_txt2img", type("Runner", (), {"selectable_scripts": []})(), raising=False)
     with pytest.raises(ForgeError, match="X/Y/Z plot script is not loaded"):
-        WebUIHost().xyz_layout()
+        host_layout(WebUIHost())

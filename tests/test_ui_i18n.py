@@ -41,7 +41,6 @@ DISPLAY_MODULES = [
     "app/*.py",
     "optimise.py",
     "dataset/editor_view.py",
-    "app/*.py",
     "grid/scores.py",
     "grid/job.py",
     "dataset/prepare.py",
@@ -364,6 +363,7 @@ def test_a_webui_user_who_chose_chinese_gets_chinese_messages(tmp_path, monkeypa
         sys.path.insert(0, str(stub))
     from modules import shared
 
+    from lora_forge import extension
     from lora_forge.host import webui
 
     webui.register_settings()
@@ -371,7 +371,7 @@ def test_a_webui_user_who_chose_chinese_gets_chinese_messages(tmp_path, monkeypa
 
     def create(language: str, name: str) -> str:
         monkeypatch.setitem(shared.opts.data, "localization", language)
-        [(blocks, _, _)] = webui.on_ui_tabs()
+        [(blocks, _, _)] = extension.on_ui_tabs()
         return call(blocks, "on_create", name)["lora_forge_project_msg"]
 
     folder = tmp_path / "projects" / "project"

@@ -402,7 +402,7 @@ def test_localization_merge_for_webui_1_6(tmp_path: Path) -> None:
 def test_webui_1_6_localization_table_gets_the_merged_file(webui) -> None:
     from modules import localization
 
-    from lora_forge.host import webui as webui_host
+    from lora_forge import extension
 
     core = webui.root / "localizations" / "zh_CN.json"
     core.parent.mkdir()
@@ -410,12 +410,12 @@ def test_webui_1_6_localization_table_gets_the_merged_file(webui) -> None:
     ours = webui.root / "extensions" / "lora-forge" / "localizations" / "zh_CN.json"
     localization.localizations.clear()
     localization.localizations["zh_CN"] = str(ours)  # 1.6 kept one path per language: the last found
-    webui_host.before_ui()
+    extension.before_ui()
     merged = json.loads(Path(localization.localizations["zh_CN"]).read_text(encoding="utf-8"))
     assert merged["Generate"] == "生成" and merged["Dataset folder"] == "数据集文件夹"
     localization.list_localizations(str(core.parent))  # 1.7+: lists, which we leave alone
     before = dict(localization.localizations)
-    webui_host.before_ui()
+    extension.before_ui()
     assert localization.localizations == before and len(before["zh_CN"]) == 2
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.host.base import LoraRef, RenderRequest
+from lora_forge.rundir import RunDir
 
 DEFAULT_STRENGTHS = "0.1-1 (+0.1)"
 QUALITY_TAGS = "masterpiece, best quality"
@@ -326,7 +327,7 @@ def tag_counts(meta: dict[str, str]) -> tuple[Counter[str], int]:
 
 def run_config(folder: Path) -> dict[str, Any]:
     """The run's config.toml (our trainer writes one; kohya users often keep theirs beside)."""
-    path = folder / "config.toml"
+    path = RunDir(folder).config
     if not path.is_file():
         return {}
     try:

@@ -102,6 +102,16 @@ def axis_index(labels: list[str]) -> int:
     return labels.index(PROMPT_SR)
 
 
+def host_layout(host: Any) -> tuple[str, int] | None:
+    """(layout key, Prompt S/R axis index) of the host's running X/Y/Z plot script; None when the
+    host has none (the settings are then shown for entering by hand)."""
+    found = host.xyz_script()
+    if found is None:
+        return None
+    parameter_names, labels = found
+    return layout_from_signature(parameter_names), axis_index(labels) if labels else PROMPT_SR_INDEX
+
+
 def csv_join(values: list[str]) -> str:
     """What the script's csv_string_to_list_strip reads back into `values` (quotes where needed)."""
     buf = io.StringIO()

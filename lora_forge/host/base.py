@@ -114,6 +114,11 @@ class Host(ABC):
         """Save a grid picture where the host keeps its grids; None when it keeps none."""
         return None
 
+    def xyz_script(self) -> tuple[list[str], list[str]] | None:
+        """(parameter names of its `run`, its txt2img axis labels) of the host's X/Y/Z plot script,
+        which grid.xyz lays the grid's settings out for; None when the host has no such script."""
+        return None
+
     @contextlib.contextmanager
     def job(self, job: str) -> Iterator[None]:
         with self.exclusive(job):

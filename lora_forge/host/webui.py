@@ -26,14 +26,13 @@ from lora_forge.events import Progress, ProgressFn, no_progress
 from lora_forge.host.base import Host, RenderRequest, TrainingContext
 from lora_forge.settings import Settings
 
-TAB_TITLE = "炼丹"
-TAB_ID = "lora_forge"
 SETTINGS_SECTION = ("lora_forge", "LoRA Forge")
 SETTINGS_CATEGORY = "training"  # a built-in category of the 1.7+ settings page
 OPT_MODELS_DIR = "lora_forge_models_dir"
 OPT_HF_ENDPOINT = "lora_forge_hf_endpoint"
 OPT_DATASET_DIR = "lora_forge_dataset_dir"
 EXTERNAL_LORA_FOLDER = "lora_forge_external"
+XYZ_SCRIPT_TITLE = "X/Y/Z plot"  # the built-in script's title() in every version
 MAX_BATCH = 4  # images per process_images call; the WebUI's users have 6 GB cards
 EXTENSION_ROOT = Path(__file__).resolve().parents[2]
 
@@ -399,22 +398,19 @@ class WebUIHost(Host):
         fullfn, _txt = images.save_image(image, folder, "lora_forge_grid", extension="png", info=infotext, grid=True)
         return Path(fullfn)
 
-    def xyz_layout(self) -> tuple[str, int]:
-        """(layout key, Prompt S/R axis index) of the loaded X/Y/Z plot script, read from its `run`
-        signature and axis list rather than from a version string (forks keep A1111's numbers)."""
+    def xyz_script(self) -> tuple[list[str], list[str]]:
+        """The loaded X/Y/Z plot script's `run` parameter names and txt2img axis labels; grid.xyz
+        reads its layout from them rather than from a version string (forks keep A1111's numbers)."""
         from modules import scripts
 
-        from lora_forge.grid.xyz import SCRIPT_TITLE, axis_index, layout_from_signature
-
         runner = getattr(scripts, "scripts_txt2img", None)
-        script = next((s for s in getattr(runner, "selectable_scripts", []) if s.title() == SCRIPT_TITLE), None)
+        script = next((s for s in getattr(runner, "selectable_scripts", []) if s.title() == XYZ_SCRIPT_TITLE), None)
         if script is None:
             raise ForgeError(
                 "the WebUI's X/Y/Z plot script is not loaded (Settings → Scripts); set the grid up by hand"
             )
-        layout = layout_from_signature(list(inspect.signature(script.run).parameters))
         labels = [o.label for o in getattr(script, "current_axis_options", [])]
-        return layout, axis_index(labels) if labels else 7
+        return list(inspect.signature(script.run).parameters), labels
 
     def _prompt(self, r: RenderRequest) -> str:
         tokens = [f"<lora:{self.network_name(lora.path)}:{lora.strength:g}>" for lora in r.loras]
@@ -452,7 +448,7 @@ class WebUIHost(Host):
         return out[: len(batch)]
 
 
-# -- what scripts/lora_forge.py registers ---------------------------------------------------------
+# -- what lora_forge/extension.py registers ---------------------------------------------------------
 
 _host: WebUIHost | None = None
 
@@ -491,33 +487,9 @@ def ui_language() -> str:
     return str(getattr(shared.opts, "localization", "None") or "None")
 
 
-def on_ui_tabs() -> list[tuple[Any, str, str]]:
-    from lora_forge.ui import tab
-    from lora_forge.ui.context import UiContext
-
-    blocks = tab.build(UiContext(host=host, settings=settings_from_opts, paths=path_policy, language=ui_language))
-    return [(blocks, TAB_TITLE, TAB_ID)]
-
-
-def on_ui_settings() -> None:
-    register_settings()
-
-
 def keep_on_sys_path() -> None:
     """The WebUI puts the extension folder on sys.path only while it imports scripts/lora_forge.py;
     processes that re-import lora_forge by name (spawned workers) need it for good."""
     root = str(EXTENSION_ROOT)
     if root not in sys.path:
         sys.path.append(root)
-
-
-def before_ui() -> None:
-    keep_on_sys_path()
-    fix_localizations()
-
-
-def on_app_started(_demo: Any, app: Any) -> None:
-    from lora_forge import api
-
-    keep_on_sys_path()
-    api.register(app, host=host, settings=settings_from_opts, paths=path_policy)

@@ -87,17 +87,17 @@ def scores_markdown(scores: Any) -> str:
 
 def send_settings(ctx: UiContext, plan: Any) -> tuple[str, str]:
     """(infotext for the WebUI's paste, Markdown showing the prompt and script_args)."""
-    from lora_forge.grid.xyz import xyz_settings
+    from lora_forge.grid.xyz import host_layout, xyz_settings
 
     if plan is None:
         raise ForgeError("render a grid first (the settings are those of the grid on screen)")
     host = ctx.host()
-    layout_of = getattr(host, "xyz_layout", None)
-    if layout_of is None:
+    found = host_layout(host)
+    if found is None:
         settings = xyz_settings(plan, [f.path.stem for f in plan.files])
         note = "No WebUI here: these are the settings for WebUI 1.8 – 1.10.1 to enter by hand.\n\n"
         return "", note + _settings_md(settings)
-    layout, index = layout_of()
+    layout, index = found
     names = [host.network_name(f.path) for f in plan.files]
     settings = xyz_settings(plan, names, layout, prompt_sr_index=index)
     return settings.infotext, _settings_md(settings)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_forge import optimise
 from lora_forge.errors import ForgeError
+from lora_forge.rundir import RunDir
 from lora_forge.ui.context import UiContext
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ EMPTY = "Render a grid with scores in Test grid first; the advice is based on wh
 
 def latest_scores(run_dirs: list[Path]) -> tuple[dict[str, Any], Path] | None:
     """The newest grid scores (GridScores.to_json) saved in these run folders, with its run."""
-    found = [(p, run) for run in run_dirs if run.is_dir() for p in run.glob("*-scores.json")]
+    found = [(p, run) for run in run_dirs if run.is_dir() for p in RunDir(run).scores_files()]
     if not found:
         return None
     path, run = max(found, key=lambda pr: pr[0].stat().st_mtime)
@@ -38,8 +39,9 @@ def latest_scores(run_dirs: list[Path]) -> tuple[dict[str, Any], Path] | None:
 def run_config(run_dir: Path) -> dict[str, Any]:
     from lora_forge.train.config import read_config_file
 
-    values = read_config_file(run_dir / "config.toml") if (run_dir / "config.toml").is_file() else {}
-    report = run_dir / "report.json"
+    run = RunDir(run_dir)
+    values = read_config_file(run.config) if run.config.is_file() else {}
+    report = run.report
     if report.is_file():  # the epochs it really trained (a preset may have planned them)
         try:
             values.setdefault("max_train_epochs", json.loads(report.read_text(encoding="utf-8")).get("epochs"))

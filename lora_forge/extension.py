@@ -1,0 +1,42 @@
+"""The WebUI extension's registration: the 炼丹 tab, its settings, its HTTP routes and the
+before-UI fixes, as the callbacks scripts/lora_forge.py hands to the WebUI's script_callbacks.
+
+The top floor: it wires the faces (ui.tab, api) to the WebUI's host adapters (host/webui.py),
+which themselves import nothing above host/. Only host/webui.py is imported at WebUI start-up;
+the faces load when their callback runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lora_forge.host import webui
+
+TAB_TITLE = "炼丹"
+TAB_ID = "lora_forge"
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+
+    ctx = UiContext(
+        host=webui.host, settings=webui.settings_from_opts, paths=webui.path_policy, language=webui.ui_language
+    )
+    return [(tab.build(ctx), TAB_TITLE, TAB_ID)]
+
+
+def on_ui_settings() -> None:
+    webui.register_settings()
+
+
+def before_ui() -> None:
+    webui.keep_on_sys_path()
+    webui.fix_localizations()
+
+
+def on_app_started(_demo: Any, app: Any) -> None:
+    from lora_forge import api
+
+    webui.keep_on_sys_path()
+    api.register(app, host=webui.host, settings=webui.settings_from_opts, paths=webui.path_policy)
