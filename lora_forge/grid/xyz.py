@@ -24,6 +24,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.grid.plan import GridPlan
+from lora_forge.host.base import Host
 
 SCRIPT_TITLE = "X/Y/Z plot"
 PROMPT_SR = "Prompt S/R"
@@ -102,7 +103,7 @@ def axis_index(labels: list[str]) -> int:
     return labels.index(PROMPT_SR)
 
 
-def host_layout(host: Any) -> tuple[str, int] | None:
+def host_layout(host: Host) -> tuple[str, int] | None:
     """(layout key, Prompt S/R axis index) of the host's running X/Y/Z plot script; None when the
     host has none (the settings are then shown for entering by hand)."""
     found = host.xyz_script()

@@ -18,11 +18,14 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn
 from lora_forge.host.base import TrainingContext
+
+if TYPE_CHECKING:
+    from lora_forge.host.webui import WebUIHost
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +186,7 @@ def _optional(name: str) -> Any:
 
 
 @contextlib.contextmanager
-def training(host: Any, name: str, progress: ProgressFn) -> Iterator[TrainingContext]:
+def training(host: WebUIHost, name: str, progress: ProgressFn) -> Iterator[TrainingContext]:
     """WebUIHost.training: wait for queue_lock (generations and checkpoint changes then wait for
     the run), refuse what cannot train, take the model to a pristine state and put it back after,
     mirror the run into the WebUI's status line, and load-back check each saved file at once (a
@@ -231,7 +234,7 @@ def training(host: Any, name: str, progress: ProgressFn) -> Iterator[TrainingCon
 # -- load-back check -----------------------------------------------------------------------------
 
 
-def loadback_check(host: Any, sd_model: Any, path: Path, muted: Any) -> str:
+def loadback_check(host: WebUIHost, sd_model: Any, path: Path, muted: Any) -> str:
     """One denoising step on a fixed input with our live modules, and with them muted (`muted()`)
     while the Lora extension applies the just-saved file; '' when the two agree, else a loud
     message naming the file (it would not render in txt2img as the samples did)."""

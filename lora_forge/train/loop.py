@@ -18,6 +18,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
+from lora_forge.host.base import Host
 from lora_forge.train import data, outputs
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.presets import StepPlan, plan_steps
@@ -76,7 +77,7 @@ def _config_hash(config: TrainConfig) -> str:
 
 
 def train(
-    host: Any,
+    host: Host,
     prepared: Prepared,
     out_dir: str | Path,
     progress: ProgressFn = no_progress,

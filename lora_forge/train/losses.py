@@ -21,6 +21,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn
+from lora_forge.host.base import Host
 
 
 @dataclass
@@ -140,7 +141,7 @@ def check_for_prediction(config: Any, v: bool) -> None:
         raise ForgeError("v_pred_like_loss is for ε-prediction models; this run trains v-prediction")
 
 
-def schedule_for(host: Any, sd_model: Any, config: Any, device: Any, progress: ProgressFn, total: int) -> Any:
+def schedule_for(host: Host, sd_model: Any, config: Any, device: Any, progress: ProgressFn, total: int) -> Any:
     """The run's noise schedule: prediction and ZTSNR resolved (model/prediction.py), the loss
     options checked against them, the choice and any mismatch reported before the first step."""
     from lora_forge.model.prediction import resolve

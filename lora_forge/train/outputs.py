@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge.fsio import atomic_write_text
+from lora_forge.host.base import Host
 from lora_forge.rundir import RunDir
 from lora_forge.train.config import TrainConfig
 
@@ -82,7 +83,7 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     atomic_write_text(RunDir(run_dir).report, json.dumps(report, indent=2, ensure_ascii=False))
 
 
-def render_samples(host: Any, prompts: list[str], config: TrainConfig, step: int, run_dir: Path) -> list[Any]:
+def render_samples(host: Host, prompts: list[str], config: TrainConfig, step: int, run_dir: Path) -> list[Any]:
     """Render the sample prompts with the live LoRA through the host, save them under samples/."""
     from lora_forge.host.base import RenderRequest
 
