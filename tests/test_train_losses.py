@@ -147,10 +147,10 @@ def kohya_post_process(loss, t, sched, args, v: bool):
     return loss
 
 
-def kohya_loss(unet, x0, cond, alphas_cumprod, v, args, seed):
+def kohya_loss(predict, x0, alphas_cumprod, v, args, seed):
     sched = kohya_scheduler(alphas_cumprod, args.zero_terminal_snr)
     noise, noisy, t = kohya_noise(args, sched, x0, KohyaRandom(seed))
-    pred = unet(noisy, timesteps=t, context=cond)
+    pred = predict(noisy, t)
     target = diffusers_velocity(sched, x0, noise, t) if v else noise
     loss = kohya_elementwise(pred.float(), target.float(), args.loss_type, kohya_huber_c(args, t, sched))
     return kohya_post_process(loss.mean(dim=(1, 2, 3)), t, sched, args, v)
@@ -243,7 +243,9 @@ def test_loss_equals_kohyas_formula_on_the_same_tensors(sd1, pred, ztsnr, name):
         drawn = draw_noise(x0, torch.Generator().manual_seed(seed), schedule, config)
         ours = loss_per_sample(unet(drawn.noisy, timesteps=drawn.t, context=cond), x0, drawn, schedule, config)
         args = SimpleNamespace(**{**config.to_dict(), "zero_terminal_snr": ztsnr})
-        ref = kohya_loss(unet, x0, cond, sd1.alphas_cumprod.float(), pred == "v", args, seed)
+        ref = kohya_loss(
+            lambda x, t: unet(x, timesteps=t, context=cond), x0, sd1.alphas_cumprod.float(), pred == "v", args, seed
+        )
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, ref, rtol=TOLERANCE, atol=TOLERANCE)
     assert ours.std() > 0  # four samples, four different timesteps: the weights really vary
@@ -262,7 +264,8 @@ def test_the_training_loss_is_the_mean_of_those_per_sample_losses(sd1):
     with torch.no_grad():
         ours = diffusion_loss(unet, x0, lambda: cond, schedule, config, prec, torch.Generator().manual_seed(3))
         args = SimpleNamespace(**{**config.to_dict(), "zero_terminal_snr": True})
-        ref = kohya_loss(unet, x0, cond, sd1.alphas_cumprod.float(), True, args, 3).mean()
+        ref = kohya_loss(lambda x, t: unet(x, timesteps=t, context=cond), x0, sd1.alphas_cumprod.float(), True, args, 3)
+        ref = ref.mean()
     assert abs(float(ours) - float(ref)) <= TOLERANCE * max(1.0, abs(float(ref)))
 
 
@@ -420,3 +423,57 @@ def test_a_v_pred_ztsnr_run_trains_and_marks_its_file_as_kohya_does(tiny_host, d
     assert (meta["ss_v_parameterization"], meta["ss_zero_terminal_snr"]) == ("True", "True")
     with pytest.raises(Exception, match="scale_v_pred_loss_like_noise_pred needs v-prediction"):
         train(tiny_host, prepare(config.replace(v_parameterization="auto"), dataset), tmp_path / "eps")
+
+
+# ----------------------------------------------------------------------------- SDXL
+VSCALING = "sgm.modules.diffusionmodules.denoiser_scaling.VScaling"
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl_files):
+    """The tiny SDXL built from a NoobAI-style v-prediction yaml (VScaling denoiser), with what the
+    WebUI's extend_sdxl sets on it: parameterization from the denoiser, fp32 LegacyDDPM ᾱ."""
+    from safetensors.torch import load_file
+
+    from lora_forge.host.ldm_build import instantiate, load_config
+    from lora_forge.host.sgm_compat import ensure_sgm
+    from lora_forge.model.prediction import sgm_parameterization
+
+    config = load_config(tiny_sdxl_files.config)
+    eps_model = instantiate(config, on_meta=True)
+    config.model.params.denoiser_config.params.scaling_config.target = VSCALING
+    model = instantiate(config, on_meta=False)
+    model.load_state_dict(load_file(str(tiny_sdxl_files.checkpoint)), strict=True)
+    assert (sgm_parameterization(eps_model), sgm_parameterization(model)) == ("eps", "v")
+    ensure_sgm()
+    from sgm.modules.diffusionmodules.discretizer import LegacyDDPMDiscretization
+
+    model.parameterization = sgm_parameterization(model)
+    model.alphas_cumprod = torch.asarray(LegacyDDPMDiscretization().alphas_cumprod, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["plain", "min_snr_gamma", "combined"])
+@pytest.mark.parametrize("ztsnr", [False, True], ids=["plain-schedule", "ztsnr"])
+@pytest.mark.parametrize("pred", ["eps", "v"])
+def test_sdxl_loss_equals_kohyas_formula_on_the_same_tensors(sdxl, pred, ztsnr, name):
+    from lora_forge.model.schedule import schedule_from_model
+    from lora_forge.train.losses import draw_noise, loss_per_sample
+
+    options = _combined_with_v_weight(pred) if name == "combined" else OPTIONS[name]
+    config = TrainConfig.from_dict({**options, "v_parameterization": "auto" if pred == "v" else "false"})
+    schedule = schedule_from_model(sdxl, "cpu", v=None if pred == "v" else False, zero_terminal_snr=ztsnr)
+    assert schedule.parameterization == pred  # "auto" read the VScaling model as v
+    gen = torch.Generator().manual_seed(11)
+    x0 = torch.randn(BATCH, 4, 8, 8, generator=gen)
+    cond = {"crossattn": torch.randn(BATCH, 77, 80, generator=gen), "vector": torch.randn(BATCH, 224, generator=gen)}
+
+    def predict(x, t):  # what the WebUI's sd_models_xl.apply_model runs
+        return sdxl.model(x, t, cond)
+
+    with torch.no_grad():
+        drawn = draw_noise(x0, torch.Generator().manual_seed(5), schedule, config)
+        ours = loss_per_sample(predict(drawn.noisy, drawn.t), x0, drawn, schedule, config)
+        args = SimpleNamespace(**{**config.to_dict(), "zero_terminal_snr": ztsnr})
+        ref = kohya_loss(predict, x0, sdxl.alphas_cumprod, pred == "v", args, 5)
+    torch.testing.assert_close(ours, ref, rtol=TOLERANCE, atol=TOLERANCE)

@@ -41,6 +41,14 @@ def tristate(value: Any) -> bool | None:
     return TRISTATE[key]
 
 
+def sgm_parameterization(sd_model: Any) -> str:
+    """ "v" when an sgm DiffusionEngine's denoiser scales for v-prediction (`VScaling`, what a
+    v-pred yaml beside the checkpoint configures), else "eps": the WebUI's `extend_sdxl` test,
+    for a host that builds the SDXL object itself."""
+    scaling = getattr(getattr(sd_model, "denoiser", None), "scaling", None)
+    return "v" if any(c.__name__ == "VScaling" for c in type(scaling).__mro__) else "eps"
+
+
 def checkpoint_markers(sd_model: Any) -> frozenset[str]:
     """The v-pred / ZTSNR marker keys in the loaded checkpoint's safetensors header ({} when the
     file is not a readable .safetensors). Reads the header only, never a tensor."""
