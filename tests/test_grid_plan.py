@@ -4,6 +4,7 @@ strengths in every accepted spelling, the prompt, and every refusal before anyth
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -231,3 +232,17 @@ def test_run_folders_listed_newest_first_and_keep_moves_never_deletes(run_files,
         keep_only(files, new[1], trash)
     with pytest.raises(ForgeError, match="not one of this grid's files"):
         keep_only(files, old[0], trash)
+
+
+def test_a_folder_of_runs_and_a_run_with_siblings_name_the_run_folders_found(run_files, tmp_path):
+    """`grid --loras runs/zkw` after a second run (zkw-2), and `--loras runs` itself (issue 17)."""
+    runs = tmp_path / "runs"
+    _copy(run_files, runs / "lfgrid")
+    _copy(run_files, runs / "lfgrid-2")
+    os.utime(runs / "lfgrid-2", (2_000_000_000, 2_000_000_000))  # the newer run
+    with pytest.raises(ForgeError) as e:
+        collect_files(runs)
+    assert "holds run folders, not LoRA files: lfgrid, lfgrid-2" in str(e.value)
+    assert str(runs / "lfgrid-2") in str(e.value)
+    _files, _infos, notes = collect_files(runs / "lfgrid")
+    assert "run folders beside lfgrid: lfgrid-2; this grid shows lfgrid" in notes

@@ -210,12 +210,25 @@ def collect_files(sources: list[Path] | Path) -> tuple[list[EpochFile], dict[Pat
         if src.is_dir():
             found = sorted(p for p in src.iterdir() if p.suffix.lower() == ".safetensors" and p.is_file())
             if not found:
+                inside = _run_folders(src)
+                if inside:
+                    raise ForgeError(
+                        f"this folder holds run folders, not LoRA files: {', '.join(inside)}; pick one "
+                        f"(e.g. {src / inside[-1]}, the newest)",
+                        path=src,
+                    )
                 raise ForgeError(
                     "no LoRA files (.safetensors) in this folder; pick the run folder that holds "
                     "name-000001.safetensors … name.safetensors",
                     path=src,
                 )
             candidates += [(p, False) for p in found]
+            # other runs of the same name (zkw, zkw-2, …: a new run never overwrites one), not every
+            # LoRA folder beside it (the WebUI's Lora folder holds all of the user's LoRAs)
+            family = re.sub(r"-\d+$", "", src.name)
+            others = [n for n in _run_folders(src.parent) if n != src.name and re.sub(r"-\d+$", "", n) == family]
+            if others:
+                notes.append(f"run folders beside {src.name}: {', '.join(others)}; this grid shows {src.name}")
         elif src.is_file():
             if src.suffix.lower() != ".safetensors":
                 raise ForgeError("not a .safetensors LoRA file (the grid reads kohya-format LoRAs)", path=src)
@@ -259,6 +272,16 @@ def collect_files(sources: list[Path] | Path) -> tuple[list[EpochFile], dict[Pat
     if len(files) > MAX_FILES:
         raise ForgeError(f"{len(files)} epoch files is too many for one grid (at most {MAX_FILES}); pick some")
     return files, infos, notes
+
+
+def _run_folders(parent: Path) -> list[str]:
+    """Sub-folders of `parent` holding .safetensors files (training runs: zkw, zkw-2, …), oldest first."""
+    try:
+        subs = [d for d in parent.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return []
+    runs = [d for d in subs if any(p.suffix.lower() == ".safetensors" for p in d.iterdir() if p.is_file())]
+    return [d.name for d in sorted(runs, key=lambda d: (d.stat().st_mtime, d.name))]
 
 
 def _same_weights(a: dict[str, str], b: dict[str, str]) -> bool:
