@@ -89,3 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        from lora_forge.fsio import NO_SPACE
+
+        if e.errno not in NO_SPACE:
+            raise
+        print(
+            f"error: the disk is full ({e.filename or e}); free some space and run the command again", file=sys.stderr
+        )
+        return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -10,6 +11,22 @@ from pathlib import Path
 from lora_forge.errors import ForgeError
 
 log = logging.getLogger(__name__)
+
+# errno values that mean "no room left": the disk, or the user's quota on a shared machine
+NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class DiskFull(ForgeError):
+    """The disk (or quota) ran out while writing; the file being written was left as it was."""
+
+
+def temp_prefix(name: str) -> str:
+    """The hidden temp-file prefix for writing `name`: `.name.`, cut so that with mkstemp's 8
+    random characters and `.tmp` it stays well inside the 255-byte name limit."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 160:
+        name = raw[:160].decode("utf-8", "ignore") or "file"
+    return f".{name}."
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
@@ -25,7 +42,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
     # replace it (root in a container, or a rename into a writable folder).
     if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
         raise ForgeError("the file is read-only; make it writable or choose another folder", path=path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise DiskFull(
+                "the disk is full; free some space and try again (the file was not changed)", path=path
+            ) from e
+        raise
     try:
         # mkstemp makes the file owner-only (0600); give it the mode the replaced file had, or the
         # mode a plain open() would have, so other tools and users can still read our captions.
@@ -36,11 +60,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise DiskFull(
+                "the disk is full; free some space and try again (the file was not changed)", path=path
+            ) from e
         raise
 
 

@@ -164,9 +164,21 @@ def _read_or_none(path: Path) -> bytes | object | None:
         return object()
 
 
+def _utf8_ok(text: str) -> bool:
+    """False for a name with undecodable bytes (a GBK file name on Linux, kept as surrogates)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _write_index(entry: HistoryEntry) -> None:
     assert entry.folder is not None
-    fsio.atomic_write_text(entry.folder / INDEX_NAME, json.dumps(entry.to_json(), ensure_ascii=False, indent=1))
+    data = entry.to_json()
+    # \u escapes keep a non-UTF-8 (GBK) file name's exact bytes; plain UTF-8 otherwise
+    text = json.dumps(data, ensure_ascii=not all(_utf8_ok(f.path) for f in entry.files), indent=1)
+    fsio.atomic_write_text(entry.folder / INDEX_NAME, text)
 
 
 def _preflight(root: Path, targets: Iterable[Path]) -> None:
@@ -211,7 +223,7 @@ def _write_many(data: Mapping[Path, bytes | None], placed: list[Path]) -> None:
         for path, content in data.items():
             if content is None:
                 continue
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=fsio.temp_prefix(path.name), suffix=".tmp", dir=path.parent)
             temps[path] = tmp
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
@@ -276,8 +288,9 @@ def _commit(root: Path, new_data: dict[Path, bytes | None], reason: str) -> Hist
         for path, old in old_data.items():
             change = FileChange(_relative(path, root), old is not None, new_data[path] is not None)
             if old is not None:
-                change.backup = f"{BACKUP_NAME}:{change.path}"
-                zf.writestr(change.path, old)
+                member = change.path if _utf8_ok(change.path) else f"non-utf8/{len(entry.files)}"  # GBK names
+                change.backup = f"{BACKUP_NAME}:{member}"
+                zf.writestr(member, old)
             entry.files.append(change)
     fsio.atomic_write_bytes(entry.folder / BACKUP_NAME, buf.getvalue())
     _write_index(entry)  # from here on the old bytes are safe on disk
@@ -398,7 +411,7 @@ def _rollback_locked(root: Path, entry_id: str) -> HistoryEntry | None:
     try:
         with zipfile.ZipFile(entry.folder / BACKUP_NAME) as zf:
             for f in entry.files:
-                data[root / f.path] = zf.read(f.path) if f.backup else None
+                data[root / f.path] = zf.read(f.backup.partition(":")[2]) if f.backup else None
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         raise ForgeError(
             f"the backup of this save is missing or damaged ({e}); nothing was rolled back", path=entry.folder

@@ -12,10 +12,12 @@ All boxes are in the original image's pixels (after EXIF rotation).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lora_forge.dataset.buckets import SizeRule
 from lora_forge.dataset.faces import Face
 
 # Margin around a face box as a fraction of its size. YuNet's box runs from the brows to the chin,
@@ -232,3 +234,31 @@ def faces_in_output(plan: CropPlan, faces: Sequence[Face]) -> list[Face]:
     """Face boxes in the output image's pixels (for drawing them in the gallery)."""
     s = plan.scale
     return [Face((f.x - plan.box.x0) * s, (f.y - plan.box.y0) * s, f.w * s, f.h * s, f.score) for f in faces]
+
+
+def cover_scale(rule: SizeRule) -> Any:
+    """The decode scale a crop needs, from the header size: JPEGs are then decoded at 1/2, 1/4 or 1/8."""
+
+    def needed(w: int, h: int) -> float:
+        ow, oh = rule.target(w, h)
+        return min(1.0, max(ow / w, oh / h))
+
+    return needed
+
+
+def to_pil(arr: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(arr)
+
+
+def encode(image: Any, fmt: str) -> bytes:
+    """An output image's file bytes (see prepare.FORMATS for why these settings)."""
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        image.save(buf, "JPEG", quality=95, subsampling=0)
+    elif fmt == "png":
+        image.save(buf, "PNG", compress_level=1)
+    else:
+        image.save(buf, "WEBP", lossless=True, method=2)
+    return buf.getvalue()

@@ -12,6 +12,7 @@ filters are set algebra, and an edit updates the index only for the captions it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -107,6 +108,10 @@ def scan(root: Path, recursive: bool = True) -> tuple[list[str], dict[str, str]]
     images: list[str] = []
     texts: dict[str, str] = {}
     stack = [(str(root), "")]
+    seen: set[tuple[int, int]] = set()  # folders by (device, inode): a link back up is listed once
+    with contextlib.suppress(OSError):
+        st = os.stat(root)
+        seen.add((st.st_dev, st.st_ino))
     while stack:
         folder, prefix = stack.pop()
         try:
@@ -121,9 +126,11 @@ def scan(root: Path, recursive: bool = True) -> tuple[list[str], dict[str, str]]
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir():
-                if recursive and e.name != STATE_DIR:
+            if _is_dir(e):
+                if recursive and e.name != STATE_DIR and _first_visit(e, seen):
                     stack.append((e.path, f"{prefix}{e.name}/"))
+                continue
+            if not _is_file(e):  # a named pipe would block the first read for ever; a looping link
                 continue
             stem, ext = os.path.splitext(e.name)
             ext = ext.lower()
@@ -132,6 +139,34 @@ def scan(root: Path, recursive: bool = True) -> tuple[list[str], dict[str, str]]
             elif ext == captions.CAPTION_EXT:
                 texts[prefix + stem] = prefix + e.name  # IMG.TXT pairs with IMG.PNG too
     return images, texts
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link that loops
+        return False
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file (links followed); no stat call for plain files (DirEntry's type)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _first_visit(entry: os.DirEntry, seen: set[tuple[int, int]]) -> bool:
+    """False for a folder already listed: a link to a parent ("self -> .") would never end."""
+    try:
+        st = entry.stat()
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 class Dataset:

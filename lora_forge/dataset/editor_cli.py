@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import re
+import sys
 from typing import Any
 
 from lora_forge.dataset.captions import list_history, prune_history, rollback
@@ -93,10 +94,12 @@ def _op_from_flag(flag: str, value: Any, args: argparse.Namespace, ds: Dataset):
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> None:
-    if args.json:
-        print(json.dumps(data, ensure_ascii=False, indent=1))
-    else:
-        print("\n".join(lines))
+    """Print the result; a character the console cannot show (a GBK console and an emoji tag, or
+    the undecodable bytes of a non-UTF-8 file name) is escaped instead of ending the command."""
+    text = json.dumps(data, ensure_ascii=False, indent=1) if args.json else "\n".join(lines)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -105,13 +105,36 @@ class Manifest:
             "skipped": self.skipped,
             "near_duplicates": self.near_duplicates,
         }
-        fsio.atomic_write_text(self.path, json.dumps(data, ensure_ascii=False, indent=1))
+        try:
+            text = json.dumps(data, ensure_ascii=False, indent=1)
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a non-UTF-8 (GBK) source path: \u escapes keep its exact bytes
+            text = json.dumps(data, ensure_ascii=True, indent=1)
+        fsio.atomic_write_text(self.path, text)
 
-    def by_sha(self, sha256: str) -> SourceRecord | None:
-        return next((s for s in self.sources if s.sha256 == sha256), None)
+    def replace(self, old: SourceRecord | None, record: SourceRecord) -> None:
+        """Put `record` where `old` was (a redone source keeps its place), else append it."""
+        if old is not None and old in self.sources:
+            self.sources[self.sources.index(old)] = record
+        else:
+            self.sources.append(record)
 
-    def by_origin(self, origin: str, member: str | None) -> SourceRecord | None:
-        return next((s for s in self.sources if s.origin == origin and s.member == member), None)
+    def mark_near_duplicates(self) -> list[dict[str, Any]]:
+        """Flag each live source that nearly copies an earlier one (and its main image); the pairs."""
+        from lora_forge.dataset.ingest import near_duplicates
+
+        live = [s for s in self.sources if s.action != "drop" and s.outputs]
+        for s in live:
+            s.flags = [f for f in s.flags if not f.startswith("near duplicate of")]
+        by_source = {s.source: s for s in live}
+        pairs = near_duplicates([(s.source, int(s.dhash, 16)) for s in live])
+        self.near_duplicates = [{"a": a, "b": b, "distance": d} for a, b, d in pairs]
+        for a, b, d in pairs:
+            by_source[b].flags.append(f"near duplicate of {a} (distance {d})")
+            main = by_source[b].outputs[0]
+            main.flags = [f for f in main.flags if not f.startswith("near duplicate of")]
+            main.flags.append(f"near duplicate of {a} (distance {d})")
+        return self.near_duplicates
 
     def by_output(self, file: str) -> SourceRecord | None:
         return next((s for s in self.sources if any(o.file == file for o in s.outputs)), None)

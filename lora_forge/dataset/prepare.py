@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from lora_forge import fsio
 from lora_forge.dataset import crop, faces, ingest
 from lora_forge.dataset.buckets import SizeRule
 from lora_forge.dataset.captions import STATE_DIR
+from lora_forge.dataset.lock import dataset_lock
 from lora_forge.dataset.manifest import FACE_SUFFIX, Manifest, OutputRecord, SourceRecord
+from lora_forge.dataset.names import output_stem
 from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
 from lora_forge.settings import Settings
@@ -41,8 +41,6 @@ PREVIOUS_DIR = "previous"  # <dataset>/.lora_forge/previous/<time>/: outputs rep
 # wants lossless files (zlib level 1: 2x faster than 6 for ~7 % more bytes).
 FORMATS = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}
 OUTPUT_EXTS = tuple(FORMATS.values())
-_BAD_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ class _Stage:
         """Decode, detect, crop and write one source; raises ForgeError for a bad file."""
         options, rule = self.options, self.rule
         data = job.item.read()
-        dec = ingest.decode(data, job.item.label, min_scale=_cover_scale(rule), max_pixels=options.max_pixels)
+        dec = ingest.decode(data, job.item.label, min_scale=crop.cover_scale(rule), max_pixels=options.max_pixels)
         width, height = dec.size
         first = faces.detection_copy(dec.image)
         small = first[0]
@@ -202,7 +200,7 @@ class _Stage:
             faces=[f.to_json() for f in found],
             focal=focal,
             action=job.action,
-            dhash=f"{ingest.dhash(_pil(small)):016x}",
+            dhash=f"{ingest.dhash(crop.to_pil(small)):016x}",
             stem=job.stem,
             caption=f"{job.stem}.txt" if caption_text is not None else None,
             flags=flags,
@@ -226,7 +224,7 @@ class _Stage:
         target = self.out / name
         if target.exists():  # not ours (ours were put away before): never overwrite it
             target = fsio.unused_path(target)
-        encoded = encode(crop.render(dec.image, dec.scale, plan), self.options.format)
+        encoded = crop.encode(crop.render(dec.image, dec.scale, plan), self.options.format)
         # not fsynced: the manifest (durable) is the record, and a re-run redoes an output that a
         # power cut left missing or empty
         fsio.atomic_write_bytes(target, encoded, durable=False)
@@ -244,47 +242,8 @@ class _Stage:
         )
 
 
-def _cover_scale(rule: SizeRule) -> Any:
-    """The decode scale a crop needs, from the header size: JPEGs are then decoded at 1/2, 1/4 or 1/8."""
-
-    def needed(w: int, h: int) -> float:
-        ow, oh = rule.target(w, h)
-        return min(1.0, max(ow / w, oh / h))
-
-    return needed
-
-
-def _pil(arr: Any) -> Any:
-    from PIL import Image
-
-    return Image.fromarray(arr)
-
-
-def encode(image: Any, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "jpg":
-        image.save(buf, "JPEG", quality=95, subsampling=0)
-    elif fmt == "png":
-        image.save(buf, "PNG", compress_level=1)
-    else:
-        image.save(buf, "WEBP", lossless=True, method=2)
-    return buf.getvalue()
-
-
 def _sha256_of(item: ingest.SourceItem) -> str:
     return hashlib.sha256(item.read()).hexdigest()
-
-
-def _stem_for(item: ingest.SourceItem, taken: set[str], out: Path) -> str:
-    base = _BAD_NAME.sub("_", PurePosixPath(item.name).stem).strip(" .") or "image"
-    base = base.replace(FACE_SUFFIX, "_face")
-    if base.upper() in _WINDOWS_DEVICES:  # "con.jpg" cannot be created on Windows
-        base = f"_{base}"
-    stem, n = base, 2
-    while stem in taken or any((out / f"{stem}{ext}").exists() for ext in (*OUTPUT_EXTS, ".txt")):
-        stem, n = f"{base}-{n}", n + 1
-    taken.add(stem)
-    return stem
 
 
 @contextlib.contextmanager
@@ -335,14 +294,30 @@ def prepare(
         raise ForgeError(f"cannot create the output folder ({e.strerror}); choose another one", path=out) from e
     ingest.register_plugins()
     report = PrepareReport(out)
-    manifest = Manifest.load(out)
     scan = ingest.scan(inputs, exclude=out)
+    with dataset_lock(out), contextlib.closing(scan):  # one writer per dataset; each zip read once, then closed
+        total = _run(scan, Manifest.load(out), options, settings, report, progress, stop, workers or default_workers())
+    report.seconds = round(time.perf_counter() - t0, 2)
+    progress(Progress(total, total, report.summary()))
+    return report
+
+
+def _run(
+    scan: ingest.Scan,
+    manifest: Manifest,
+    options: PrepareOptions,
+    settings: Settings,
+    report: PrepareReport,
+    progress: ProgressFn,
+    stop: StopFlag | None,
+    workers: int,
+) -> int:
+    out = manifest.folder
     report.skipped += scan.skipped
     stage = _Stage(out, options, settings, report.warnings)
     report.face_crops = options.face_crops
     if options.face_crops and stage.detector is None:
         report.no_face_model = report.warnings[-1] if report.warnings else "face detection is off (--no-faces)"
-    workers = workers or default_workers()
     progress(Progress(0, len(scan.items), "reading"))
 
     with _cv2_single_threaded(workers > 1), ThreadPoolExecutor(workers, thread_name_prefix="lf_prepare") as pool:
@@ -358,13 +333,23 @@ def prepare(
             job = futures[fut]
             done += 1
             result = fut.result()
+            if isinstance(result, fsio.DiskFull):  # every next image would fail the same way: stop here
+                for f in futures:
+                    f.cancel()
+                with contextlib.suppress(ForgeError):
+                    manifest.save()
+                raise fsio.DiskFull(
+                    f"the disk filled up after {len(report.written)} prepared images; free some space and run the "
+                    "preparation again (it continues where it stopped)",
+                    path=out,
+                )
             if isinstance(result, ForgeError):
                 report.skipped.append(ingest.Skipped(job.item.label, _reason(result)))
             elif result is None:
                 report.stopped = True
                 continue
             else:
-                _replace_record(manifest, job, result)
+                manifest.replace(job.old, result)
                 report.written += [o.file for o in result.outputs]
                 if result.notes:
                     report.notes[result.source] = result.notes
@@ -374,7 +359,7 @@ def prepare(
                 manifest.save()
                 last_save = time.monotonic()
     manifest.sources.sort(key=lambda s: s.source)  # workers finish in any order; the file should not
-    _mark_near_duplicates(manifest, report)
+    report.near_duplicates = manifest.mark_near_duplicates()
     for rec in manifest.sources:
         for o in rec.outputs:
             if o.flags:
@@ -382,9 +367,7 @@ def prepare(
     manifest.options = asdict(options)
     manifest.skipped = [asdict(s) for s in report.skipped]
     manifest.save()
-    report.seconds = round(time.perf_counter() - t0, 2)
-    progress(Progress(total, total, report.summary()))
-    return report
+    return total
 
 
 def _reason(e: ForgeError) -> str:
@@ -413,7 +396,9 @@ def _run_job(stage: _Stage, job: _Job, stop: StopFlag | None) -> SourceRecord | 
     except ForgeError as e:
         return e
     except OSError as e:
-        return ForgeError(f"cannot be read ({e.strerror or e})", path=job.item.label)
+        if e.errno in fsio.NO_SPACE:
+            return fsio.DiskFull(f"the disk is full ({e.strerror})", path=job.item.label)
+        return ForgeError(f"cannot be read or written ({e.strerror or e})", path=job.item.label)
 
 
 def _plan_jobs(
@@ -426,6 +411,11 @@ def _plan_jobs(
     """Drop exact duplicates (first one wins), skip what is done and unchanged, reserve output names."""
     seen: dict[str, str] = {}
     taken = manifest.stems()
+    by_sha: dict[str, SourceRecord] = {}  # indexes, not a scan of the manifest per item (quadratic)
+    by_origin: dict[tuple[str, str | None], SourceRecord] = {}
+    for s in manifest.sources:
+        by_sha.setdefault(s.sha256, s)
+        by_origin.setdefault((s.origin, s.member), s)
     jobs = []
     for item, sha in zip(items, hashed, strict=True):
         if isinstance(sha, ForgeError):
@@ -436,7 +426,7 @@ def _plan_jobs(
             continue
         seen[sha] = item.label
         # known by content, else the same file edited since: its outputs are replaced, names kept
-        old = manifest.by_sha(sha) or manifest.by_origin(str(item.path.resolve()), item.member)
+        old = by_sha.get(sha) or by_origin.get((str(item.path.resolve()), item.member))
         action = old.action if old else "auto"
         if old is not None and action == "drop":
             report.skipped.append(ingest.Skipped(item.label, "dropped earlier from this dataset; not used"))
@@ -449,7 +439,7 @@ def _plan_jobs(
         ):
             report.unchanged.append(item.label)
             continue
-        stem = old.stem if old else _stem_for(item, taken, stage.out)
+        stem = old.stem if old else output_stem(item.name, taken, stage.out, (*OUTPUT_EXTS, ".txt"))
         jobs.append(_Job(item, sha, action, stem, old))
     return jobs
 
@@ -459,29 +449,6 @@ def _intact(path: Path) -> bool:
         return path.stat().st_size > 0
     except OSError:
         return False
-
-
-def _replace_record(manifest: Manifest, job: _Job, record: SourceRecord) -> None:
-    if job.old is not None and job.old in manifest.sources:
-        manifest.sources[manifest.sources.index(job.old)] = record
-    else:
-        manifest.sources.append(record)
-
-
-def _mark_near_duplicates(manifest: Manifest, report: PrepareReport) -> None:
-    live = [s for s in manifest.sources if s.action != "drop" and s.outputs]
-    for s in live:
-        s.flags = [f for f in s.flags if not f.startswith("near duplicate of")]
-    by_source = {s.source: s for s in live}
-    pairs = ingest.near_duplicates([(s.source, int(s.dhash, 16)) for s in live])
-    manifest.near_duplicates = [{"a": a, "b": b, "distance": d} for a, b, d in pairs]
-    report.near_duplicates = manifest.near_duplicates
-    for a, b, d in pairs:
-        by_source[b].flags.append(f"near duplicate of {a} (distance {d})")
-        if by_source[b].outputs:
-            main = by_source[b].outputs[0]
-            main.flags = [f for f in main.flags if not f.startswith("near duplicate of")]
-            main.flags.append(f"near duplicate of {a} (distance {d})")
 
 
 def apply_action(

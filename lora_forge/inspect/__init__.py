@@ -34,6 +34,10 @@ def inspect_file(path: str | os.PathLike[str]) -> Report:
         report.kind = "error"
         report.error = message.removeprefix(f"{e.path}: ") if e.path is not None else message
         return report
+    except Exception as e:  # a bug of ours on an odd file: logged, and the other files still get reported
+        log.exception("inspector could not open %s", report.path)
+        report.kind, report.error = "error", f"could not be read (inspector bug: {type(e).__name__}: {e})"
+        return report
     report.container = opened.container
     report.tensors = opened.extras.get("tensor_count", len(opened.table.shapes))
     try:

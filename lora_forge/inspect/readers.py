@@ -175,6 +175,8 @@ def read_safetensors(path: Path, file_size: int) -> TensorTable:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise _bad(path, "header is not JSON") from None
+    except RecursionError:  # [[[[…]]]] 200,000 deep: a forged header, and Python's parser recurses
+        raise _bad(path, "header is nested far deeper than any model header") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
     data_size = file_size - 8 - n

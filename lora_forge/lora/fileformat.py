@@ -243,7 +243,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         n = int.from_bytes(f.read(8), "little")
         if n > 100 * CHUNK:
             raise ForgeError("not a safetensors file (header too large)", path=path)
-        return dict(json.loads(f.read(n)).get("__metadata__", {}))
+        try:
+            return dict(json.loads(f.read(n)).get("__metadata__", {}))
+        except (ValueError, RecursionError, AttributeError, TypeError) as e:  # forged or damaged header
+            raise ForgeError("not a safetensors file (its header is not a JSON object of strings)", path=path) from e
 
 
 def old_model_hash(path: str | os.PathLike[str]) -> str:

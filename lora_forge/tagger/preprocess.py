@@ -15,6 +15,9 @@ import numpy as np
 from lora_forge.errors import ForgeError
 
 WHITE = (255, 255, 255)
+# The largest white square built for padding (48 MB of RGB): beyond it the image is shrunk first.
+# Photos up to 4096 px follow the reference exactly; the model sees 448 px either way.
+MAX_SQUARE_SIDE = 4096
 
 
 def to_rgb_on_white(image):
@@ -37,6 +40,12 @@ def prepare(image, size: int) -> np.ndarray:
 
     rgb = to_rgb_on_white(image)
     side = max(rgb.size)
+    if side > MAX_SQUARE_SIDE:
+        # Padding first would allocate side² pixels: 30000×100 became a 2.7 GB square (89M×1 far
+        # more). Box-reduce by a whole factor to at most MAX_SQUARE_SIDE on the long side first
+        # (a bicubic resize of 89M px would itself need GBs of filter weights); then the reference.
+        rgb = rgb.reduce(-(-side // MAX_SQUARE_SIDE))
+        side = max(rgb.size)
     if rgb.size != (side, side):
         square = Image.new("RGB", (side, side), WHITE)
         square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
