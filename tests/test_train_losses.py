@@ -477,3 +477,35 @@ def test_sdxl_loss_equals_kohyas_formula_on_the_same_tensors(sdxl, pred, ztsnr, 
         args = SimpleNamespace(**{**config.to_dict(), "zero_terminal_snr": ztsnr})
         ref = kohya_loss(predict, x0, sdxl.alphas_cumprod, pred == "v", args, 5)
     torch.testing.assert_close(ours, ref, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+# ----------------------------------------------------------------------------- inside the (stand-in) WebUI
+@pytest.fixture
+def webui_zero_terminal_snr(tmp_path, tiny_host):
+    """The stand-in WebUI on the tiny model, with Settings → Noise schedule = Zero Terminal SNR."""
+    from tests.test_webui_train import start_stub
+
+    start_stub(tmp_path / "webui", tiny_host.sd_model())
+    from modules import shared
+
+    shared.opts.data["sd_noise_schedule"] = "Zero Terminal SNR"
+    yield
+    shared.opts.data.pop("sd_noise_schedule", None)
+    shared.sd_model = None
+
+
+def test_in_the_webui_zero_terminal_snr_follows_its_noise_schedule_setting(webui_zero_terminal_snr, dataset):
+    from lora_forge.app.train import Runs
+    from lora_forge.host.webui import host
+    from lora_forge.lora.fileformat import read_metadata
+
+    assert host().zero_terminal_snr_sampling()
+    runs = Runs()
+    changes = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "num_repeats": 1,
+               "max_train_steps": 2, "network_dim": 4, "network_alpha": 2.0, "sample_every_n_steps": 0,
+               "cache_latents_to_disk": False, "mixed_precision": "no", "v_parameterization": "true"}  # fmt: skip
+    status = runs.wait(runs.start(host(), str(dataset), "custom", changes).id, timeout=300)
+    assert status.state == "finished", status.error
+    meta = read_metadata(status.files[-1])
+    assert (meta["ss_zero_terminal_snr"], meta["modelspec.prediction_type"]) == ("True", "v")
+    assert any("renders as ε-prediction" in w for w in status.warnings)  # v by hand on an ε model
