@@ -90,26 +90,16 @@ def test_the_command_line_picks_sdxl_values_from_the_checkpoint_file(tiny_sdxl_f
     Image.new("RGB", (1024, 1024)).save(data / "a.png")
     (data / "a.txt").write_text("a", encoding="utf-8")
 
-    def config_for(ckpt: Path) -> TrainConfig:
+    def config_for(ckpt: Path, *flags: str) -> TrainConfig:
         from lora_forge.train.cli import build_config
 
-        args = build_parser().parse_args(
-            [
-                "train",
-                "--ckpt",
-                str(ckpt),
-                "--data",
-                str(data),
-                "--name",
-                "n",
-                "--out",
-                str(tmp_path),
-                "--preset",
-                "style",
-            ]
-        )
+        given = ["--ckpt", str(ckpt), "--data", str(data), "--name", "n", "--out", str(tmp_path), "--preset", "style"]
+        args = build_parser().parse_args(["train", *given, *flags])
         return build_config(args)[0]
 
     assert config_for(tiny_sdxl_files.checkpoint).resolution_wh == (1024, 1024)
     assert config_for(tiny_sdxl_files.checkpoint).network_dim == 32
     assert config_for(tiny_files.checkpoint).resolution_wh == (512, 512)
+    flagged = config_for(tiny_sdxl_files.checkpoint, "--v-parameterization", "TRUE", "--zero-terminal-snr", "true")
+    assert (flagged.v_parameterization, flagged.zero_terminal_snr) == ("true", "true")
+    assert config_for(tiny_files.checkpoint).v_parameterization == "auto"

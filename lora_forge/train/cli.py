@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trigger", help="trigger word (kept as the first tag of every caption)")
     p.add_argument("--resume", type=Path, help="continue a stopped run from its folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    choice = {"choices": ("auto", "true", "false"), "type": str.lower}
+    p.add_argument("--v-parameterization", **choice, help="v-prediction (auto: as the model loads)")
+    p.add_argument("--zero-terminal-snr", **choice, help="rescale the noise schedule to zero terminal SNR (kohya's)")
     p.add_argument("--threads", type=int, help="CPU threads on --device cpu (default: half the cores)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan, do not train")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -62,6 +65,9 @@ def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[st
     if args.trigger is not None:
         overrides["trigger_word"] = args.trigger
     overrides["output_name"] = args.name
+    for key in ("v_parameterization", "zero_terminal_snr"):
+        if getattr(args, key, None):
+            overrides[key] = getattr(args, key)
     family = checkpoint_family(safetensors_shapes(args.ckpt))  # "" for a .ckpt: the SD1/SD2 values
     layered = layer_config(args.preset, overrides, args.resume or "", config_file=args.config, family=family,
                            device_type=str(args.device).split(":")[0])  # fmt: skip
