@@ -8,21 +8,19 @@ user can act on, and the rest of the batch goes on.
 
 from __future__ import annotations
 
-import errno
 import io
 import math
 import os
 import re
 import stat
-import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_forge import fsio
+from lora_forge.dataset.safe_files import Archive, display_name, file_problem, is_file, open_regular
 from lora_forge.errors import ForgeError
 
 # Our own pixel limit, checked from the header before decoding. It equals Pillow's default warning
@@ -57,7 +55,7 @@ class SourceItem:
     path: Path  # the file itself, or the zip that holds it
     member: str | None = None
     caption: str | None = None  # path (or zip member) of the caption file that came with it
-    archive: _Archive | None = field(default=None, compare=False, repr=False)  # the zip, opened once
+    archive: Archive | None = field(default=None, compare=False, repr=False)  # the zip, opened once
 
     @property
     def name(self) -> str:
@@ -70,7 +68,7 @@ class SourceItem:
             with open_regular(self.path, self.label) as f:
                 data = f.read(limit + 1)
         else:
-            data = (self.archive or _Archive(self.path)).read(self.member, limit + 1, self.label)
+            data = (self.archive or Archive(self.path)).read(self.member, limit + 1, self.label)
         if len(data) > limit:
             raise ForgeError(f"larger than {limit // (1024 * 1024)} MB; not an image we can use", path=self.label)
         return data
@@ -80,89 +78,11 @@ class SourceItem:
             return None
         if self.member is None:
             return fsio.read_text(self.caption)
-        raw = (self.archive or _Archive(self.path)).read(self.caption, MAX_FILE_BYTES, self.label)
+        raw = (self.archive or Archive(self.path)).read(self.caption, MAX_FILE_BYTES, self.label)
         try:
             return raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             return raw.decode("gb18030", errors="replace")
-
-
-# What zipfile raises for a damaged member: bad CRC, bad deflate stream, cut short, odd method.
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
-
-
-class _Archive:
-    """A zip opened once for the whole batch. Opening it again for every member re-read its whole
-    central directory each time: 4,000 members took 87 s (quadratic), 19,999 never finished.
-    Reads are serialised (one file handle); decoding, the costly part, runs outside the lock."""
-
-    def __init__(self, path: Path, opened: zipfile.ZipFile | None = None) -> None:
-        self.path = path
-        self._zf = opened
-        self._lock = threading.Lock()
-
-    def read(self, member: str, limit: int, label: str) -> bytes:
-        try:
-            with self._lock:
-                if self._zf is None:
-                    self._zf = zipfile.ZipFile(self.path)
-                with self._zf.open(member) as f:
-                    return f.read(limit)
-        except ZIP_ERRORS as e:
-            raise ForgeError(f"damaged inside the zip ({e}); re-create the archive", path=label) from e
-
-    def close(self) -> None:
-        with self._lock:
-            if self._zf is not None:
-                self._zf.close()
-                self._zf = None
-
-
-def open_regular(path: Path, label: str | None = None) -> Any:
-    """Open a file for reading only if it is a regular file: a named pipe would block the batch
-    for ever (O_NONBLOCK lets the check happen first), a device would never end."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ForgeError("not a regular file (a named pipe, socket or device); skipped", path=label or path)
-    return os.fdopen(fd, "rb")
-
-
-def display_name(text: str) -> str:
-    """A name as a person reads it. A file name that is not UTF-8 (GBK, from a Chinese Windows
-    copy) reaches Python on Linux as surrogate escapes, which no JSON or console can print; its
-    bytes are decoded as GB18030 instead (backslash escapes when even that fails)."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        raw = os.fsencode(text)
-    try:
-        return raw.decode("gb18030")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace")
-
-
-def _file_problem(path: Path) -> str | None:
-    """Why a directory entry cannot be an image source (a looping or broken link, a pipe), or None."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "a symbolic link that loops"
-        return f"cannot be read ({e.strerror or e}; a broken link?)"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file (a named pipe, socket or device)"
-    return None
-
-
-def _is_file(path: Path) -> bool:
-    """Path.is_file that answers False for a name the file system refuses (too long, bad bytes)."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass
@@ -227,7 +147,7 @@ def _scan_folder(root: Path, exclude: Path | None, result: Scan) -> None:
         dirs[:] = keep
         paths = []
         for name in sorted(files):
-            problem = _file_problem(here / name)
+            problem = file_problem(here / name)
             if name.startswith(".") or name.lower() in SYSTEM_FILES:
                 result.skipped.append(Skipped(label(here / name), "hidden or system file"))
             elif problem:
@@ -251,7 +171,7 @@ def _pair_files(paths: list[Path], label: Callable[[Path], str], result: Scan) -
                 result.skipped.append(Skipped(label(c), "caption file with no image of the same name"))
             continue
         captions = [folder / f"{stem}{ext}" for ext in CAPTION_EXTS]
-        caption = next((str(c) for c in captions if _is_file(c)), None)
+        caption = next((str(c) for c in captions if is_file(c)), None)
         for p in images:
             result.items.append(SourceItem(label(p), p, None, caption))
 
@@ -280,7 +200,7 @@ def _scan_zip(path: Path, label: str, result: Scan) -> None:
     except (zipfile.BadZipFile, OSError) as e:
         result.skipped.append(Skipped(label, f"not a readable zip ({e}); re-create the archive"))
         return
-    archive = _Archive(path, zf)  # closed by Scan.close(), or when no item holds it any more
+    archive = Archive(path, zf)  # closed by Scan.close(), or when no item holds it any more
     if len(infos) > MAX_ZIP_MEMBERS:
         zf.close()
         result.skipped.append(Skipped(label, f"{len(infos)} members is too many for a dataset zip; rejected"))
