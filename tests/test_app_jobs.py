@@ -70,3 +70,26 @@ def test_stop_ends_the_work_at_its_next_check_and_a_refusal_while_stopping_reads
 
     job = Job("train", loading).start().wait(5)
     assert (job.state, job.message, job.error) == ("stopped", "stopped while encoding the images", "")
+
+
+def test_a_tagging_job_says_its_provider_streams_progress_and_refuses_a_missing_folder(tmp_path, wd14_model):
+    from lora_forge.app import tagging
+    from lora_forge.settings import Settings
+    from lora_forge.tagger.batch import TagOptions
+    from lora_forge.tagger.testing import BLUE, RED, solid_image
+
+    data = tmp_path / "dataset"
+    data.mkdir()
+    solid_image(RED).save(data / "red.png")
+    solid_image(BLUE).save(data / "blue.png")
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path)
+    job = tagging.tag(settings, str(data), str(wd14_model.folder), TagOptions())
+    events = list(job.follow())
+    assert job.wait(30).state == "finished", job.error
+    assert events[0].message == "Loading the model …" and events[-1].total == 2
+    assert job.info["provider"] and job.result.count("written") == 2 and (data / "red.txt").is_file()
+
+    job = tagging.tag(settings, "  ", str(wd14_model.folder), TagOptions()).wait(30)
+    assert job.state == "failed" and job.error.startswith("set the dataset folder at the top first")
+    job = tagging.tag(settings, str(data), "no-such-model", TagOptions()).wait(30)
+    assert job.state == "failed" and "unknown tagger model 'no-such-model'" in job.error

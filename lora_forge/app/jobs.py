@@ -58,6 +58,7 @@ class Job:
         self.message = ""
         self.error = ""
         self.result: Any = None
+        self.info: dict[str, Any] = {}  # what the work publishes on the way (e.g. the provider it runs on)
         self.started = time.time()
         self.finished = 0.0
         self.stop_flag = StopFlag()
@@ -94,7 +95,8 @@ class Job:
         self._events.put(event)
 
     def say(self, message: str) -> None:
-        self.emit(Progress(0, 0, message))
+        """A plain line from the work itself (downloading, loading), marked `data["said"]`."""
+        self.emit(Progress(0, 0, message, data={"said": True}))
 
     def follow(self) -> Iterator[Progress]:
         """The job's events as they come, until it is done (for a gradio generator handler)."""

@@ -112,10 +112,7 @@ def run(args: argparse.Namespace) -> int:
 def _tagger(settings: Any, name: str) -> Any:
     from lora_forge.tagger import registry
 
-    files = registry.resolve(settings, name or registry.DEFAULT_MODEL)
-    if files.spec is not None and registry.download_state(files.folder) != "present":
-        registry.ensure_downloaded(settings, files)
-    return files
+    return registry.ready(settings, name or registry.DEFAULT_MODEL)
 
 
 def _xyz(plan: Any, version: str) -> Any:

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         save_json=args.json,
         batch_size=args.batch_size,
     )
-    if files.spec is not None and registry.download_state(files.folder) != "present":
+    if registry.missing(files):
         print(f"downloading {files.spec.label} into {files.folder}", file=sys.stderr)
         report, close_bars = _download_bar()
         try:

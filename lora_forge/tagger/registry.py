@@ -125,6 +125,11 @@ def resolve(settings: Settings, name_or_folder: str) -> ModelFiles:
     raise ForgeError(f"unknown tagger model {key!r}: give one of {names}, or a folder with {MODEL_FILE} + {TAGS_FILE}")
 
 
+def missing(files: ModelFiles) -> bool:
+    """True when a registered model still has files to download (a user folder never has)."""
+    return files.spec is not None and download_state(files.folder) != "present"
+
+
 def ensure_downloaded(
     settings: Settings, files: ModelFiles, progress: Callable[[str, int, int | None], None] | None = None
 ) -> ModelFiles:
@@ -132,7 +137,7 @@ def ensure_downloaded(
 
     `progress(filename, bytes_done, bytes_total)` is called while bytes arrive.
     """
-    if files.spec is None or download_state(files.folder) == "present":
+    if not missing(files):
         return files
     from lora_forge.hub import download
 
@@ -141,4 +146,20 @@ def ensure_downloaded(
             continue
         report = None if progress is None else (lambda done, total, f=filename: progress(f, done, total))
         download(settings, files.spec.repo_id, filename, progress=report)
+    return files
+
+
+def ready(
+    settings: Settings,
+    name_or_folder: str,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    announce: Callable[[ModelFiles], None] | None = None,
+) -> ModelFiles:
+    """`resolve`, then download what is missing: the model's files, on disk. `announce(files)` is
+    called once before a download starts (not at all when nothing is missing)."""
+    files = resolve(settings, name_or_folder)
+    if missing(files):
+        if announce is not None:
+            announce(files)
+        ensure_downloaded(settings, files, progress)
     return files

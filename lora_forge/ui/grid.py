@@ -1,7 +1,7 @@
 """测试: render a run's epoch × strength grid, read the scores, keep the chosen file.
 
-Wiring only: the work is lora_forge.grid. Rendering runs in a worker thread inside the host's job
-lock (the WebUI's queue) and this handler streams its progress; Stop ends it after the cell (or
+Wiring only: the work is lora_forge.grid, run as an app.grids job (inside the host's job lock,
+the WebUI's queue) that this handler follows; Stop ends it after the cell (or
 batched column) in hand, and a stopped grid is shown and saved as partial.
 """
 
@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import html
 import json
-import logging
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lora_forge.errors import ForgeError
-from lora_forge.events import Progress, StopFlag
 from lora_forge.ui.context import UiContext
-
-log = logging.getLogger(__name__)
 
 TITLE = "Test grid"
 HEADERS = ["Epoch", "Strength", "Fidelity", "Face", "Flexibility", "Combined"]
@@ -179,71 +173,47 @@ def build(ctx: UiContext) -> GridHandles:
     dataset_dir = ctx.shared.get("dataset_dir") or gr.Textbox(visible=False)
     shared_scores = ctx.shared.get("grid_scores")  # 优化 reads the last scores from there
     extra = [shared_scores] if shared_scores is not None else []
-    stop_flag: dict[str, StopFlag] = {}
+    current: dict[str, Any] = {}  # this page's latest grid job, for Stop
 
     refresh.click(lambda: gr.update(choices=run_choices(ctx)), None, [run])
 
     def do_render(
         run_v, typed_v, str_v, prompt_v, neg_v, seed_v, steps_v, cfg_v, w_v, h_v, sampler_v, score_v, tagger_v, data_v
     ):
-        from lora_forge.grid.job import make_grid
-        from lora_forge.grid.plan import make_plan
+        from lora_forge.app import grids
+        from lora_forge.tagger import registry
 
-        flag = stop_flag["current"] = StopFlag()
-        events: queue.Queue = queue.Queue()
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                host = ctx.host()
-                plan = make_plan(
-                    sources(run_v, typed_v),
-                    str_v,
-                    prompt_v,
-                    neg_v,
-                    int(seed_v or 0),
-                    int(steps_v or 20),
-                    float(cfg_v or 7),
-                    (int(w_v or 512), int(h_v or 512)),
-                    (sampler_v or "Euler a").strip(),
-                    sd_model=host.sd_model(),
-                )
-                outcome["plan"] = plan
-                files = None
-                if score_v:
-                    from lora_forge.tagger import registry as reg
-
-                    settings = ctx.settings()
-                    key = (tagger_v or reg.DEFAULT_MODEL).strip().strip('"')
-                    files = reg.resolve(settings, key)
-                    if files.spec is not None and reg.download_state(files.folder) != "present":
-                        events.put(f"Downloading the tagger {files.name} …")
-                        reg.ensure_downloaded(settings, files)
-                data = Path(data_v.strip().strip('"')) if (data_v or "").strip() else None
-
-                def on_progress(e: Progress) -> None:
-                    events.put(f"{e.message} ({e.data.get('cells', 0)}/{e.data.get('of', '?')} cells)")
-
-                outcome["output"] = make_grid(
-                    host, plan, on_progress, flag, tagger=files, dataset=data, settings=ctx.settings()
-                )
-            except ForgeError as e:
-                outcome["error"] = str(e)
-            except Exception as e:  # a bug: the traceback to the log, one line to the user
-                log.exception("grid failed")
-                outcome["error"] = f"unexpected {e.__class__.__name__}: {e} (details in the console)"
-            finally:
-                events.put(None)
-
-        threading.Thread(target=work, daemon=True).start()
         keep_upd = gr.update()
         more = [gr.update()] * len(extra)
-        while (line := events.get()) is not None:
-            yield line, gr.update(), gr.update(), gr.update(), gr.update(), keep_upd, gr.update(), *more
-        if "error" in outcome:
-            yield f"**Error:** {outcome['error']}", None, "", None, None, gr.update(), outcome.get("plan"), *more
+        plan_args = {
+            "strengths": str_v,
+            "prompt": prompt_v,
+            "negative_prompt": neg_v,
+            "seed": int(seed_v or 0),
+            "steps": int(steps_v or 20),
+            "cfg_scale": float(cfg_v or 7),
+            "size": (int(w_v or 512), int(h_v or 512)),
+            "sampler": (sampler_v or "Euler a").strip(),
+        }
+        tagger = (tagger_v or registry.DEFAULT_MODEL).strip().strip('"') if score_v else ""
+        try:
+            job = current["job"] = grids.render(
+                ctx.host(), ctx.settings(), sources(run_v, typed_v), plan_args, tagger, data_v or ""
+            )
+        except ForgeError as e:
+            yield f"**Error:** {e}", None, "", None, None, gr.update(), None, *more
             return
-        out = outcome["output"]
+        for e in job.follow():
+            line = (
+                e.message
+                if e.data.get("said")
+                else f"{e.message} ({e.data.get('cells', 0)}/{e.data.get('of', '?')} cells)"
+            )
+            yield line, gr.update(), gr.update(), gr.update(), gr.update(), keep_upd, gr.update(), *more
+        if job.error:
+            yield f"**Error:** {job.error}", None, "", None, None, gr.update(), job.info.get("plan"), *more
+            return
+        out = job.result
         plan = out.result.plan
         notes = "".join(f"\n\n- {html.escape(n)}" for n in plan.notes)
         text = f"**{out.summary()}**.\n\nPrompt: `{plan.prompt}`{notes}"
@@ -284,7 +254,7 @@ def build(ctx: UiContext) -> GridHandles:
         ],
         outputs=[status, picture, advice, table, heat, chosen, plan_state, *extra],
     )
-    stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
+    stop.click(lambda: current["job"].stop() if "job" in current else None, None, None)
     full.click(None, None, None, _js="() => window.loraForgeGrid && window.loraForgeGrid.openFull()")
 
     def do_keep(plan: Any, keep_v: str, trash_v: bool) -> str:

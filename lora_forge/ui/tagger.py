@@ -1,7 +1,7 @@
 """打标: caption the dataset folder with a WD14 tagger.
 
-Wiring only: the work is lora_forge.tagger. The run happens in a worker thread and this handler
-streams its progress, so the page shows which provider is really in use from the first second (a
+Wiring only: the work is lora_forge.tagger, run as an app.tagging job that this handler
+follows, so the page shows which provider is really in use from the first second (a
 silent CPU fall-back is what users complain about most). The result view shows at most TOP_TAGS
 tags per image: thousands of confidence labels made other taggers' pages lag (kawalain#76).
 """
@@ -9,18 +9,10 @@ tags per image: thousands of confidence labels made other taggers' pages lag (ka
 from __future__ import annotations
 
 import html
-import logging
-import queue
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from lora_forge.errors import ForgeError
-from lora_forge.events import Progress, StopFlag
 from lora_forge.ui.context import UiContext
-
-log = logging.getLogger(__name__)
 
 TITLE = "Tagging"
 TOP_TAGS = 50
@@ -89,10 +81,6 @@ def results_html(report: Any) -> str:
     )
 
 
-def _mb(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e6:.1f} MB"
-
-
 @dataclass(frozen=True)
 class TaggerHandles:
     """What the tab wires to: the Tag click (captions change the steps) and its trigger word box."""
@@ -153,7 +141,7 @@ def build(ctx: UiContext) -> TaggerHandles:
     status = gr.Markdown("", elem_id="lora_forge_tagger_status")
     results = gr.HTML("", elem_id="lora_forge_tagger_results")
     dataset_dir = ctx.shared.get("dataset_dir") or gr.Textbox(visible=False)
-    stop_flag: dict[str, StopFlag] = {}
+    current: dict[str, Any] = {}  # this page's latest tagging job, for Stop
 
     def pick(choice: str):
         spec = registry.MODELS.get((choice or registry.DEFAULT_MODEL).split(SEP)[0])
@@ -163,24 +151,14 @@ def build(ctx: UiContext) -> TaggerHandles:
     model.change(pick, inputs=[model], outputs=[info, general, character])
 
     def do_download(choice: str):
+        from lora_forge.app import tagging
+
         settings = ctx.settings()
         name = (choice or registry.DEFAULT_MODEL).split(SEP)[0]
-        files = registry.resolve(settings, name)
-        events: queue.Queue = queue.Queue()
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                registry.ensure_downloaded(settings, files, lambda f, d, t: events.put(f"{f}: {_mb(d)} / {_mb(t)}"))
-            except ForgeError as e:
-                outcome["error"] = str(e)
-            finally:
-                events.put(None)
-
-        threading.Thread(target=work, daemon=True).start()
-        while (line := events.get()) is not None:
-            yield f"Downloading {name} … {line}", gr.update()
-        text = f"**Error:** {outcome['error']}" if "error" in outcome else f"{name}: download complete."
+        job = tagging.download(settings, name)
+        for event in job.follow():
+            yield f"Downloading {name} … {event.message}", gr.update()
+        text = f"**Error:** {job.error}" if job.error else f"{name}: download complete."
         yield text, gr.update(choices=model_choices(settings), value=choice_for(settings, name))
 
     download.click(do_download, inputs=[model], outputs=[status, model]).then(
@@ -190,61 +168,31 @@ def build(ctx: UiContext) -> TaggerHandles:
     def do_run(
         choice, folder_v, data_v, general_v, character_v, mcut_v, rating_v, json_v, escape_v, trigger_v, exclude_v, ex_v
     ):
-        from lora_forge.tagger.batch import TagOptions, tag_folder
+        from lora_forge.app import tagging
+        from lora_forge.tagger.batch import TagOptions
         from lora_forge.tagger.labels import CaptionOptions, Thresholds
-        from lora_forge.tagger.session import TaggerSession
 
-        flag = stop_flag["current"] = StopFlag()
-        events: queue.Queue = queue.Queue()
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                settings = ctx.settings()
-                if not (data_v or "").strip():
-                    raise ForgeError("set the dataset folder at the top first (the folder of prepared images)")
-                key = folder_v.strip().strip('"') if (folder_v or "").strip() else choice.split(SEP)[0]
-                files = registry.resolve(settings, key)
-                if files.spec is not None and registry.download_state(files.folder) != "present":
-                    report_dl = lambda f, d, t: events.put(f"Downloading {f}: {_mb(d)} / {_mb(t)}")  # noqa: E731
-                    registry.ensure_downloaded(settings, files, report_dl)
-                options = TagOptions(
-                    thresholds=Thresholds(float(general_v), float(character_v), bool(mcut_v)),
-                    caption=CaptionOptions(
-                        exclude=tuple(t for t in (exclude_v or "").split(",") if t.strip()),
-                        trigger=trigger_v or "",
-                        rating=bool(rating_v),
-                        escape=bool(escape_v),
-                    ),
-                    existing=EXISTING[ex_v],
-                    save_json=bool(json_v),
-                )
-                events.put("Loading the model …")
-                with TaggerSession(files) as session:  # closed at the end: training wants the memory
-                    outcome["provider"] = session.provider_label
-
-                    def on_progress(e: Progress) -> None:
-                        events.put(f"{e.step}/{e.total} {e.message}")
-
-                    outcome["report"] = tag_folder(
-                        Path(data_v.strip().strip('"')), files, options, on_progress, flag, session=session
-                    )
-            except ForgeError as e:
-                outcome["error"] = str(e)
-            except Exception as e:  # a bug: keep the traceback in the log, tell the user in one line
-                log.exception("tagging failed")
-                outcome["error"] = f"unexpected {e.__class__.__name__}: {e} (details in the console)"
-            finally:
-                events.put(None)
-
-        threading.Thread(target=work, daemon=True).start()
-        while (line := events.get()) is not None:
-            provider = outcome.get("provider")
+        options = TagOptions(
+            thresholds=Thresholds(float(general_v), float(character_v), bool(mcut_v)),
+            caption=CaptionOptions(
+                exclude=tuple(t for t in (exclude_v or "").split(",") if t.strip()),
+                trigger=trigger_v or "",
+                rating=bool(rating_v),
+                escape=bool(escape_v),
+            ),
+            existing=EXISTING[ex_v],
+            save_json=bool(json_v),
+        )
+        key = folder_v.strip().strip('"') if (folder_v or "").strip() else choice.split(SEP)[0]
+        job = current["job"] = tagging.tag(ctx.settings(), data_v, key, options)
+        for event in job.follow():
+            line = f"{event.step}/{event.total} {event.message}" if event.total else event.message
+            provider = job.info.get("provider")
             yield (f"Running on **{provider}** — {line}" if provider else line), gr.update()
-        if "error" in outcome:
-            yield f"**Error:** {outcome['error']}", ""
+        if job.error:
+            yield f"**Error:** {job.error}", ""
             return
-        report = outcome["report"]
+        report = job.result
         warn = " ⚠ " if "failed to load" in report.provider else ""
         n = len(report.history_ids)
         history = f"\n\nUndo it under Edit tags → history ({n} save(s))." if n else ""
@@ -275,5 +223,5 @@ def build(ctx: UiContext) -> TaggerHandles:
         outputs=[status, results],
     )
     tagged.then(refresh_models, inputs=[model], outputs=[model, info])
-    stop.click(lambda: stop_flag["current"].request() if "current" in stop_flag else None, None, None)
+    stop.click(lambda: current["job"].stop() if "job" in current else None, None, None)
     return TaggerHandles(tagged, trigger)
