@@ -39,4 +39,5 @@ def on_app_started(_demo: Any, app: Any) -> None:
     from lora_forge import api
 
     webui.keep_on_sys_path()
+    webui.record_uploads(app)  # the tab's uploads: only files the WebUI's /upload wrote
     api.register(app, host=webui.host, settings=webui.settings_from_opts, paths=webui.path_policy)

@@ -3,28 +3,43 @@
 The WebUI's own rule: listening beyond localhost (--listen, --share, --ngrok, --server-name) sets
 `cmd_opts.disable_extension_access` unless the user passed --enable-insecure-extension-access. Our
 tab takes folder and file paths as text, so on such a server anyone who reaches the page could
-read or overwrite any file the WebUI process can. Under that rule every path must resolve (links
-followed, `..` refused) into the WebUI's folders or our own, and uploads are size-limited. On a
-local-only WebUI the policy only checks upload sizes: the user owns the machine.
+read or overwrite any file the WebUI process can. Under that rule every path must stay (links
+followed, `..` refused) inside the WebUI's folders or our own, and a folder handed in must hold no
+link leading out of them. On a local-only WebUI the policy only checks upload sizes: the user owns
+the machine.
 
-The policy lives in one place: `lora_forge.ui.tab` applies it to every path input of every
-section, `lora_forge.api` to every path field of a request.
+One policy, one check per kind of value (`check_value`), applied at the boundary of each face:
+`lora_forge.ui.guard` for every handler input of the tab (declared once per component there),
+`lora_forge.api` for every value FastAPI hands a route (path-typed fields: ReadPath/WritePath;
+config dicts: the keys TrainConfig marks as paths). Uploads: `lora_forge.uploads`.
 """
 
 from __future__ import annotations
 
+import enum
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 from lora_forge.errors import ForgeError
-from lora_forge.fsio import is_within
 
 MAX_UPLOAD_BYTES = 2 * 1024**3  # one zip of a few hundred photos fits; a stray disk image does not
-# the request fields (JSON body or query) the API treats as paths
-PATH_KEY_SUFFIXES = ("dir", "path", "folder", "file", "files", "resume", "ckpt", "dataset")
+# config keys nobody declared but that look like paths are checked as reads all the same
+PATH_KEY_SUFFIXES = ("dir", "path", "folder", "file", "files", "resume", "ckpt", "dataset", "weights")
+MAX_TREE_ENTRIES = 200_000  # a folder handed in is walked for outside links; beyond this it is refused
+
+
+class Kind(enum.Enum):
+    """What a value handed to a face means for the file system."""
+
+    TEXT = "text"  # not a path (captions, prompts, names matched against a listing)
+    READ = "read"  # a file or folder the handler reads
+    WRITE = "write"  # a file or folder the handler writes into (or moves files in)
+    LINES = "lines"  # one read path per line
+    SETTINGS = "settings"  # `key = value` lines of config keys (the 训练 more-settings box)
+    UPLOAD = "upload"  # gradio upload payloads; checked before gradio copies anything (uploads.py)
 
 
 @dataclass(frozen=True)
@@ -33,9 +48,10 @@ class PathPolicy:
 
     enforced: bool = False
     write_roots: tuple[Path, ...] = ()
-    read_roots: tuple[Path, ...] = ()  # e.g. gradio's upload folder: read, never written
+    read_roots: tuple[Path, ...] = ()
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     reason: str = field(default="the WebUI listens beyond this computer (--listen / --share)")
+    uploads: Any = None  # an uploads.UploadLedger: the files gradio's /upload wrote, when recorded
 
     @classmethod
     def build(
@@ -60,51 +76,136 @@ class PathPolicy:
     def allowed_roots(self, for_write: bool = False) -> tuple[Path, ...]:
         return self.write_roots if for_write else self.write_roots + self.read_roots
 
+    def _refuse(self, text: str, for_write: bool) -> ForgeError:
+        """One answer for a path outside, whether or not anything is there: no existence probe."""
+        where = ", ".join(str(r) for r in self.write_roots) or "nowhere"
+        return ForgeError(
+            f"not found, or outside the folders this server may {'write' if for_write else 'read'} "
+            f"({self.reason}); use a folder under {where}, or start the WebUI with "
+            "--enable-insecure-extension-access",
+            path=text,
+        )
+
     def check(self, path: str | os.PathLike[str], for_write: bool = False) -> Path:
-        """The resolved path, or a ForgeError saying where paths may point on this server."""
+        """The resolved path, or a ForgeError saying where paths may point on this server.
+
+        Outside paths are refused from their text alone, before the disk is asked anything; the
+        resolved path (links followed) must then be inside too."""
         text = str(path).strip().strip('"').strip("'")
-        if not text:
-            raise ForgeError("empty path")
+        if not text or "\x00" in text:
+            raise ForgeError("empty path" if not text else "a path cannot hold a NUL character")
         if not self.enforced:
             return Path(text).expanduser()
         if ".." in PurePath(text.replace("\\", "/")).parts:
             raise ForgeError(f"“..” is not allowed in paths on this server ({self.reason})", path=text)
         if text.startswith("~"):
             raise ForgeError(f"“~” is not allowed in paths on this server ({self.reason})", path=text)
-        resolved = Path(text).resolve()
         roots = self.allowed_roots(for_write)
-        if not any(is_within(resolved, root) for root in roots):
-            where = ", ".join(str(r) for r in self.write_roots) or "nowhere"
-            raise ForgeError(
-                f"outside the folders this server may {'write' if for_write else 'read'} ({self.reason}); "
-                f"use a folder under {where}, or start the WebUI with --enable-insecure-extension-access",
-                path=text,
-            )
+        lexical = os.path.abspath(text)
+        if not any(_lexically_within(lexical, root) for root in roots):
+            raise self._refuse(text, for_write)
+        resolved = Path(lexical).resolve()
+        if not any(_lexically_within(str(resolved), root) for root in roots):
+            raise self._refuse(text, for_write)
+        return resolved
+
+    def check_folder(self, path: str | os.PathLike[str], for_write: bool = False) -> Path:
+        """`check`, and when it is a folder: no link inside it leads out of the allowed folders
+        (a caption linked to an outside file would be read into a LoRA's metadata)."""
+        resolved = self.check(path, for_write)
+        if self.enforced and resolved.is_dir():
+            for link in _links(resolved):
+                target = os.path.realpath(link)
+                if not any(_lexically_within(target, root) for root in self.allowed_roots(False)):
+                    raise ForgeError(
+                        f"this folder holds a link to outside the folders this server may read ({self.reason}): "
+                        f"{link.relative_to(resolved)}; replace the link with a copy of the file",
+                        path=str(path),
+                    )
         return resolved
 
     def check_lines(self, text: str, for_write: bool = False) -> None:
         """A multi-line path box (one path per line, Windows quotes allowed)."""
         for line in (text or "").splitlines():
             if line.strip().strip('"').strip("'").strip():
-                self.check(line, for_write)
+                self.check_folder(line, for_write)
 
-    def check_upload(self, files: Any) -> None:
-        """Uploaded files (gradio 3.41 tempfile wrappers, 4.x paths) within the size limit."""
-        items = files if isinstance(files, (list, tuple)) else [files] if files else []
-        for f in items:
-            name = getattr(f, "name", f)
-            if not isinstance(name, (str, os.PathLike)):
+    def check_settings(self, text_or_mapping: str | Mapping[str, Any]) -> None:
+        """Config keys that name files: `key = value` lines (the more-settings box) or a dict."""
+        items = _settings_items(text_or_mapping)
+        declared = config_path_keys()
+        for key, value in items:
+            if not isinstance(value, str) or not value.strip().strip('"').strip("'").strip():
                 continue
-            try:
-                size = os.path.getsize(name)
-            except OSError:
-                continue
-            if size > self.max_upload_bytes:
-                raise ForgeError(
-                    f"the upload is {size / 1024**2:.0f} MB; the limit is {self.max_upload_bytes / 1024**2:.0f} MB "
-                    "(copy large archives to the server and enter their folder instead)",
-                    path=Path(name).name,
-                )
+            if key in declared or is_path_key(key):
+                self.check_folder(value.strip(), declared.get(key, False))
+
+    def check_value(self, kind: Kind, value: Any) -> None:
+        """The one check every face calls for every value it was handed (lists: each item)."""
+        if value is None or value == "" or kind in (Kind.TEXT, Kind.UPLOAD):
+            return
+        if isinstance(value, (list, tuple)) and kind is not Kind.SETTINGS:
+            for item in value:
+                self.check_value(kind, item)
+            return
+        if kind is Kind.SETTINGS:
+            self.check_settings(value if isinstance(value, Mapping) else str(value))
+        elif kind is Kind.LINES:
+            self.check_lines(str(value))
+        else:
+            self.check_folder(str(value), kind is Kind.WRITE)
+
+
+def _lexically_within(path: str, root: Path) -> bool:
+    """`path` (absolute, normalised, not resolved) is `root` or below it; case-blind on Windows."""
+    p = os.path.normcase(os.path.normpath(path))
+    r = os.path.normcase(str(root))
+    return p == r or p.startswith(r.rstrip("\\/") + os.sep)
+
+
+def _links(folder: Path) -> Iterator[Path]:
+    """Every symlink (or Windows junction) under `folder`, without following any."""
+    stack, seen = [folder], 0
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    seen += 1
+                    if seen > MAX_TREE_ENTRIES:
+                        raise ForgeError(f"the folder holds more than {MAX_TREE_ENTRIES} entries", path=folder)
+                    path = Path(entry.path)
+                    if entry.is_symlink() or _is_junction(path):
+                        yield path
+                    elif entry.is_dir(follow_symlinks=False):
+                        stack.append(path)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+
+
+def _is_junction(path: Path) -> bool:
+    is_junction = getattr(os.path, "isjunction", None)  # Python 3.12+; junctions exist on Windows only
+    return bool(is_junction and is_junction(path))
+
+
+def _settings_items(value: str | Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        return [(str(k).strip(), v) for k, v in value.items()]
+    out = []
+    for line in (value or "").splitlines():
+        key, sep, rest = line.strip().partition("=")
+        if sep and key.strip() and not key.strip().startswith("#"):
+            out.append((key.strip(), rest.strip()))
+    return out
+
+
+def config_path_keys() -> dict[str, bool]:
+    """The config keys TrainConfig declares as paths (field metadata "path": "read"/"write")."""
+    import dataclasses
+
+    from lora_forge.train.config import TrainConfig
+
+    return {f.name: f.metadata["path"] == "write" for f in dataclasses.fields(TrainConfig) if "path" in f.metadata}
 
 
 def is_path_key(key: str) -> bool:
@@ -112,14 +213,49 @@ def is_path_key(key: str) -> bool:
     return any(low == s or low.endswith("_" + s) or low.endswith(s) for s in PATH_KEY_SUFFIXES)
 
 
-def check_request_values(policy: PathPolicy, values: Any, key: str = "") -> None:
-    """Every string under a path-like key of a request body (nested dicts and lists too)."""
-    if isinstance(values, dict):
-        for k, v in values.items():
-            check_request_values(policy, v, str(k))
-    elif isinstance(values, (list, tuple)):
-        for v in values:
-            check_request_values(policy, v, key)
-    elif isinstance(values, str) and key and is_path_key(key) and values.strip():
-        # the server writes into data and output folders; anything else a request names is read
-        policy.check(values, for_write=key.lower().endswith(("data_dir", "output_dir", "out", "folder")))
+# -- path-typed request fields (the API face declares its fields with these) -----------------------
+
+
+class ServerPath(str):
+    """A request field naming a file or folder on the server: `check_request` holds it to the policy."""
+
+    kind = Kind.READ
+
+    @classmethod
+    def __get_validators__(cls) -> Iterator[Any]:  # pydantic 1.x (the WebUI's FastAPI 0.94)
+        yield cls._validate
+
+    @classmethod
+    def _validate(cls, value: Any) -> ServerPath:
+        if not isinstance(value, str):
+            raise TypeError("a path must be a string")
+        return cls(value)
+
+
+class ReadPath(ServerPath):
+    kind = Kind.READ
+
+
+class WritePath(ServerPath):
+    kind = Kind.WRITE
+
+
+def check_request(policy: PathPolicy, value: Any, key: str = "") -> None:
+    """Every path in what a face was handed, found by type (ServerPath), by declared config key or
+    by a path-like key name, through models, dicts and lists: whatever the Content-Type was, this
+    sees the values the route will use."""
+    if isinstance(value, ServerPath):
+        policy.check_value(value.kind, str(value))
+    elif hasattr(value, "__fields__") and hasattr(value, "dict"):  # a pydantic model
+        for name in value.__fields__:
+            check_request(policy, getattr(value, name), name)
+    elif isinstance(value, Mapping):
+        policy.check_settings({k: v for k, v in value.items() if isinstance(v, str)})
+        for k, v in value.items():
+            if not isinstance(v, str):
+                check_request(policy, v, str(k))
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            check_request(policy, v, key)
+    elif isinstance(value, str) and key and value.strip():
+        policy.check_settings({key: value})

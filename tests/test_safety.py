@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lora_forge.errors import ForgeError
-from lora_forge.safety import PathPolicy, check_request_values
+from lora_forge.safety import Kind, PathPolicy, check_request
 from tests.asgi import run
 
 
@@ -33,82 +33,119 @@ def test_policy_when_listening(tmp_path):
     with pytest.raises(ForgeError, match="enable-insecure-extension-access"):
         policy.check_lines(f"{inside}/sets\n{outside}")
     with pytest.raises(ForgeError, match="outside"):
-        check_request_values(policy, {"body": {"data_dir": str(outside), "config": {"network_dim": 4}}})
-    check_request_values(policy, {"body": {"data_dir": str(inside / "sets"), "preset": "/etc"}})
+        check_request(policy, {"body": {"data_dir": str(outside), "config": {"network_dim": 4}}})
+    check_request(policy, {"body": {"data_dir": str(inside / "sets"), "preset": "/etc"}})
+    # refused and missing answer alike: no existence probe
+    answers = set()
+    for bad in (outside, outside / "missing.safetensors"):
+        with pytest.raises(ForgeError) as e:
+            policy.check_value(Kind.SETTINGS, f"network_weights = {bad}")
+        answers.add(str(e.value).replace(str(bad), "X"))
+    assert len(answers) == 1
+    # a dataset holding a link to an outside file is refused, whichever file it is
+    (inside / "sets" / "a.txt").symlink_to(outside / "notes.txt")
+    with pytest.raises(ForgeError, match="link to outside"):
+        policy.check_value(Kind.READ, str(inside / "sets"))
 
 
 def test_local_server_allows_any_path_but_limits_uploads(tmp_path):
+    from lora_forge import uploads
+
     policy = PathPolicy.build(False, [tmp_path / "data"], max_upload_bytes=1000)
     assert policy.check("/etc/hosts") == Path("/etc/hosts")
-    big = tmp_path / "big.zip"
-    big.write_bytes(b"0" * 2000)
-    small = tmp_path / "small.png"
-    small.write_bytes(b"0" * 10)
-    policy.check_upload([str(small)])
+    ledger = uploads.UploadLedger(tmp_path / "gradio")
+    ledger.recording = True
+    policy = PathPolicy.build(False, [tmp_path / "data"], max_upload_bytes=1000, uploads=ledger)
+    big = tmp_path / "gradio" / ("a" * 40) / "big.zip"
+    small = tmp_path / "gradio" / ("b" * 40) / "small.png"
+    for p, n in ((big, 2000), (small, 10)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"0" * n)
+    ledger.record([str(big), str(small)])
+    got = uploads.accept(policy, {"name": str(small), "is_file": True, "orig_name": "mine.png"})
+    assert got.name == str(small) and got.orig_name == "mine.png"
+    with pytest.raises(ForgeError, match="uploaded with this request"):  # one use per upload
+        uploads.accept(policy, {"name": str(small), "is_file": True})
     with pytest.raises(ForgeError, match="limit is"):
-        policy.check_upload([type("F", (), {"name": str(big)})()])
+        uploads.accept(policy, {"name": str(big), "is_file": True})
+    assert not big.exists() and not big.parent.exists()  # a refused upload is removed
+    with pytest.raises(ForgeError, match="uploaded with this request"):
+        uploads.accept(policy, {"name": "/etc/hostname", "is_file": True})
+    with pytest.raises(ForgeError, match="limit is"):  # base64 is measured before it is decoded
+        uploads.accept(policy, {"name": "x.zip", "data": "data:application/zip;base64," + "A" * 4000})
 
 
 def test_every_path_box_of_the_tab_is_guarded(tmp_path, monkeypatch):
     """Build the whole tab as the WebUI would with --listen and run each path handler with a path
-    outside: gradio's error, never the handler."""
+    outside: gradio's error, never the handler. Every text-like input is declared in ui.guard."""
     import gradio as gr
 
     from lora_forge.settings import Settings
-    from lora_forge.ui import tab
+    from lora_forge.ui import guard, tab
     from lora_forge.ui.context import UiContext
 
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets")
     policy = PathPolicy.build(True, [tmp_path / "datasets", tmp_path / "models"])
     ctx = UiContext(host=lambda: pytest.fail("no host needed"), settings=lambda: settings, paths=lambda: policy)
     blocks = tab.build(ctx)
+    assert guard.undeclared_inputs(blocks) == []
     guarded = 0
     for fn in blocks.fns:
         for i, comp in enumerate(fn.inputs):
-            if tab._path_kind(comp) is None or fn.fn is None:
+            kind = guard.declared(comp)
+            if kind in (None, Kind.TEXT, Kind.UPLOAD) or fn.fn is None:
                 continue
             args = [None] * len(fn.inputs)
-            args[i] = "/etc"
+            args[i] = "network_weights = /etc/x.safetensors" if kind is Kind.SETTINGS else "/etc"
             with pytest.raises(gr.Error, match="outside the folders"):
                 result = fn.fn(*args)
                 if hasattr(result, "__next__"):
                     next(result)
             guarded += 1
     ids = {getattr(c, "elem_id", None) for c in blocks.blocks.values()}
-    assert "lora_forge_dataset_dir" in ids and guarded >= 5
+    assert "lora_forge_dataset_dir" in ids and guarded >= 10
 
 
 def test_api_refuses_a_path_outside_when_listening(tmp_path):
+    """Registered on an app that already answered a request (as the WebUI's has when extensions
+    add routes): refusals and a ForgeError from anywhere in a route still answer 400."""
+    import types
+
     import httpx
     from fastapi import FastAPI
 
     from lora_forge import api
+    from lora_forge.host.train_jobs import RUNS
     from lora_forge.settings import Settings
 
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets")
     policy = PathPolicy.build(True, [tmp_path / "datasets"])
     app = FastAPI()
-    started = []
+    app.get("/ping")(lambda: "pong")
+    hosts: list[object] = [types.SimpleNamespace(name="test")]
 
     def host():
-        started.append(1)
-        raise ForgeError("no model")
-
-    api.register(app, host=host, settings=lambda: settings, paths=lambda: policy)
+        if isinstance(hosts[0], Exception):
+            raise hosts[0]
+        return hosts[0]
 
     async def calls():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            return (
-                await client.post(f"{api.PREFIX}/train", json={"data_dir": "/etc", "config": {}}),
-                await client.get(f"{api.PREFIX}/version", params={"dataset": "/root"}),
-                await client.get(f"{api.PREFIX}/version"),
-            )
+            await client.get("/ping")  # the app's middleware stack is built now
+            api.register(app, host=host, settings=lambda: settings, paths=lambda: policy)
+            out = [await client.post(f"{api.PREFIX}/train", json={"data_dir": "/etc", "config": {}})]
+            out.append(await client.get(f"{api.PREFIX}/version"))
+            hosts[0] = ForgeError("no model loaded")
+            out.append(await client.get(f"{api.PREFIX}/train/runs"))
+            return out
 
-    refused, refused_query, fine = run(calls())
-    assert refused.status_code == 400 and "outside the folders" in refused.json()["error"] and not started
-    assert refused_query.status_code == 400
+    runs_before = len(RUNS.list())
+    refused, fine, no_model = run(calls())
+    assert refused.status_code == 400 and "outside the folders" in refused.json()["error"]
+    assert len(RUNS.list()) == runs_before
     assert fine.status_code == 200
+    assert no_model.status_code == 400 and no_model.json() == {"error": "no model loaded"}
 
 
 def test_webui_started_with_listen_refuses_paths_outside(tmp_path, tiny_host):
@@ -129,7 +166,7 @@ def test_webui_started_with_listen_refuses_paths_outside(tmp_path, tiny_host):
     stub = webui_stub.start(
         tmp_path / "webui",
         tiny_host.sd_model(),
-        argv=["--listen", "--lora-dir", str(lora_dir)],
+        argv=["--listen", "--api", "--lora-dir", str(lora_dir)],
         extensions={"lora-forge": ROOT},
     )
     try:

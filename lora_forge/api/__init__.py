@@ -2,7 +2,8 @@
 
 Each stage that offers routes names a module in ROUTES; that module provides
 `routes(ctx: ApiContext) -> fastapi.APIRouter`. A module that is not there is skipped, so the
-list can name stages before they land. ForgeError becomes HTTP 400 with {"error": message}.
+list can name stages before they land. ForgeError becomes HTTP 400 with {"error": message}, and
+every parsed value passes the path policy first (guard_route).
 Note: the WebUI's --api-auth does not cover routes added this way.
 """
 
@@ -16,7 +17,7 @@ from lora_forge import __version__
 from lora_forge.cli import module_exists
 from lora_forge.errors import ForgeError
 from lora_forge.host.base import Host
-from lora_forge.safety import PathPolicy, check_request_values
+from lora_forge.safety import PathPolicy, check_request
 from lora_forge.settings import Settings
 
 PREFIX = "/lora_forge/v1"
@@ -40,24 +41,10 @@ def register(
     """Mount our routes on `app`; returns the paths added (the tests and the start-up log use it)."""
     import importlib
 
-    from fastapi import APIRouter, Depends, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import APIRouter
 
     ctx = ApiContext(host=host, settings=settings, paths=paths)
-
-    async def check_paths(request: Request) -> None:
-        """Every path-like field of the query and the JSON body through the path policy (safety.py)."""
-        values: dict[str, Any] = dict(request.query_params)
-        if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                values["body"] = await request.json()  # FastAPI has read and cached the body already
-            except ValueError:
-                pass
-        check_request_values(paths(), values)
-
-    check_paths.__annotations__ = {"request": Request, "return": None}  # a string under __future__
-
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(check_paths)])
+    router = APIRouter(prefix=PREFIX)
 
     @router.get("/version")
     def version() -> dict[str, Any]:
@@ -66,10 +53,66 @@ def register(
     for name in ROUTES:
         if module_exists(name):
             router.include_router(importlib.import_module(name).routes(ctx))
-
-    def forge_error(_request: Request, exc: ForgeError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": str(exc)})
-
-    app.add_exception_handler(ForgeError, forge_error)
+    before = len(app.router.routes)
     app.include_router(router)
+    for route in app.router.routes[before:]:  # the app's own copies of the routes are what run
+        guard_route(route, paths)
     return [route.path for route in router.routes]
+
+
+def guard_route(route: Any, paths: Callable[[], PathPolicy]) -> None:
+    """The API's boundary, on each route itself: the values FastAPI parsed for the endpoint (query,
+    path, form, and the body whatever its Content-Type was spelled) go through the path policy
+    (safety.check_request: ReadPath/WritePath fields, declared config keys) before it runs, and a
+    ForgeError raised anywhere in the route (its dependencies too) answers 400 with its message.
+    Done in the route, not with app.add_exception_handler: a running app (the WebUI's, whose stack
+    was built when gradio checked its own URL) ignores handlers added later: every refusal was a 500."""
+    import asyncio
+    import functools
+
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or dependant.call is None or getattr(route.app, "_lora_forge", False):
+        return
+    call = dependant.call
+    if asyncio.iscoroutinefunction(call):
+
+        @functools.wraps(call)
+        async def endpoint(**values: Any) -> Any:
+            check_request(paths(), values)
+            return await call(**values)
+
+    else:
+
+        @functools.wraps(call)
+        def endpoint(**values: Any) -> Any:
+            check_request(paths(), values)
+            return call(**values)
+
+    dependant.call = endpoint
+    route.app = _answer_forge_errors(route.app)
+
+
+def _answer_forge_errors(inner: Any) -> Any:
+    """An ASGI app answering 400 {"error": message} for a ForgeError raised before the response."""
+    import json
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await inner(scope, receive, tracked)
+        except ForgeError as e:
+            if started:
+                raise
+            body = json.dumps({"error": str(e)}, ensure_ascii=False).encode("utf-8")
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    app._lora_forge = True  # type: ignore[attr-defined]
+    return app

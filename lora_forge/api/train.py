@@ -40,6 +40,7 @@ def routes(ctx: ApiContext) -> Any:
     from pydantic import BaseModel, Field
 
     from lora_forge.app import train
+    from lora_forge.safety import ReadPath, WritePath
 
     def guard(authorization: str | None = Header(default=None)) -> None:
         _guard(ctx, authorization)
@@ -47,10 +48,10 @@ def routes(ctx: ApiContext) -> Any:
     router = APIRouter(prefix="/train", dependencies=[Depends(guard)])
 
     class StartRequest(BaseModel):
-        data_dir: str
+        data_dir: WritePath  # path-typed fields: the API's boundary holds them to the path policy
         preset: str = "custom"
         config: dict[str, Any] = Field(default_factory=dict, description="kohya-named keys, e.g. network_dim")
-        resume: str = ""
+        resume: ReadPath = ReadPath("")
 
     @router.post("")
     def start(req: StartRequest) -> dict[str, Any]:

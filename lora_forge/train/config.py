@@ -26,7 +26,10 @@ HUBER_SCHEDULES = ("snr", "exponential", "constant")
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs besides the model and the dataset folder."""
+    """Everything a run needs besides the model and the dataset folder.
+
+    A key that names a file or folder says so: `field(..., metadata={"path": "read"})` (or "write");
+    a listening server holds those to its path policy (safety.py), from any face."""
 
     output_name: str = "lora"
     trigger_word: str = ""  # ours: first tag of every caption (kept first when shuffling), default samples
@@ -61,7 +64,7 @@ class TrainConfig:
     rank_dropout: float = 0.0
     module_dropout: float = 0.0
     network_train_unet_only: bool = False
-    network_weights: str = ""  # continue from this LoRA file
+    network_weights: str = field(default="", metadata={"path": "read"})  # continue from this LoRA file
     # optimiser
     optimizer_type: str = "AdamW"
     learning_rate: float = 1e-4
@@ -108,7 +111,7 @@ class TrainConfig:
     sample_cfg_scale: float = 7.0
     sample_sampler: str = "Euler a"
     training_comment: str = ""
-    resume: str = ""  # a run folder or its state file
+    resume: str = field(default="", metadata={"path": "read"})  # a run folder or its state file
     preset: str = "custom"
 
     # ------------------------------------------------------------------ derived values

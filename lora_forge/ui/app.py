@@ -79,19 +79,17 @@ def standalone_host_factory(
 
 
 def standalone_policy(
-    settings: Callable[[], Settings], listen: bool, ckpt: Path | None, lora_dir: Path | None
+    settings: Callable[[], Settings], listen: bool, ckpt: Path | None, lora_dir: Path | None, uploads: Any = None
 ) -> Callable[[], Any]:
-    """--listen plays the WebUI's --listen: only our folders, the model's and gradio's uploads."""
-    import tempfile
-
+    """--listen plays the WebUI's --listen: only our folders, the model's and the Lora folder.
+    `uploads` (an UploadLedger): the files this page's /upload wrote, the only uploads accepted."""
     from lora_forge.safety import PathPolicy
 
     def policy() -> PathPolicy:
         s = settings()
         model_dir = ckpt.parent if ckpt is not None else None
         loras = lora_dir or (model_dir / "Lora" if model_dir is not None else None)
-        uploads = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
-        return PathPolicy.build(listen, [s.dataset_dir, s.models_dir, loras], [model_dir, uploads])
+        return PathPolicy.build(listen, [s.dataset_dir, s.models_dir, loras], [model_dir], uploads=uploads)
 
     return policy
 
@@ -116,12 +114,14 @@ def build_app(
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
     from lora_forge.ui.translate import localize_components, page_localization_js
+    from lora_forge.uploads import UploadLedger
 
     css, js = page_assets()
+    uploads = UploadLedger()
     ctx = UiContext(
         host=standalone_host_factory(ckpt, vae, clip_folder, device, lora_dir),
         settings=settings,
-        paths=standalone_policy(settings, listen, ckpt, lora_dir),
+        paths=standalone_policy(settings, listen, ckpt, lora_dir, uploads),
         language=(lambda: language) if language else i18n.env_language,
     )
     tab_blocks = tab.build(ctx)
@@ -136,6 +136,30 @@ def build_app(
             # <script> element, so they run in global scope as the WebUI's <script> tags do.
             inject = "document.head.appendChild(Object.assign(document.createElement('script'), {text: %s}))"
             demo.load(None, None, None, _js="() => { " + inject % json.dumps(js) + "; }")
+    demo.lora_forge_uploads = uploads  # launch() puts the ServerGate in front with it
+    return demo
+
+
+def launch(demo: Any, host: str, port: int, block: bool = True) -> Any:
+    """Serve the page behind ServerGate (lora_forge.uploads): /file= serves only what gradio made
+    for our outputs and fetches no URL, /upload is recorded and size-limited before gradio reads it."""
+    from starlette.middleware import Middleware
+
+    from lora_forge.safety import MAX_UPLOAD_BYTES
+    from lora_forge.uploads import ServerGate, UploadLedger
+
+    ledger = getattr(demo, "lora_forge_uploads", None) or UploadLedger()
+    ledger.recording = True  # every upload this page accepts is one its /upload answered
+    gate = Middleware(ServerGate, ledger=ledger, max_bytes=MAX_UPLOAD_BYTES)
+    demo = lift_relay_timeout(demo.queue(concurrency_count=4))
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        inbrowser=False,
+        quiet=True,
+        prevent_thread_lock=not block,
+        app_kwargs={"middleware": [gate]},
+    )
     return demo
 
 
@@ -207,6 +231,5 @@ def run(args: argparse.Namespace) -> int:
         args.ckpt, args.vae, args.clip_folder, args.device, args.lora_dir, listen=args.listen, language=args.lang
     )
     print(f"LoRA Forge UI on http://{host}:{args.port}/ (Ctrl-C to stop)")
-    demo = lift_relay_timeout(demo.queue(concurrency_count=4))
-    demo.launch(server_name=host, server_port=args.port, inbrowser=False, quiet=True)
+    launch(demo, host, args.port)
     return 0

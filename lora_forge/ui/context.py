@@ -23,8 +23,8 @@ class UiContext:
     # "grid_scores" (a gr.State): a section that scores a grid may put GridScores.to_json(plan) plus
     # {"run_dir": …} there; 优化 reads it (it also finds <grid>-scores.json files in run folders).
     shared: dict[str, Any] = field(default_factory=dict)
-    # Where path inputs may point: the tab checks every section's path boxes with it before a
-    # handler runs (lora_forge.ui.tab.guard_paths); sections may call ctx.paths().check(...) too.
+    # Where path inputs may point: the tab checks every handler input with it before the handler
+    # runs (lora_forge.ui.guard: declare a new input there); sections may call ctx.paths().check(...).
     paths: Callable[[], PathPolicy] = PathPolicy
     # The user's language ("zh_CN", "None", …): the WebUI's Localization setting, or --lang /
     # LORA_FORGE_LANG for `python -m lora_forge ui`. Read per use, like the settings.

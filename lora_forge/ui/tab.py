@@ -4,20 +4,18 @@ scripts/lora_forge.py; tests and `python -m lora_forge ui` launch the same Block
 Above the sections sits the project bar (lora_forge.ui.projects): the project, its steps and what
 to do next. Each section's build returns its handles (its components and the events others may
 chain to); ui/project_wiring.py connects the bar and the sections by them. Every handler of every
-section runs behind guard_paths, so the path policy applies to all path boxes without each section
-repeating it.
+section runs behind lora_forge.ui.guard, so the path policy applies to every input without each
+section repeating it.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lora_forge.cli import module_exists
-from lora_forge.errors import ForgeError
+from lora_forge.ui import guard
 from lora_forge.ui.context import UiContext
 from lora_forge.ui.translate import localize_handlers
 
@@ -40,17 +38,6 @@ SECTIONS: list[str] = [
 ]
 
 CSS_ROOT_ID = "lora_forge"
-# Path boxes by elem_id: True = the handler writes there, False = it only reads. Any other textbox
-# whose elem_id ends like a path box (_dir, _folder, _path, …) is checked as a read.
-PATH_INPUTS: dict[str, bool] = {
-    "lora_forge_dataset_dir": True,
-    "lora_forge_prepare_out": True,
-    "lora_forge_prepare_sources": False,
-    "lora_forge_tagger_folder": False,
-    "lora_forge_editor_translations": False,
-    "lora_forge_inspect_paths": False,
-}
-PATH_SUFFIXES = ("_dir", "_folder", "_path", "_paths", "_file", "_files", "_sources", "_ckpt")
 
 
 def section_id(name: str) -> str:
@@ -121,90 +108,8 @@ def build(ctx: UiContext):
             add("lora_forge.ui.optimise", sections.train)  # "Train again" fills 训练's form
             add("lora_forge.ui.inspect")
         project_wiring.wire(ctx, blocks, bar, sections)
-    guard_paths(blocks, ctx)
+    guard.install(blocks, ctx)  # every input through the path policy (lora_forge.ui.guard)
     localize_handlers(blocks, ctx)  # messages leave in the user's language (lora_forge.ui.translate)
     return blocks
 
 
-def _path_kind(component: Any) -> bool | None:
-    """True (written), False (read) or None (not a path box)."""
-    elem_id = getattr(component, "elem_id", None) or ""
-    if elem_id in PATH_INPUTS:
-        return PATH_INPUTS[elem_id]
-    if component.__class__.__name__ == "Textbox" and elem_id.endswith(PATH_SUFFIXES):
-        return False
-    return None
-
-
-def guard_paths(blocks: Any, ctx: UiContext) -> int:
-    """Wrap every handler that takes a path box or an upload: the values go through ctx.paths()
-    first, and a refusal is shown as the page's error message instead of running the handler.
-    Returns how many handlers were wrapped (the tests check that all path handlers are)."""
-    wrapped = 0
-    for block_fn in blocks.fns:
-        fn = getattr(block_fn, "fn", None)
-        if fn is None:
-            continue
-        checks = []
-        for i, comp in enumerate(block_fn.inputs):
-            kind = _path_kind(comp)
-            if kind is not None:
-                checks.append((i, "path", kind))
-            elif comp.__class__.__name__ == "File":
-                checks.append((i, "upload", False))
-        if checks:
-            block_fn.fn = _guarded(fn, checks, ctx)
-            wrapped += 1
-    return wrapped
-
-
-def _check_inputs(ctx: UiContext, checks: list[tuple[int, str, bool]], args: tuple[Any, ...]) -> None:
-    import gradio as gr
-
-    policy = ctx.paths()
-    try:
-        for i, what, for_write in checks:
-            if i >= len(args) or not args[i]:
-                continue
-            if what == "upload":
-                policy.check_upload(args[i])
-            else:
-                policy.check_lines(str(args[i]), for_write)
-    except ForgeError as e:
-        raise gr.Error(str(e)) from None
-
-
-def _guarded(fn: Any, checks: list[tuple[int, str, bool]], ctx: UiContext) -> Any:
-    """Same kind of callable as `fn` (gradio looks at generator/async-ness and the signature)."""
-    if inspect.isasyncgenfunction(fn):
-
-        @functools.wraps(fn)
-        async def agen(*args: Any, **kwargs: Any) -> Any:
-            _check_inputs(ctx, checks, args)
-            async for item in fn(*args, **kwargs):
-                yield item
-
-        return agen
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def gen(*args: Any, **kwargs: Any) -> Any:
-            _check_inputs(ctx, checks, args)
-            yield from fn(*args, **kwargs)
-
-        return gen
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def coro(*args: Any, **kwargs: Any) -> Any:
-            _check_inputs(ctx, checks, args)
-            return await fn(*args, **kwargs)
-
-        return coro
-
-    @functools.wraps(fn)
-    def plain(*args: Any, **kwargs: Any) -> Any:
-        _check_inputs(ctx, checks, args)
-        return fn(*args, **kwargs)
-
-    return plain

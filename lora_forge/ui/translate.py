@@ -2,7 +2,7 @@
 and the gr.Error messages it raises, go through the user's language (lora_forge.i18n) on their way
 to the page.
 
-One wrapper over all handlers, like tab.guard_paths, instead of a call in every section: a message
+One wrapper over all handlers, like ui.guard.install, instead of a call in every section: a message
 a section (or the core behind it) adds later is translated as soon as the catalog has it, and no
 section can forget. Only message components are touched: Markdown (status lines, reports, hints)
 and HTML built by the tab. Textboxes, dropdowns and galleries carry paths, names and captions that
