@@ -37,7 +37,8 @@ def before_ui() -> None:
 
 def on_app_started(_demo: Any, app: Any) -> None:
     from lora_forge import api
+    from lora_forge.uploads import install_upload_recorder
 
     webui.keep_on_sys_path()
-    webui.record_uploads(app)  # the tab's uploads: only files the WebUI's /upload wrote
+    install_upload_recorder(app)  # the tab's uploads: only files the WebUI's /upload wrote
     api.register(app, host=webui.host, settings=webui.settings_from_opts, paths=webui.path_policy)

@@ -11,7 +11,8 @@ the machine.
 One policy, one check per kind of value (`check_value`), applied at the boundary of each face:
 `lora_forge.ui.guard` for every handler input of the tab (declared once per component there),
 `lora_forge.api` for every value FastAPI hands a route (path-typed fields: ReadPath/WritePath;
-config dicts: the keys TrainConfig marks as paths). Uploads: `lora_forge.uploads`.
+config dicts: the keys TrainConfig marks as paths, train.config.path_keys, which the faces pass in).
+Uploads: `lora_forge.uploads`.
 """
 
 from __future__ import annotations
@@ -130,26 +131,28 @@ class PathPolicy:
             if line.strip().strip('"').strip("'").strip():
                 self.check_folder(line, for_write)
 
-    def check_settings(self, text_or_mapping: str | Mapping[str, Any]) -> None:
-        """Config keys that name files: `key = value` lines (the more-settings box) or a dict."""
+    def check_settings(self, text_or_mapping: str | Mapping[str, Any], declared: Mapping[str, bool] = {}) -> None:
+        """Config keys that name files: `key = value` lines (the more-settings box) or a dict.
+        `declared`: key → written, from the config's own declaration (train.config.path_keys);
+        other keys that look like paths (PATH_KEY_SUFFIXES) are checked as reads all the same."""
         items = _settings_items(text_or_mapping)
-        declared = config_path_keys()
         for key, value in items:
             if not isinstance(value, str) or not value.strip().strip('"').strip("'").strip():
                 continue
             if key in declared or is_path_key(key):
                 self.check_folder(value.strip(), declared.get(key, False))
 
-    def check_value(self, kind: Kind, value: Any) -> None:
-        """The one check every face calls for every value it was handed (lists: each item)."""
+    def check_value(self, kind: Kind, value: Any, declared: Mapping[str, bool] = {}) -> None:
+        """The one check every face calls for every value it was handed (lists: each item);
+        `declared`: the config keys that name files, for SETTINGS values (see check_settings)."""
         if value is None or value == "" or kind in (Kind.TEXT, Kind.UPLOAD):
             return
         if isinstance(value, (list, tuple)) and kind is not Kind.SETTINGS:
             for item in value:
-                self.check_value(kind, item)
+                self.check_value(kind, item, declared)
             return
         if kind is Kind.SETTINGS:
-            self.check_settings(value if isinstance(value, Mapping) else str(value))
+            self.check_settings(value if isinstance(value, Mapping) else str(value), declared)
         elif kind is Kind.LINES:
             self.check_lines(str(value))
         else:
@@ -199,15 +202,6 @@ def _settings_items(value: str | Mapping[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def config_path_keys() -> dict[str, bool]:
-    """The config keys TrainConfig declares as paths (field metadata "path": "read"/"write")."""
-    import dataclasses
-
-    from lora_forge.train.config import TrainConfig
-
-    return {f.name: f.metadata["path"] == "write" for f in dataclasses.fields(TrainConfig) if "path" in f.metadata}
-
-
 def is_path_key(key: str) -> bool:
     low = key.lower()
     return any(low == s or low.endswith("_" + s) or low.endswith(s) for s in PATH_KEY_SUFFIXES)
@@ -240,7 +234,7 @@ class WritePath(ServerPath):
     kind = Kind.WRITE
 
 
-def check_request(policy: PathPolicy, value: Any, key: str = "") -> None:
+def check_request(policy: PathPolicy, value: Any, declared: Mapping[str, bool] = {}, key: str = "") -> None:
     """Every path in what a face was handed, found by type (ServerPath), by declared config key or
     by a path-like key name, through models, dicts and lists: whatever the Content-Type was, this
     sees the values the route will use."""
@@ -248,14 +242,14 @@ def check_request(policy: PathPolicy, value: Any, key: str = "") -> None:
         policy.check_value(value.kind, str(value))
     elif hasattr(value, "__fields__") and hasattr(value, "dict"):  # a pydantic model
         for name in value.__fields__:
-            check_request(policy, getattr(value, name), name)
+            check_request(policy, getattr(value, name), declared, name)
     elif isinstance(value, Mapping):
-        policy.check_settings({k: v for k, v in value.items() if isinstance(v, str)})
+        policy.check_settings({k: v for k, v in value.items() if isinstance(v, str)}, declared)
         for k, v in value.items():
             if not isinstance(v, str):
-                check_request(policy, v, str(k))
+                check_request(policy, v, declared, str(k))
     elif isinstance(value, (list, tuple, set)):
         for v in value:
-            check_request(policy, v, key)
+            check_request(policy, v, declared, key)
     elif isinstance(value, str) and key and value.strip():
-        policy.check_settings({key: value})
+        policy.check_settings({key: value}, declared)

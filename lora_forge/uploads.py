@@ -244,8 +244,20 @@ def record_uploads(inner: Any, ledger: UploadLedger, max_bytes: int | None = Non
     return app
 
 
-def install_upload_recorder(app: Any, ledger: UploadLedger, max_bytes: int | None = None) -> bool:
-    """Wrap the /upload route of a running gradio app (the WebUI's, in on_app_started)."""
+_installed: UploadLedger | None = None  # the WebUI's, once on_app_started wrapped its /upload route
+
+
+def installed() -> UploadLedger | None:
+    """The ledger of the WebUI's /upload route (None before on_app_started, or under --nowebui)."""
+    return _installed
+
+
+def install_upload_recorder(app: Any, ledger: UploadLedger | None = None, max_bytes: int | None = None) -> bool:
+    """Wrap the /upload route of a running gradio app (the WebUI's, in on_app_started): from then
+    on the tab accepts only uploads that route wrote, each once. Without `ledger` the process's
+    own (installed()) is used."""
+    global _installed
+    ledger = ledger or _installed or UploadLedger()
     found = False
     for route in getattr(getattr(app, "router", None), "routes", []):
         if getattr(route, "path", None) == "/upload" and not getattr(route.app, "_lora_forge", False):
@@ -256,6 +268,8 @@ def install_upload_recorder(app: Any, ledger: UploadLedger, max_bytes: int | Non
     if found and folder:
         ledger.folder = Path(os.path.abspath(folder))
     ledger.recording = ledger.recording or found
+    if found and _installed is None:
+        _installed = ledger
     return found
 
 

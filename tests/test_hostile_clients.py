@@ -359,13 +359,18 @@ def test_api_holds_every_body_to_the_roots_whatever_its_content_type(world: dict
     from fastapi import FastAPI
 
     from lora_forge import api
-    from lora_forge.host.train_jobs import RUNS
+    from lora_forge.app import train as train_app
     from lora_forge.safety import PathPolicy
 
     settings = Settings(models_dir=world["models"], dataset_dir=world["datasets"])
     policy = PathPolicy.build(True, [world["datasets"], world["models"]], [world["ckpt"]])
     app = FastAPI()
-    api.register(app, host=lambda: types.SimpleNamespace(name="test"), settings=lambda: settings, paths=lambda: policy)
+    api.register(
+        app,
+        host=lambda: types.SimpleNamespace(name="test", api_enabled=lambda: True, api_access=lambda u, p: True),
+        settings=lambda: settings,
+        paths=lambda: policy,
+    )
     outside, plain = world["outside"], str(world["datasets"] / "plain")
     bodies = [
         {"data_dir": str(outside / "photos")},
@@ -374,7 +379,7 @@ def test_api_holds_every_body_to_the_roots_whatever_its_content_type(world: dict
         {"data_dir": plain, "config": {"resume": str(outside / "run")}},
         {"data_dir": str(world["datasets"] / "linked")},
     ]
-    runs_before = len(RUNS.list())
+    runs_before = len(train_app.runs())
 
     async def calls() -> list[httpx.Response]:
         out = []
@@ -395,7 +400,7 @@ def test_api_holds_every_body_to_the_roots_whatever_its_content_type(world: dict
     for body, ctype, r in run(calls()):
         assert 400 <= r.status_code < 500, (body, ctype, r.status_code, r.text)
         assert TOKEN not in r.text
-    assert len(RUNS.list()) == runs_before
+    assert len(train_app.runs()) == runs_before
 
 
 def test_nothing_outside_was_read_into_copied_to_or_changed(page: dict[str, Any], world: dict[str, Any]) -> None:

@@ -115,14 +115,14 @@ def test_api_refuses_a_path_outside_when_listening(tmp_path):
     from fastapi import FastAPI
 
     from lora_forge import api
-    from lora_forge.host.train_jobs import RUNS
+    from lora_forge.app import train as train_app
     from lora_forge.settings import Settings
 
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets")
     policy = PathPolicy.build(True, [tmp_path / "datasets"])
     app = FastAPI()
     app.get("/ping")(lambda: "pong")
-    hosts: list[object] = [types.SimpleNamespace(name="test")]
+    hosts: list[object] = [types.SimpleNamespace(name="test", api_enabled=lambda: True, api_access=lambda u, p: True)]
 
     def host():
         if isinstance(hosts[0], Exception):
@@ -140,10 +140,10 @@ def test_api_refuses_a_path_outside_when_listening(tmp_path):
             out.append(await client.get(f"{api.PREFIX}/train/runs"))
             return out
 
-    runs_before = len(RUNS.list())
+    runs_before = len(train_app.runs())
     refused, fine, no_model = run(calls())
     assert refused.status_code == 400 and "outside the folders" in refused.json()["error"]
-    assert len(RUNS.list()) == runs_before
+    assert len(train_app.runs()) == runs_before
     assert fine.status_code == 200
     assert no_model.status_code == 400 and no_model.json() == {"error": "no model loaded"}
 

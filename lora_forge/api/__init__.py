@@ -73,19 +73,22 @@ def guard_route(route: Any, paths: Callable[[], PathPolicy]) -> None:
     dependant = getattr(route, "dependant", None)
     if dependant is None or dependant.call is None or getattr(route.app, "_lora_forge", False):
         return
+    from lora_forge.train.config import path_keys
+
     call = dependant.call
+    declared = path_keys()
     if asyncio.iscoroutinefunction(call):
 
         @functools.wraps(call)
         async def endpoint(**values: Any) -> Any:
-            check_request(paths(), values)
+            check_request(paths(), values, declared)
             return await call(**values)
 
     else:
 
         @functools.wraps(call)
         def endpoint(**values: Any) -> Any:
-            check_request(paths(), values)
+            check_request(paths(), values, declared)
             return call(**values)
 
     dependant.call = endpoint

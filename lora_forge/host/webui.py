@@ -461,15 +461,13 @@ def host() -> WebUIHost:
     return _host
 
 
-_uploads: Any = None  # an UploadLedger once on_app_started has wrapped gradio's /upload route
-
-
 def path_policy() -> Any:
     """The WebUI's rule for extensions (cmd_opts.disable_extension_access: --listen, --share,
     --ngrok or --server-name without --enable-insecure-extension-access) as a PathPolicy: then
     paths must stay inside the WebUI's folders and ours. Read afresh per use (cheap)."""
     from modules import paths
 
+    from lora_forge import uploads
     from lora_forge.safety import PathPolicy
 
     opts = _cmd_opts()
@@ -478,7 +476,7 @@ def path_policy() -> Any:
         bool(getattr(opts, "disable_extension_access", False)),
         [paths.data_path, paths.models_path, host().lora_dir(), settings.dataset_dir, settings.models_dir],
         [paths.script_path, getattr(opts, "ckpt_dir", None)],
-        uploads=_uploads,
+        uploads=uploads.installed(),  # the files the WebUI's /upload wrote (extension.on_app_started)
     )
 
 
@@ -496,14 +494,3 @@ def keep_on_sys_path() -> None:
     root = str(EXTENSION_ROOT)
     if root not in sys.path:
         sys.path.append(root)
-
-
-def record_uploads(app: Any) -> None:
-    """Wrap the WebUI's gradio /upload route (on_app_started): from then on the tab accepts only
-    uploads that route wrote, each once (lora_forge.uploads)."""
-    global _uploads
-    from lora_forge.uploads import UploadLedger, install_upload_recorder
-
-    ledger = _uploads or UploadLedger()
-    if install_upload_recorder(app, ledger):
-        _uploads = ledger

@@ -265,6 +265,12 @@ def describe_keys() -> str:
     return "\n".join(lines)
 
 
+def path_keys() -> dict[str, bool]:
+    """The keys that name a file or folder (field metadata "path"), each → whether it is written:
+    what a listening server's path policy checks in a config from any face (safety.py)."""
+    return {f.name: f.metadata["path"] == "write" for f in dataclasses.fields(TrainConfig) if "path" in f.metadata}
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ForgeError(f"config: {key} {message}")

@@ -66,6 +66,7 @@ INPUTS: dict[str, Declared] = {
     "lora_forge_train_optimizer_type": Kind.TEXT,
     "lora_forge_train_lr_scheduler": Kind.TEXT,
     "lora_forge_train_mixed_precision": Kind.TEXT,
+    "lora_forge_train_v_parameterization": Kind.TEXT,
     "lora_forge_train_extra": Kind.SETTINGS,
     # 测试
     "lora_forge_grid_run": Kind.WRITE,  # the grid is written there, its LoRAs copied from there
@@ -141,7 +142,12 @@ def check_input(policy: PathPolicy, what: Declared | None, value: Any) -> None:
             kind, text = what(str(item))
             policy.check_value(kind, text)
         return
-    policy.check_value(what, value)
+    if what is Kind.SETTINGS:
+        from lora_forge.train.config import path_keys
+
+        policy.check_value(what, value, path_keys())
+    else:
+        policy.check_value(what, value)
 
 
 def _looks_absolute(text: str) -> bool:
