@@ -364,7 +364,8 @@ def test_a_kohya_config_brings_its_loss_options_over(tmp_path):
     # and only the kind noise_offset_type names is used
     gui = tmp_path / "kohya_ss.json"
     gui.write_text(
-        '{"v_parameterization": false, "zero_terminal_snr": false, "noise_offset_type": "Multires", '
+        '{"v_parameterization": false, "zero_terminal_snr": false, "noise_offset_type": "Multires", "huber_c": 0.1, '
+        '"v_pred_like_loss": 0, "scale_v_pred_loss_like_noise_pred": false, "adaptive_noise_scale": 0, '
         '"noise_offset": 0.05, "multires_noise_iterations": 6, "multires_noise_discount": 0.4}',
         encoding="utf-8",
     )
@@ -372,6 +373,11 @@ def test_a_kohya_config_brings_its_loss_options_over(tmp_path):
     config = TrainConfig.from_dict(values).validate()
     assert (config.v_parameterization, config.zero_terminal_snr, config.noise_offset) == ("auto", "auto", 0.0)
     assert (config.multires_noise_iterations, config.multires_noise_discount) == (6, 0.4)
+    off = tmp_path / "kohya_ss_off.json"  # what kohya_ss's own SDXL presets hold when multires is off
+    off.write_text('{"noise_offset": 0.0357, "adaptive_noise_scale": 0.00357, '
+                   '"multires_noise_iterations": 0, "multires_noise_discount": 0}', encoding="utf-8")  # fmt: skip
+    config = TrainConfig.from_dict(import_config(off)[0]).validate()
+    assert (config.noise_offset, config.adaptive_noise_scale, config.multires_noise_iterations) == (0.0357, 0.00357, 0)
 
 
 @pytest.fixture(scope="module")

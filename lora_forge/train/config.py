@@ -201,7 +201,8 @@ class TrainConfig:
         _check(0 <= self.v_pred_like_loss <= 10, "v_pred_like_loss", "must be between 0 and 10 (0 turns it off)")
         _check(not self.adaptive_noise_scale or self.noise_offset > 0, "adaptive_noise_scale", "needs noise_offset")
         _check(self.multires_noise_iterations >= 0, "multires_noise_iterations", "must not be negative (6-10 is usual)")
-        _check(0 < self.multires_noise_discount <= 1, "multires_noise_discount", "must be in (0, 1] (0.3 is usual)")
+        if self.multires_noise_iterations:  # kohya_ss files say 0 for both when it is off
+            _check(0 < self.multires_noise_discount <= 1, "multires_noise_discount", "must be in (0, 1] (0.3 is usual)")
         _check(0 <= self.ip_noise_gamma < 1, "ip_noise_gamma", "must be in [0, 1) (0.1 is usual)")
         _check(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
         _check(self.huber_schedule in HUBER_SCHEDULES, "huber_schedule", f"must be one of {', '.join(HUBER_SCHEDULES)}")
