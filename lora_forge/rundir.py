@@ -119,11 +119,21 @@ class RunDir:
         return lora_file.with_name(lora_file.stem + ".preview.png")
 
     # -- grids and their scores ----------------------------------------------------------------
+    def grid_file(self, run_name: str, stamp: str, partial: bool = False) -> Path:
+        """A grid picture rendered from this run (`stamp`: when; a stopped grid says partial)."""
+        return self.path / f"{run_name}-grid-{stamp}{'-partial' if partial else ''}.png"
+
     def grids(self) -> list[Path]:
         return sorted(p for p in self.path.glob("*-grid-*.png") if not p.stem.endswith("-scores"))
 
     @staticmethod
+    def heatmap_of(grid_image: Path) -> Path:
+        """The grid's scores drawn over it."""
+        return grid_image.with_name(grid_image.stem + "-scores.png")
+
+    @staticmethod
     def scores_of(grid_image: Path) -> Path:
+        """What the grid measured (GridScores.to_json), for 优化 and scripts."""
         return grid_image.with_name(grid_image.stem + "-scores.json")
 
     def scores_files(self) -> list[Path]:

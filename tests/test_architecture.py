@@ -13,6 +13,8 @@ MAX_LINES = 500
 # host/ holds adapters below the stages: it must not reach up into the use cases, the faces, the
 # grid or the trainer (the engine calls the host, never the other way round)
 HOST_MUST_NOT_IMPORT = ("app", "ui", "api", "grid", "train")
+# names inside a run folder that only rundir.RunDir may spell
+RUN_FILES = ("config.toml", "report.json", "loss.jsonl", "-scores.json", "-scores.png", ".preview.png")
 
 
 def modules() -> dict[str, Path]:
@@ -133,7 +135,7 @@ def test_the_run_folder_layout_is_spelled_once():
     spelled = defaultdict(list)
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and node.value in ("config.toml", "report.json", "loss.jsonl"):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILES:
                 spelled[node.value].append(str(path.relative_to(PACKAGE)))
     assert spelled["config.toml"] == ["rundir.py"], spelled
     assert all(places == ["rundir.py"] for places in spelled.values()), dict(spelled)

@@ -22,6 +22,7 @@ from lora_forge.fsio import atomic_write_bytes, unused_path
 from lora_forge.grid.plan import GridPlan
 from lora_forge.grid.render import GridResult
 from lora_forge.host.base import Host
+from lora_forge.rundir import RunDir
 
 FONT_CANDIDATES = (
     # Windows (the users' machines): Microsoft YaHei, SimHei, SimSun
@@ -217,17 +218,16 @@ def save_png(image: Any, path: Path, text: str) -> Path:
     return path
 
 
-def default_name(result: GridResult) -> str:
+def default_path(result: GridResult) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    partial = "" if result.complete else "-partial"
-    return f"{result.plan.run}-grid-{stamp}{partial}.png"
+    return RunDir(result.plan.folder).grid_file(result.plan.run, stamp, partial=not result.complete)
 
 
 def save_grid(
     result: GridResult, image: Any, text: str, out: Path | None = None, host: Host | None = None
 ) -> list[Path]:
     """Into the run folder, to `out` when given, and where the host keeps its grids."""
-    saved = [save_png(image, result.plan.folder / default_name(result), text)]
+    saved = [save_png(image, default_path(result), text)]
     if out is not None:
         saved.append(save_png(image, out, text))
     if host is not None:

@@ -15,6 +15,7 @@ from lora_forge.grid.plan import GridPlan
 from lora_forge.grid.render import GridResult, render_grid
 from lora_forge.grid.scores import GridScores, score_grid
 from lora_forge.host.base import Host
+from lora_forge.rundir import RunDir
 from lora_forge.settings import Settings
 
 
@@ -73,11 +74,11 @@ def make_grid(
         values = [[c.combined if c.combined is not None else c.fidelity for c in row] for row in output.scores.cells]
         labels = [[c.label() for c in row] for row in output.scores.cells]
         output.heatmap = assemble.heatmap(own, layout, values, labels)
-        heat_path = saved[0].with_name(saved[0].stem + "-scores.png")
+        heat_path = RunDir.heatmap_of(saved[0])
         output.heatmap_path = assemble.save_png(output.heatmap, heat_path, text)
         # beside the grid for 优化 (ui/optimise.py) and scripts, also after a restart
         data = {**output.scores.to_json(plan), "run_dir": str(plan.folder)}
-        atomic_write_text(saved[0].with_name(saved[0].stem + "-scores.json"), json.dumps(data, ensure_ascii=False))
+        atomic_write_text(RunDir.scores_of(saved[0]), json.dumps(data, ensure_ascii=False))
     return output
 
 
