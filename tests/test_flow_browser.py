@@ -131,7 +131,7 @@ def test_images_to_grid_and_advice_in_one_project(tiny_files, yunet_settings, se
 
     # 打标 with the tiny ONNX tagger
     _tab(page, "Tagging")
-    _wait_text(page, "#lora_forge_next", "打标")
+    _wait_text(page, "#lora_forge_next", "caption the images in Tagging")
     _fill(page, "lora_forge_tagger_folder", str(tagger))
     _fill(page, "lora_forge_tagger_trigger", "zkw")
     page.click("#lora_forge_tagger_run")

@@ -79,7 +79,7 @@ def test_bar_grid_runs_and_train_status_follow_the_work(yunet_settings, serve_bl
     _wait_text(page, "#lora_forge_prepare_report", "→")
     _wait_text(page, "#lora_forge_step_images", "done", timeout=20_000)
     _wait_text(page, "#lora_forge_step_crop", "done", timeout=20_000)
-    _wait_text(page, "#lora_forge_next", "打标", timeout=20_000)
+    _wait_text(page, "#lora_forge_next", "caption the images in Tagging", timeout=20_000)
     assert "not started" in page.inner_text("#lora_forge_step_tag")
 
     # one caption typed in 编辑 and saved: 打标 needs attention (the others have none), 编辑 is done
@@ -100,7 +100,7 @@ def test_bar_grid_runs_and_train_status_follow_the_work(yunet_settings, serve_bl
     page.click("#lora_forge_tagger_run")
     _wait_text(page, "#lora_forge_tagger_status", "written")
     _wait_text(page, "#lora_forge_step_tag", "done", timeout=20_000)
-    _wait_text(page, "#lora_forge_next", "训练", timeout=20_000)
+    _wait_text(page, "#lora_forge_next", "train in Train", timeout=20_000)
 
     # opening the old project again picks its newest run and its last run's status
     page.locator("#lora_forge_project input").first.click()

@@ -183,7 +183,7 @@ def test_a_run_cut_short_by_a_restart_resumes_in_a_new_folder(tiny_files, page, 
         # the bar follows the run: 训练 turns done, nothing is offered for resume any more
         _wait_text(page, "#lora_forge_step_train", "done", timeout=60_000)
         page.locator("#lora_forge_resume_row").wait_for(state="hidden")
-        assert "测试" in page.inner_text("#lora_forge_next")
+        assert "in Test grid" in page.inner_text("#lora_forge_next")
         _shot(page, "resume-finished.png")
         # the page that was open on the killed process lost its connection: that is the restart
         gone = f"127.0.0.1:{first.port}/"

@@ -60,15 +60,49 @@ def bar(project: pj.Project) -> steps.BarState:
 # -- opening ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class View:
+    """Everything the page shows for an opened project: the bar, 训练's form, and its last run (the
+    live status while this process knows it, else what its folder says)."""
+
+    project: pj.Project
+    bar: steps.BarState
+    form: Form
+    live: train.RunStatus | None
+    last: pj.RunInfo | None
+
+
+def view(project: pj.Project) -> View:
+    state = bar(project)  # records this process's runs on the dataset first: the rest reads them
+    live, last = last_run(project)
+    return View(project, state, form(project), live, last)
+
+
 def names(root: Path) -> list[str]:
     return [p.name for p in pj.list_projects(root)]
 
 
-def open_named(root: Path, name: str) -> pj.Project:
+def open_named(root: Path, name: str) -> View:
     """The project the user picked in the list, remembered as the one to reopen after a restart."""
     project = pj.open_project(pj.find(root, name or "").folder)
     pj.remember(root, project.folder)
-    return project
+    return view(project)
+
+
+def create(root: Path, name: str) -> View:
+    return view(pj.create(root, name))
+
+
+def reopen(root: Path) -> View | None:
+    """The project the user had open before a restart, if it is still there."""
+    project = pj.last_opened(root)
+    return None if project is None else view(project)
+
+
+def at_step(project: pj.Project, step: str) -> steps.BarState:
+    """The user opened the section of `step`: that is where they left off."""
+    project.set_step(step)
+    return bar(project)
 
 
 def rename(project: pj.Project, new: str) -> pj.Project:

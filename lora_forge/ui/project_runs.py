@@ -50,7 +50,7 @@ def wire_runs(ctx: UiContext, bar: BarHandles, sections: Sections) -> None:
     train, grid = sections.train, sections.grid
 
     def record_run(value: Any, run_id: str):
-        """After 训练's Start: record the run it launched (the id the run service returned) in the
+        """After 训练's Start or Resume: record the run it launched (the id app.train returned) in the
         project, then follow the steps until that run ends."""
         if not value or not run_id:
             yield unchanged(bar)
@@ -93,7 +93,8 @@ def wire_runs(ctx: UiContext, bar: BarHandles, sections: Sections) -> None:
     resume_outputs = [*bar.status_outputs, bar.message, sections.tabs]
     if train is not None:
         resume_outputs.append(train.run_id)
-        train.started.then(record_run, [bar.state, train.run_id], bar.status_outputs)
+        for launch in train.launches:
+            launch.then(record_run, [bar.state, train.run_id], bar.status_outputs)
     resumed = bar.resume.click(on_resume, [bar.state], resume_outputs)
     if train is not None:
         train.follow_after(resumed)  # 训练 shows the continuation's progress, as after its own Start

@@ -35,14 +35,14 @@ def error(bar: BarHandles, e: ForgeError) -> dict[Any, Any]:
     return {bar.hint: f"**Error:** {e}"}
 
 
-def train_status(project: projects.Project) -> str:
+def train_status(view: desk.View) -> str:
     """训练's status line for the project: its run in this process, else its last run on disk (after
     a restart the process knows no runs, but the folder says how the last one ended)."""
     from lora_forge.ui.train import render
 
-    live, last = desk.last_run(project)
-    if live is not None:
-        return render(live)[0]
+    if view.live is not None:
+        return render(view.live)[0]
+    last = view.last
     if last is None:
         return "No training run yet."
     if last.final:
@@ -55,6 +55,7 @@ def wire(ctx: UiContext, blocks: Any, bar: BarHandles, sections: Sections) -> No
     `blocks` is the tab's gr.Blocks, whose page load reopens the last project."""
     wire_opening(ctx, blocks, bar, sections)
     wire_steps(bar, sections)
+    wire_trigger(bar, sections)
     wire_runs(ctx, bar, sections)
 
 
@@ -73,25 +74,26 @@ def wire_opening(ctx: UiContext, blocks: Any, bar: BarHandles, sections: Section
     def names() -> list[str]:
         return desk.names(ctx.projects_root())
 
-    def show(project: projects.Project, msg: str) -> dict[Any, Any]:
+    def show(view: desk.View, msg: str) -> dict[Any, Any]:
         """The project in the bar and the sections: its folder, its step's tab, 训练's form, 测试's runs."""
+        project = view.project
         folder = str(project.dataset_dir)
-        out = bar.status(project, desk.bar(project))
-        out.update({bar.choice: gr.update(choices=names(), value=project.name), bar.message: msg})
-        out.update(
-            {dataset_dir: folder, sections.tabs: gr.update(selected=projects.STEP_TABS.get(project.step, "prepare"))}
-        )
+        out = bar.status(project, view.bar)
+        out[bar.choice] = gr.update(choices=names(), value=project.name)
+        out[bar.message] = msg
+        out[dataset_dir] = folder
+        out[sections.tabs] = gr.update(selected=projects.STEP_TABS.get(project.step, "prepare"))
         if prepare is not None:
             out[prepare.out] = folder
         if train is not None:
             from lora_forge.ui.optimise import more_settings
 
-            form = desk.form(project)
+            values = view.form.values
             # against the preset the page opens with (the bar never sets the radio: its change event
             # would refill the fields with that preset's values)
             start_preset = str(getattr(train.preset, "value", "") or "")
-            out.update(train.fill(form.values, more_settings(form.values, start_preset) if form.from_config else ""))
-            out[train.status] = train_status(project)
+            out.update(train.fill(values, more_settings(values, start_preset) if view.form.from_config else ""))
+            out[train.status] = train_status(view)
         if grid is not None:
             from lora_forge.ui.grid import runs_update
 
@@ -107,24 +109,25 @@ def wire_opening(ctx: UiContext, blocks: Any, bar: BarHandles, sections: Section
     outputs += trigger_boxes
 
     def on_load() -> dict[Any, Any]:
-        project = projects.last_opened(ctx.projects_root())
-        if project is None:
+        view = desk.reopen(ctx.projects_root())
+        if view is None:
             return {bar.choice: gr.update(choices=names())}
-        return show(project, f"Reopened project “{project.name}” where you left off.")
+        return show(view, f"Reopened project “{view.project.name}” where you left off.")
 
     def on_open(name: str) -> dict[Any, Any]:
         try:
-            project = desk.open_named(ctx.projects_root(), name)
+            view = desk.open_named(ctx.projects_root(), name)
         except ForgeError as e:
             return {bar.message: f"**Error:** {e}"}
-        return show(project, f"⚠ {project.read_only}" if project.read_only else f"Opened project “{project.name}”.")
+        project = view.project
+        return show(view, f"⚠ {project.read_only}" if project.read_only else f"Opened project “{project.name}”.")
 
     def on_create(name: str) -> dict[Any, Any]:
         try:
-            project = projects.create(ctx.projects_root(), name)
+            view = desk.create(ctx.projects_root(), name)
         except ForgeError as e:
             return {bar.message: f"**Error:** {e}"}
-        return show(project, f"Created project “{project.name}” in `{project.folder}`.")
+        return show(view, f"Created project “{view.project.name}” in `{view.project.folder}`.")
 
     def on_rename(value: Any, new: str) -> dict[Any, Any]:
         try:
@@ -147,7 +150,7 @@ def wire_opening(ctx: UiContext, blocks: Any, bar: BarHandles, sections: Section
 def wire_steps(bar: BarHandles, sections: Sections) -> None:
     """The steps follow the sections: the tab opened is where the user left off; the work that
     changes the files (crop, captions, a save or its rollback, a grid) is shown in the chips when it
-    is done; a trigger word written into the captions becomes 训练's."""
+    is done."""
 
     def make_select(step: str):
         def on_select(value: Any) -> dict[Any, Any]:
@@ -155,8 +158,7 @@ def wire_steps(bar: BarHandles, sections: Sections) -> None:
                 return unchanged(bar)
             try:
                 project = from_state(value)
-                project.set_step(step)
-                return bar.status(project, desk.bar(project))
+                return bar.status(project, desk.at_step(project, step))
             except ForgeError as e:
                 return error(bar, e)
 
@@ -179,10 +181,17 @@ def wire_steps(bar: BarHandles, sections: Sections) -> None:
     for done in sections.work_events():
         done.then(on_work_done, [bar.state], bar.status_outputs)
 
+
+def wire_trigger(bar: BarHandles, sections: Sections) -> None:
+    """A trigger word written into the captions (打标's Tag, 编辑's "put trigger word first") becomes
+    训练's, and the project keeps it for after a restart."""
+    if sections.train is None:
+        return
+    train_trigger = sections.train.fields["trigger_word"]
+
     def carry_trigger(value: Any, word: str) -> Any:
-        """The trigger word the captions were just written with becomes 训练's (and the project
-        keeps it for after a restart): training keeps it first when shuffling and its samples and
-        测试's prompts start with it, so a trigger word typed in one place only is half a setting."""
+        """Training keeps the trigger word first when shuffling and its samples and 测试's prompts
+        start with it, so a trigger word typed in one place only is half a setting."""
         import gradio as gr
 
         word = (word or "").strip()
@@ -195,13 +204,5 @@ def wire_steps(bar: BarHandles, sections: Sections) -> None:
                 pass  # the bar shows what is wrong with the project; 训练 still gets the word
         return word
 
-    train = sections.train
-    if train is None:
-        return
-    sources = []
-    if sections.tagger is not None:
-        sources.append((sections.tagger.tagged, sections.tagger.trigger))
-    if sections.editor is not None:
-        sources.append((sections.editor.trigger_added, sections.editor.trigger))
-    for done, word_box in sources:
-        done.then(carry_trigger, [bar.state, word_box], [train.fields["trigger_word"]])
+    for done, word_box in sections.trigger_sources():
+        done.then(carry_trigger, [bar.state, word_box], [train_trigger])

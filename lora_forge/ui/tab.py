@@ -70,6 +70,15 @@ class Sections:
             events.append(self.grid.rendered)
         return events
 
+    def trigger_sources(self) -> list[tuple[Any, Any]]:
+        """(click, its trigger word box): the clicks that write a trigger word into the captions."""
+        sources = []
+        if self.tagger is not None:
+            sources.append((self.tagger.tagged, self.tagger.trigger))
+        if self.editor is not None:
+            sources.append((self.editor.trigger_added, self.editor.trigger))
+        return sources
+
 
 def build(ctx: UiContext):
     """Return the gr.Blocks of the tab. Each section module has TITLE and build(ctx, ...) returning

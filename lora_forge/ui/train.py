@@ -157,8 +157,8 @@ class TrainHandles:
     fields: dict[str, Any]  # config key → its Textbox / Number
     extra: Any  # keys without a field of their own, as `key = value` lines
     status: Any
-    run_id: Any  # gr.State: the id of the run Start launched (what the run service returned)
-    started: Any  # Start's launch: run_id is set when it is done
+    run_id: Any  # gr.State: the id of the run Start or Resume launched (what app.train returned)
+    launches: list[Any]  # Start's and Resume's launch: run_id holds the new run when each is done
     run_ended: list[Any] = field(default_factory=list)  # Start, Resume, Show progress: done when their run is
     _follow: Any = None
     _outputs: list[Any] = field(default_factory=list)
@@ -288,7 +288,7 @@ def build(ctx: UiContext) -> TrainHandles:
     resumed = resume.click(on_resume, inputs=[dataset_dir], outputs=[run_id, *outputs])
     stop.click(on_stop, outputs=[memory_md])
     watched = watch.click(on_watch, outputs=outputs)
-    handles = TrainHandles(preset, fields, extra, status_md, run_id, started, [watched], follow, outputs)
+    handles = TrainHandles(preset, fields, extra, status_md, run_id, [started, resumed], [watched], follow, outputs)
     handles.follow_after(started)
     handles.follow_after(resumed)
     return handles
