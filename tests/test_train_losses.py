@@ -378,6 +378,9 @@ def test_a_kohya_config_brings_its_loss_options_over(tmp_path):
                    '"multires_noise_iterations": 0, "multires_noise_discount": 0}', encoding="utf-8")  # fmt: skip
     config = TrainConfig.from_dict(import_config(off)[0]).validate()
     assert (config.noise_offset, config.adaptive_noise_scale, config.multires_noise_iterations) == (0.0357, 0.00357, 0)
+    off.write_text('{"noise_offset": 0, "adaptive_noise_scale": 0.00357}', encoding="utf-8")  # kohya: a no-op
+    values, warnings = import_config(off)
+    assert TrainConfig.from_dict(values).validate().adaptive_noise_scale == 0 and "adaptive_noise_scale" in warnings[0]
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,9 @@ def import_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             out[name] = value
         else:
             warnings.append(f"{key} ignored (no such option in LoRA Forge)")
+    if out.get("adaptive_noise_scale") and not out.get("noise_offset"):  # kohya ignores it without an offset
+        del out["adaptive_noise_scale"]
+        warnings.append("adaptive_noise_scale ignored: it only applies together with noise_offset")
     return out, warnings
 
 
