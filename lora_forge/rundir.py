@@ -9,7 +9,8 @@
         samples/step000040-0.png    samples rendered while training
         <grid>.png, <grid>-scores.json   grids rendered from the run and what they measured
         state/                      the resumable state (weights.state, optimizer.state,
-                                    rng.json, state.json)
+                                    rng.json, state.json = the commit record, written last)
+        .state-incoming/, .state-previous/   only while a new state is being committed
 
 The resumable state's files end in `.state`, not `.safetensors` / `.pt`: the WebUI lists every
 `.pt`, `.ckpt` and `.safetensors` file under its Lora folder (hidden folders too, by default) as a
@@ -143,6 +144,16 @@ class RunDir:
     @property
     def state(self) -> Path:
         return self.path / STATE_NAME
+
+    @property
+    def state_incoming(self) -> Path:
+        """Where a new state is written before it replaces `state` (train/state.py's commit)."""
+        return self.path / f".{STATE_NAME}-incoming"
+
+    @property
+    def state_previous(self) -> Path:
+        """Where the replaced state waits, for the moment of the swap, until the new one is in place."""
+        return self.path / f".{STATE_NAME}-previous"
 
     def state_path(self, kind: str) -> Path:
         """Where a state file of `kind` (weights, optimizer, rng, position) is written."""

@@ -144,6 +144,8 @@ def test_a_run_whose_state_has_the_old_file_names_still_resumes(tiny_host, datas
     )
     (state / "weights.state").rename(state / "lora.safetensors")
     (state / "optimizer.state").rename(state / "optimizer.pt")
+    record = json.loads((state / "state.json").read_text(encoding="utf-8"))  # old runs had no commit record
+    (state / "state.json").write_text(json.dumps({k: v for k, v in record.items() if k not in ("files", "format")}))
     resumed = run(tiny_host, dataset, tmp_path / "resumed", resume=str(part.run_dir), **common)
     assert resumed.steps == 4 and tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)
 

@@ -75,7 +75,8 @@ def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[st
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_forge.events import cli_progress
+    from lora_forge.events import StopFlag, cli_progress
+    from lora_forge.train.interrupt import stop_on_signals
     from lora_forge.train.loop import prepare, train
 
     config, user_keys, warnings = build_config(args)
@@ -111,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
             print(event.message, flush=True)
         bar(event)
 
+    stop = StopFlag()
     try:
-        result = train(host, prepared, args.out, progress=progress)
+        with stop_on_signals(stop) as received:  # Ctrl-C: finish the step, save, exit 130
+            result = train(host, prepared, args.out, progress=progress, stop=stop)
     finally:
         close()
     summary = {
@@ -121,10 +124,27 @@ def run(args: argparse.Namespace) -> int:
         "epoch_files": [str(p) for p in result.epoch_files],
         **result.report,
     }
+    if received:
+        summary["resume_command"] = resume_command(args, result.run_dir)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(f"saved {result.final_file} ({result.steps} steps, {result.seconds:.1f} s)")
         if result.stopped:
             print(f"stopped: {result.stopped}; continue with --resume {result.run_dir}")
+    if received:  # "stopped": "interrupted (SIGINT)" in the summary; the exit code says it too
+        if not args.json:
+            print(f"resume with: {summary['resume_command']}", flush=True)
+        return 130
     return 0
+
+
+def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The command that continues `run_dir`, quoted for this system's shell."""
+    import shlex
+    import subprocess
+    import sys
+
+    argv = ["python", "-m", "lora_forge", "train", "--resume", str(run_dir), "--ckpt", str(args.ckpt)]
+    argv += ["--data", str(args.data), "--name", args.name, "--out", str(args.out), "--device", args.device]
+    return subprocess.list2cmdline(argv) if sys.platform == "win32" else shlex.join(argv)
