@@ -96,3 +96,12 @@ def tiny_sdxl_files(tmp_path_factory: pytest.TempPathFactory):
     from lora_forge.host.tiny_sdxl import build_tiny_sdxl
 
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_host(tiny_sdxl_files, tmp_path_factory: pytest.TempPathFactory):
+    """StandaloneHost over `tiny_sdxl_files` on CPU (the sgm DiffusionEngine plus the WebUI's additions).
+    Shared by the session: undo anything you do to its model."""
+    from lora_forge.host.standalone import StandaloneHost
+
+    return StandaloneHost(tiny_sdxl_files.checkpoint, lora_dir=tmp_path_factory.mktemp("tiny-sdxl-lora"))

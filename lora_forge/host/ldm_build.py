@@ -16,11 +16,23 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.host.clip_files import resolve_clip_folder
-from lora_forge.model.family import FAMILY_LABELS, SDXL_FAMILIES, checkpoint_family, sd2_is_v_prediction
+from lora_forge.model.family import FAMILY_LABELS, checkpoint_family, sd2_is_v_prediction
 from lora_forge.model.yaml_policy import check_model_config, read_yaml_tree
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-BUILTIN_CONFIGS = {"sd1": "sd1.yaml", "sd2": "sd2.yaml", "sd2-v": "sd2-v.yaml"}
+BUILTIN_CONFIGS = {
+    "sd1": "sd1.yaml",
+    "sd2": "sd2.yaml",
+    "sd2-v": "sd2-v.yaml",
+    "sdxl": "sdxl.yaml",
+    "sdxl-v": "sdxl.yaml",
+}
+# What cannot be trained or loaded here, with what the user can do instead.
+REFUSED = {
+    "sdxl-refiner": "this is the SDXL refiner, which only finishes images and takes no LoRA; load an SDXL base model",
+    "sdxl-inpaint": "SDXL inpainting models cannot be trained; load the SDXL base model it was made from",
+    "sd3": "SD3 models are not supported (a different network, not a UNet); load an SD1.x, SD2.x or SDXL model",
+}
 SCHEDULE_BUFFERS = (
     "betas",
     "alphas_cumprod",
@@ -35,7 +47,8 @@ SCHEDULE_BUFFERS = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
-POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+# after `cond_stage_model.` (SD1) or `conditioner.embedders.0.` (SDXL)
+POSITION_IDS = "transformer.text_model.embeddings.position_ids"
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
@@ -102,11 +115,8 @@ def choose_config(ckpt: Path, state_dict: Mapping[str, Any], explicit: Path | No
     family = checkpoint_family({k: tuple(v.shape) for k, v in state_dict.items()})
     if not family:
         raise ForgeError("not a Stable Diffusion checkpoint (no UNet weights found)", path=ckpt)
-    if family in SDXL_FAMILIES or family == "sd3":
-        raise ForgeError(
-            f"{FAMILY_LABELS[family]} checkpoints load only inside the WebUI; the standalone host loads SD1.x/SD2.x",
-            path=ckpt,
-        )
+    if family in REFUSED:
+        raise ForgeError(REFUSED[family], path=ckpt)
     if explicit is not None:
         if not Path(explicit).is_file():
             raise ForgeError("config file not found", path=explicit)
@@ -290,10 +300,12 @@ def load_weights(model: Any, state_dict: dict[str, Any], dtype: Any, path: Path)
             continue
         keep_fp32 = key.startswith("first_stage_model.") or key in SCHEDULE_BUFFERS or not value.is_floating_point()
         wanted[key] = value.to(torch.float32 if keep_fp32 else dtype)
-    if POSITION_IDS in own:  # some merges stored these as broken floats; they are just 0..76
-        wanted[POSITION_IDS] = torch.arange(own[POSITION_IDS].shape[-1]).unsqueeze(0)
+    for key in own:
+        if key.endswith(POSITION_IDS):  # some merges stored these as broken floats; they are just 0..76
+            wanted[key] = torch.arange(own[key].shape[-1]).unsqueeze(0)
     for name in SCHEDULE_BUFFERS:
-        wanted.setdefault(name, own[name].float())
+        if name in own:  # ldm only; sgm keeps its schedule in the denoiser
+            wanted.setdefault(name, own[name].float())
     missing = [k for k in own if k not in wanted and own[k].is_meta]
     if missing:
         raise ForgeError(
@@ -309,10 +321,14 @@ def load_weights(model: Any, state_dict: dict[str, Any], dtype: Any, path: Path)
             "put the right yaml beside the checkpoint",
             path=path,
         ) from e
-    text_model = getattr(model.cond_stage_model, "model", None)
-    mask = getattr(text_model, "attn_mask", None)
-    if mask is not None and mask.is_meta:  # open_clip's causal mask is not saved in checkpoints
-        text_model.attn_mask = torch.full(tuple(mask.shape), float("-inf")).triu_(1)
+    embedders = getattr(getattr(model, "conditioner", None), "embedders", None)
+    text_models = [getattr(e, "model", None) for e in embedders] if embedders is not None else []
+    if hasattr(model, "cond_stage_model"):
+        text_models.append(getattr(model.cond_stage_model, "model", None))
+    for text_model in text_models:
+        mask = getattr(text_model, "attn_mask", None)
+        if mask is not None and mask.is_meta:  # open_clip's causal mask is not saved in checkpoints
+            text_model.attn_mask = torch.full(tuple(mask.shape), float("-inf")).triu_(1)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_meta:
             raise ForgeError(f"the checkpoint does not provide {name}", path=path)

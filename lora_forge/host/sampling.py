@@ -59,13 +59,16 @@ def make_denoiser(sd_model: Any, cond: Any, uncond: Any, cfg_scale: float, dtype
 
     v_model = getattr(sd_model, "parameterization", "eps") == "v"
     guided = cfg_scale != 1.0
-    context = torch.cat([cond, uncond]) if guided else cond
+    if isinstance(cond, dict):  # SDXL: {'crossattn', 'vector'}
+        context: Any = {k: (torch.cat([cond[k], uncond[k]]) if guided else cond[k]).to(dtype) for k in cond}
+    else:
+        context = (torch.cat([cond, uncond]) if guided else cond).to(dtype)
 
     def denoise(x: Any, sigma: float, t: float) -> Any:
         c_in = 1.0 / (sigma**2 + 1) ** 0.5
         x_in = torch.cat([x, x]) if guided else x
         t_in = torch.full((x_in.shape[0],), t, device=x.device)
-        out = sd_model.apply_model((x_in * c_in).to(dtype), t_in, context.to(dtype)).float()
+        out = sd_model.apply_model((x_in * c_in).to(dtype), t_in, context).float()
         denoised = x_in / (sigma**2 + 1) - out * sigma * c_in if v_model else x_in - out * sigma
         if not guided:
             return denoised

@@ -102,10 +102,21 @@ class StandaloneHost(Host):
         config_path, family = ldm_build.choose_config(self.ckpt, state_dict, Path(config) if config else None)
         self.config_path = config_path
         cfg = ldm_build.load_config(config_path)
-        cond_cfg = cfg.model.params.cond_stage_config
-        if str(cond_cfg.target).endswith("FrozenOpenCLIPEmbedder"):
-            arch = str(cond_cfg.get("params", {}).get("arch", "ViT-H-14"))
-            ldm_build.register_open_clip_configs(arch, [self.ckpt.parent, config_path.parent])
+        self.sdxl = family.startswith("sdxl")
+        if self.sdxl:
+            from lora_forge.host.sgm_compat import ensure_sgm
+
+            ensure_sgm()
+            if family == "sdxl-v" and config_path.parent == ldm_build.CONFIG_DIR:  # the marker, no yaml
+                scaling = cfg.model.params.denoiser_config.params.scaling_config
+                scaling.target = "sgm.modules.diffusionmodules.denoiser_scaling.VScaling"
+            text_cfgs = list(cfg.model.params.conditioner_config.params.emb_models)
+        else:
+            text_cfgs = [cfg.model.params.cond_stage_config]
+        for cond_cfg in text_cfgs:
+            if str(cond_cfg.target).endswith(("FrozenOpenCLIPEmbedder", "FrozenOpenCLIPEmbedder2")):
+                arch = str(cond_cfg.get("params", {}).get("arch", "ViT-H-14"))
+                ldm_build.register_open_clip_configs(arch, [self.ckpt.parent, config_path.parent])
         model = ldm_build.instantiate(cfg, Path(clip_folder) if clip_folder else None)
         ldm_build.load_weights(model, state_dict, self._dtype, self.ckpt)
         del state_dict
@@ -125,10 +136,15 @@ class StandaloneHost(Host):
 
         model.eval()
         model.to(self._device)
-        model.cond_stage_model.device = self._device  # ldm embedders move tokens to this
+        if self.sdxl:
+            from lora_forge.host.sdxl_object import extend_sdxl
+
+            extend_sdxl(model, self._device)
+        else:
+            model.cond_stage_model.device = self._device  # ldm embedders move tokens to this
         model.is_sd1 = family.startswith("sd1")
         model.is_sd2 = family.startswith("sd2")
-        model.is_sdxl = False
+        model.is_sdxl = self.sdxl
         model.is_ssd = False
         model.is_sd3 = False
         model.is_sdxl_inpaint = False
@@ -208,6 +224,7 @@ class StandaloneHost(Host):
         import torch
 
         from lora_forge.host import sampling
+        from lora_forge.host.sdxl_object import SizedPrompts
         from lora_forge.model.unet import sdp_attention
 
         r = batch[0]
@@ -222,8 +239,9 @@ class StandaloneHost(Host):
             self._loras_applied(batch),
         ):
             # one row per sample: a text-encoder LoRA may have a different strength in each
-            cond = model.get_learned_conditioning([r.prompt] * len(batch))
-            uncond = model.get_learned_conditioning([r.negative_prompt] * len(batch))
+            cond = model.get_learned_conditioning(SizedPrompts([r.prompt] * len(batch), r.width, r.height))
+            negative = SizedPrompts([r.negative_prompt] * len(batch), r.width, r.height, is_negative_prompt=True)
+            uncond = model.get_learned_conditioning(negative)
             timesteps, sigmas = sampling.schedule(model.alphas_cumprod_original, r.steps, r.sampler)
             noise, generators = sampling.seeded_noise([q.seed for q in batch], (4, r.height // 8, r.width // 8))
             denoise = sampling.make_denoiser(model, cond, uncond, r.cfg_scale, self._dtype)

@@ -44,6 +44,8 @@ def encode_images(sd_model: Any, pixels: Any) -> Any:
     import torch
 
     vae = sd_model.first_stage_model
+    if getattr(sd_model, "conditioner", None) is not None:
+        return _encode_sdxl(sd_model, vae, pixels)
     with torch.no_grad(), torch.autocast(pixels.device.type, enabled=False):
         x = pixels.to(_device_of(vae))
         mean = vae.encode(x.to(_dtype_of(vae))).mode()
@@ -54,6 +56,24 @@ def encode_images(sd_model: Any, pixels: Any) -> Any:
                 mean = vae.encode(x.float()).mode()
         scale = float(getattr(sd_model, "scale_factor", 0.18215))
     return mean.float() * scale
+
+
+def _encode_sdxl(sd_model: Any, vae: Any, pixels: Any) -> Any:
+    """SDXL: never in fp16 (its VAE overflows to NaN there): bf16 when the VAE is kept in bf16,
+    else fp32. sgm's `encode` returns a posterior *sample*, so the mean is read from the
+    encoder and quant_conv (the same layers `encode` runs); `scale_factor` is 0.13025."""
+    import torch
+
+    with torch.no_grad(), torch.autocast(pixels.device.type, enabled=False):
+        x = pixels.to(_device_of(vae))
+        dtype = _dtype_of(vae)
+        with contextlib.nullcontext() if dtype in (torch.float32, torch.bfloat16) else _float32(vae):
+            run = _dtype_of(vae)
+            moments = vae.quant_conv(vae.encoder(x.to(run)))
+        mean = moments.float().chunk(2, dim=1)[0]
+        if not torch.isfinite(mean).all():
+            raise ForgeError("the VAE produced NaN/inf for an image even in fp32/bf16; check the VAE file")
+    return mean * float(sd_model.scale_factor)
 
 
 class TextEncoder:

@@ -16,7 +16,11 @@ def unet_of(sd_model: Any) -> Any:
 
 
 def predict(unet: Any, x: Any, t: Any, cond: Any) -> Any:
-    """ε or v prediction of an SD1/SD2 UNet for noisy latents `x` at timesteps `t`."""
+    """ε or v prediction of the UNet for noisy latents `x` at timesteps `t`.
+
+    SDXL's cond is the `{'crossattn', 'vector'}` dict, passed the way sgm's OpenAIWrapper does."""
+    if isinstance(cond, dict):
+        return unet(x, timesteps=t, context=cond["crossattn"], y=cond["vector"])
     return unet(x, timesteps=t, context=cond)
 
 

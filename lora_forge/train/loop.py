@@ -20,6 +20,7 @@ from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
 from lora_forge.host.base import Host
 from lora_forge.train import data, outputs
+from lora_forge.train.conditioning import Conditioner
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.presets import StepPlan, plan_steps
 
@@ -111,7 +112,7 @@ def train(
             progress(Progress(0, plan.total_steps, "memory plan: " + estimate.summary(), data=estimate.as_dict()))
             run_dir = outputs.new_run_dir(out_dir, config.output_name)
             outputs.write_config(run_dir, config)
-            conds = _Conditioner(sd_model, session.network, config, dataset, device, precision)
+            conds = Conditioner(sd_model, config, dataset, device, precision)
             latents = _cache_latents(sd_model, dataset, config, device, progress, stop, conds)
             # Their outputs are cached: the VAE and a frozen text encoder leave the accelerator.
             idle = [sd_model.first_stage_model] + ([conds.encoder.module] if conds.cache else [])
@@ -131,39 +132,6 @@ def train(
             return loop.run(optimizer, scheduler, pos, progress, stop, estimate)
         finally:
             session.close()
-
-
-class _Conditioner:
-    """Caption → conditioning: cached per item when the text encoder is frozen and captions fixed."""
-
-    def __init__(self, sd_model: Any, network: Any, config: TrainConfig, dataset: Any, device: Any, precision: Any):
-        from lora_forge.model.encode import TextEncoder
-
-        self.encoder = TextEncoder(sd_model, config.clip_skip, config.max_token_length)
-        self.trained = config.train_text_encoder
-        self.cacheable = config.cache_text_encoder_outputs and not self.trained and not data.captions_vary(config)
-        self.cache: dict[int, Any] = {}
-        self.precision = precision
-        self.device = device
-
-    def fill_cache(self, dataset: Any) -> None:
-        import torch
-
-        if not self.cacheable:
-            return
-        with torch.no_grad(), self.precision.autocast():
-            for i, item in enumerate(dataset.items):
-                self.cache[i] = self.encoder([item.caption])[0].to(self.device)
-
-    def __call__(self, ids: list[int], captions: list[str]) -> Any:
-        import torch
-
-        if self.cache:
-            return torch.stack([self.cache[i] for i in ids])
-        if self.trained:
-            return self.encoder(captions)
-        with torch.no_grad():
-            return self.encoder(captions)
 
 
 def _cache_latents(
@@ -252,7 +220,7 @@ class _Loop:
         captions = [data.caption_for_step(self.dataset.items[i].caption, c, rng) for i in ids]
         self.session.begin_step(self.precision.autocast_dtype)
         loss = diffusion_loss(
-            self.session.unet, x0, lambda: self.conds(ids, captions), self.schedule, c, self.precision, gen
+            self.session.unet, x0, lambda: self.conds(ids, captions, flips), self.schedule, c, self.precision, gen
         )
         if not torch.isfinite(loss):
             raise _NonFinite()

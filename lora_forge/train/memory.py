@@ -155,8 +155,11 @@ def _probe(unet: Any, latent_hw: tuple[int, int], config: TrainConfig) -> dict[s
         x = torch.zeros(1, 4, *latent_hw, device=device, dtype=torch.float32, requires_grad=True)
         t = torch.full((1,), 500, device=device)
         cond = torch.zeros(1, 77 * (config.max_token_length // 75), ctx_dim, device=device, dtype=dtype)
+        label_emb = getattr(unet, "label_emb", None)  # SDXL: the `vector` input
+        adm = label_emb[0][0].in_features if label_emb is not None else 0
+        y = torch.zeros(1, int(adm), device=device, dtype=dtype) if adm else None
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), autocast:
-            unet(x, timesteps=t, context=cond)
+            unet(x, timesteps=t, context=cond, **({"y": y} if y is not None else {}))
         held.clear()
     finally:
         for h in hooks:

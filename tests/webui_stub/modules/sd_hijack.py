@@ -25,3 +25,30 @@ class StableDiffusionModelHijack:
 
 
 model_hijack = StableDiffusionModelHijack()
+
+
+class TextEmbedderWrapper(__import__("torch").nn.Module):
+    """sd_hijack_clip.FrozenCLIPEmbedderForSDXLWithCustomWords / sd_hijack_open_clip.
+    FrozenOpenCLIPEmbedder2WithCustomWords, reduced to what the conditioner and a trainer see: the
+    sgm embedder as `.wrapped`, `input_key`/`is_trainable`/`legacy_ucg_val` copied, and forward
+    returning (z, pooled) when the wrapped embedder returns pooled (no prompt-emphasis parsing)."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.is_trainable = getattr(wrapped, "is_trainable", False)
+        self.input_key = getattr(wrapped, "input_key", "txt")
+        self.legacy_ucg_val = None
+        self.ucg_rate = 0.0
+
+    def forward(self, texts: Any) -> Any:
+        return self.wrapped(list(texts))
+
+
+def hijack_sdxl(m: Any) -> None:
+    """What model_hijack.hijack does to an SDXL base: wrap both text embedders, and
+    `cond_stage_model` = the conditioner (two text models)."""
+    for i, embedder in enumerate(m.conditioner.embedders):
+        if i < 2 and not hasattr(embedder, "wrapped"):
+            m.conditioner.embedders[i] = TextEmbedderWrapper(embedder)
+    m.cond_stage_model = m.conditioner

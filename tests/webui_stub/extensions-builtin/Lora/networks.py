@@ -128,6 +128,16 @@ def convert_diffusers_name_to_compvis(key: str) -> str:
     m = re.match(r"lora_te_text_model_(.+)", key)
     if m:
         return f"transformer_text_model_{m.group(1)}"
+    m = re.match(r"lora_te2_text_model_encoder_layers_(\d+)_(.+)", key)  # SDXL bigG (OpenCLIP)
+    if m:
+        rest = m.group(2)
+        if "mlp_fc1" in rest:
+            rest = rest.replace("mlp_fc1", "mlp_c_fc")
+        elif "mlp_fc2" in rest:
+            rest = rest.replace("mlp_fc2", "mlp_c_proj")
+        else:
+            rest = rest.replace("self_attn", "attn")
+        return f"1_model_transformer_resblocks_{m.group(1)}_{rest}"
     return key
 
 
@@ -136,10 +146,17 @@ def network_layer_mapping(sd_model: Any) -> dict[str, Any]:
     mapping = getattr(sd_model, "network_layer_mapping", None)
     if mapping is None:
         mapping = {}
+        if getattr(sd_model, "is_sdxl", False):  # each hijacked embedder's modules, prefixed `i_`
+            for i, embedder in enumerate(sd_model.conditioner.embedders):
+                if not hasattr(embedder, "wrapped"):
+                    continue
+                for name, module in embedder.wrapped.named_modules():
+                    mapping[f"{i}_{name.replace('.', '_')}"] = module
+        else:
+            te = getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model)
+            for name, module in te.named_modules():
+                mapping[name.replace(".", "_")] = module
         for name, module in sd_model.model.named_modules():
-            mapping[name.replace(".", "_")] = module
-        te = getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model)
-        for name, module in te.named_modules():
             mapping[name.replace(".", "_")] = module
         sd_model.network_layer_mapping = mapping
     return mapping
@@ -149,14 +166,20 @@ def _find_module(mapping: dict[str, Any], key_module: str) -> tuple[str, Any]:
     converted = convert_diffusers_name_to_compvis(key_module)
     if converted in mapping:
         return converted, mapping[converted]
-    if "lora_unet" in key_module:
+    m = re.match(r"(.*)_([qkv]_proj)$", converted)  # OpenCLIP's fused attention: q/k/v share one module
+    if m and m.group(1) in mapping:
+        return converted, mapping[m.group(1)]
+    if "lora_unet" in key_module:  # SDXL files carry compvis names already
         alt = key_module.replace("lora_unet", "diffusion_model")
         if alt in mapping:
             return alt, mapping[alt]
     if "lora_te1_text_model" in key_module:
-        alt = key_module.replace("lora_te1_text_model", "transformer_text_model")
-        if alt in mapping:
-            return alt, mapping[alt]
+        for alt in (
+            key_module.replace("lora_te1_text_model", "0_transformer_text_model"),  # SDXL CLIP-L
+            key_module.replace("lora_te1_text_model", "transformer_text_model"),  # some SD1 files
+        ):
+            if alt in mapping:
+                return alt, mapping[alt]
     return converted, None
 
 
@@ -168,7 +191,8 @@ def _restore_all() -> None:
 
     with torch.no_grad():
         for module, weight in _backups.items():
-            module.weight.copy_(weight)
+            target = module.in_proj_weight if isinstance(module, torch.nn.MultiheadAttention) else module.weight
+            target.copy_(weight)
     _backups.clear()
 
 
@@ -197,6 +221,14 @@ def _merge(net: Network) -> None:
             scale = float(weights["alpha"]) / down.shape[0] if "alpha" in weights else 1.0
             mult = net.te_multiplier if "transformer" in sd_key[:20] else net.unet_multiplier
             delta = up.flatten(1) @ down.flatten(1)
+            if isinstance(module, torch.nn.MultiheadAttention):  # q/k/v rows of the fused in_proj
+                w = module.in_proj_weight
+                if module not in _backups:
+                    _backups[module] = w.detach().clone()
+                slot = "qkv".index(sd_key[-6])
+                rows = w.shape[0] // 3
+                w[slot * rows : (slot + 1) * rows].add_((delta * scale * mult).to(w.dtype))
+                continue
             w = module.weight
             delta = (
                 delta.reshape(w.shape[0], *down.shape[1:])
