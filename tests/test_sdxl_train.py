@@ -147,7 +147,7 @@ def test_training_writes_a_kohya_sdxl_file_and_leaves_the_model_as_it_was(tiny_s
     from safetensors import safe_open
 
     with safe_open(str(result.final_file), "pt") as f:
-        names = {k.split(".")[0] for k in f}
+        names = {k.split(".")[0] for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         meta = f.metadata()
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     assert meta["modelspec.architecture"].startswith("stable-diffusion-xl-v1-base")
@@ -189,7 +189,7 @@ def test_the_webuis_lora_loader_takes_every_key_and_renders_the_same(tiny_sdxl_f
         from safetensors import safe_open
 
         with safe_open(str(result.final_file), "pt") as f:
-            file_modules = {k.split(".")[0] for k in f}
+            file_modules = {k.split(".")[0] for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         assert len(networks._backups) == len(file_modules) - 2 * 32
     finally:
         networks.load_networks([])
