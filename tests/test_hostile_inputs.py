@@ -132,6 +132,19 @@ def test_tagger_goes_on_past_gbk_long_names_pipes_and_extreme_shapes(tmp_path, w
     assert by_name[os.fsdecode(GBK_STEM + b".jpg")].status == "kept"  # its GBK caption was read, and kept
 
 
+@posix_only
+def test_training_scan_lists_each_picture_once_past_pipes_and_links(tmp_path):
+    from lora_forge.train.config import TrainConfig
+    from lora_forge.train.data import scan_dataset
+
+    folder = _hostile_folder(tmp_path / "d")
+    (folder / "ok.txt").write_text("a, b", encoding="utf-8")
+    (folder / ("a" * 250 + ".txt")).write_text("a", encoding="utf-8")
+    config = TrainConfig.from_dict({"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128})
+    names = sorted(i.path.name for i in scan_dataset(folder, config).items)
+    assert names == sorted(["ok.jpg", "a" * 250 + ".jpg", os.fsdecode(GBK_STEM + b".jpg")])  # "self" not again
+
+
 def _peak_rss_mb(code: str) -> float:
     """Peak resident memory of a fresh Python running `code` (MB)."""
     probe = code + "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

@@ -136,9 +136,11 @@ def scan_dataset(root: str | Path, config: TrainConfig) -> Dataset:
     folders: list[tuple[Path, int | None, str]] = []
     if _images_in(root):
         folders.append((root, None, ""))
+    seen = {root.resolve()}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if sub.name == STATE_DIR:
+        if sub.name == STATE_DIR or sub.resolve() in seen:  # a link to the dataset itself or a sibling
             continue
+        seen.add(sub.resolve())
         m = _REPEAT_DIR.match(sub.name)
         if _images_in(sub):
             folders.append((sub, int(m.group(1)) if m else None, m.group(2) if m else ""))
