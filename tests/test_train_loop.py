@@ -145,7 +145,19 @@ def test_a_run_whose_state_has_the_old_file_names_still_resumes(tiny_host, datas
     (state / "weights.state").rename(state / "lora.safetensors")
     (state / "optimizer.state").rename(state / "optimizer.pt")
     record = json.loads((state / "state.json").read_text(encoding="utf-8"))  # old runs had no commit record
-    (state / "state.json").write_text(json.dumps({k: v for k, v in record.items() if k not in ("files", "format")}))
+    record = {k: v for k, v in record.items() if k not in ("files", "format")}
+    # and it predates a setting (noise_offset): its config file lacks the key, its hash covers the rest
+    from lora_forge.train.config import read_config_file
+    from lora_forge.train.state import config_hash
+
+    config_file = part.run_dir / "config.toml"
+    lines = config_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    config_file.write_text("".join(x for x in lines if not x.startswith("noise_offset ")), encoding="utf-8")
+    old = TrainConfig.from_dict(read_config_file(config_file))
+    record["config_hash"] = config_hash(old, read_config_file(config_file))
+    (state / "state.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ForgeError, match="config differs"):  # the added setting changed: not the same training
+        run(tiny_host, dataset, tmp_path / "other", resume=str(part.run_dir), noise_offset=0.1, **common)
     resumed = run(tiny_host, dataset, tmp_path / "resumed", resume=str(part.run_dir), **common)
     assert resumed.steps == 4 and tensor_bytes(resumed.final_file) == tensor_bytes(whole.final_file)
 

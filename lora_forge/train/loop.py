@@ -7,7 +7,6 @@ a resumed run continues with exactly the draws the uninterrupted run would have 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
@@ -71,10 +70,9 @@ def prepare(config: TrainConfig, data_dir: str | Path, user_keys: frozenset[str]
 
 
 def _config_hash(config: TrainConfig) -> str:
-    """What must not change between a run and its resume (samples and saving may)."""
-    free = {"resume", "output_name", "sample_every_n_steps", "sample_prompts", "save_every_n_epochs"}
-    keys = {k: v for k, v in config.to_dict().items() if k not in free and not k.startswith("sample_")}
-    return hashlib.sha256(repr(sorted(keys.items())).encode()).hexdigest()[:16]
+    from lora_forge.train.state import config_hash
+
+    return config_hash(config)
 
 
 def train(
@@ -124,7 +122,7 @@ def train(
             pos = state.Position(0, 0, 0, plan.total_steps, time.time(), _config_hash(config))
             if prepared.resume_from is not None:
                 saved = state.load_position(prepared.resume_from)
-                if saved.config_hash != pos.config_hash or saved.total_steps != plan.total_steps:
+                if not state.same_config(saved, config, prepared.resume_from) or saved.total_steps != plan.total_steps:
                     raise ForgeError("the config differs from the saved run's; resume with its config.toml")
                 pos = state.load_state(prepared.resume_from, session.network, optimizer, scheduler)
             loop = _Loop(host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir)

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,41 @@ class Position:
     total_steps: int
     started_at: float
     config_hash: str
+
+
+# what may change between a run and its resume (samples and saving)
+_FREE = {"resume", "output_name", "sample_every_n_steps", "sample_prompts", "save_every_n_epochs"}
+
+
+def config_hash(config: Any, keys: Iterable[str] | None = None) -> str:
+    """What must not change between a run and its resume: every setting but samples and saving
+    (only `keys` of them, when given)."""
+    wanted = None if keys is None else set(keys)
+    values = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in _FREE and not k.startswith("sample_") and (wanted is None or k in wanted)
+    }
+    return hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:16]
+
+
+def same_config(saved: Position, config: Any, folder: Path) -> bool:
+    """True when `config` trains what the saved run in state `folder` trained. A run saved before
+    a release added settings hashed fewer keys: it matches over the keys its own config file
+    holds, as long as every setting added since is at its default (the behaviour it trained with)."""
+    if saved.config_hash == config_hash(config):
+        return True
+    from lora_forge.train.config import read_config_file
+
+    try:
+        old_keys = set(read_config_file(RunDir(Path(folder).parent).config))
+    except (ForgeError, OSError):
+        return False
+    defaults = type(config)().to_dict()
+    added = {k for k in config.to_dict() if k not in old_keys and k not in _FREE and not k.startswith("sample_")}
+    if any(config.to_dict()[k] != defaults[k] for k in added):
+        return False
+    return saved.config_hash == config_hash(config, old_keys)
 
 
 def save_state(run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos: Position) -> Path:

@@ -120,5 +120,3 @@ def build(ctx: UiContext):
     guard.install(blocks, ctx)  # every input through the path policy (lora_forge.ui.guard)
     localize_handlers(blocks, ctx)  # messages leave in the user's language (lora_forge.ui.translate)
     return blocks
-
-
