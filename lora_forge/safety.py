@@ -178,7 +178,7 @@ def _links(folder: Path) -> Iterator[Path]:
                     if seen > MAX_TREE_ENTRIES:
                         raise ForgeError(f"the folder holds more than {MAX_TREE_ENTRIES} entries", path=folder)
                     path = Path(entry.path)
-                    if entry.is_symlink() or _is_junction(path):
+                    if _is_link(entry):
                         yield path
                     elif entry.is_dir(follow_symlinks=False):
                         stack.append(path)
@@ -186,9 +186,16 @@ def _links(folder: Path) -> Iterator[Path]:
             continue
 
 
-def _is_junction(path: Path) -> bool:
-    is_junction = getattr(os.path, "isjunction", None)  # Python 3.12+; junctions exist on Windows only
-    return bool(is_junction and is_junction(path))
+def _is_link(entry: os.DirEntry[str]) -> bool:
+    """A symlink, or on Windows any reparse point (a junction is not a symlink to os.scandir on
+    Python 3.10/3.11, and would otherwise be walked into as a plain folder)."""
+    if entry.is_symlink():
+        return True
+    try:
+        attributes = getattr(entry.stat(follow_symlinks=False), "st_file_attributes", 0)
+    except OSError:
+        return False
+    return bool(attributes & 0x400)  # FILE_ATTRIBUTE_REPARSE_POINT
 
 
 def _settings_items(value: str | Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -50,6 +50,7 @@ class UploadLedger:
         self.folder = Path(os.path.abspath(folder or default_upload_dir()))
         self.recording = False
         self._paths: OrderedDict[str, float] = OrderedDict()
+        self._used: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def record(self, paths: Iterable[str]) -> None:
@@ -61,10 +62,20 @@ class UploadLedger:
                 self._paths.popitem(last=False)
 
     def take(self, path: str) -> bool:
-        """True once for a recorded, fresh upload; it is then forgotten (one use per upload)."""
+        """True once for a recorded, fresh upload; it is then marked used (one use per upload)."""
+        key = _key(path)
         with self._lock:
-            at = self._paths.pop(_key(path), None)
+            at = self._paths.pop(key, None)
+            if at is not None:
+                self._used[key] = None
+                while len(self._used) > LEDGER_SIZE:
+                    self._used.popitem(last=False)
         return at is not None and time.monotonic() - at < LEDGER_SECONDS
+
+    def used(self, path: str) -> bool:
+        """An upload a handler already had (and removed): the page still shows it in its File box."""
+        with self._lock:
+            return _key(path) in self._used
 
 
 def _key(path: str) -> str:
@@ -108,8 +119,10 @@ def _refused(name: str) -> ForgeError:
     return ForgeError("not a file uploaded with this request; drop the file again", path=Path(str(name)).name)
 
 
-def accept(policy: Any, item: Any) -> UploadedFile:
-    """One upload payload as the file it names, or a ForgeError; nothing is copied."""
+def accept(policy: Any, item: Any) -> UploadedFile | None:
+    """One upload payload as the file it names, or a ForgeError; nothing is copied. None for an
+    upload already used and removed (a File box keeps showing it: pressing the button again
+    works on the other inputs instead of failing)."""
     if not isinstance(item, dict):
         raise _refused(str(item))
     limit = policy.max_upload_bytes
@@ -120,6 +133,8 @@ def accept(policy: Any, item: Any) -> UploadedFile:
             raise _refused(str(name))
         path = os.path.abspath(name)
         if ledger is not None and ledger.recording:
+            if ledger.used(path):
+                return None
             if not ledger.take(path):
                 raise _refused(name)
         else:
@@ -166,7 +181,9 @@ def preprocess_file(policy: Any, component: Any, x: Any) -> Any:
     accepted: list[UploadedFile] = []
     try:
         for item in items:
-            accepted.append(accept(policy, item))
+            upload = accept(policy, item)
+            if upload is not None:
+                accepted.append(upload)
     except ForgeError:
         discard(accepted)  # a refused request leaves none of its uploads behind
         raise
@@ -177,7 +194,9 @@ def preprocess_file(policy: Any, component: Any, x: Any) -> Any:
             upload.discard()
     else:
         out = list(accepted)
-    return out[0] if getattr(component, "file_count", "single") == "single" else out
+    if getattr(component, "file_count", "single") == "single":
+        return out[0] if out else None
+    return out
 
 
 def check_payload(policy: Any, x: Any) -> None:
