@@ -15,3 +15,8 @@ class ForgeError(Exception):
     def __init__(self, message: str, *, path: object | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class RenderFailed(ForgeError):
+    """One picture could not be made (the WebUI's NaN check stopped it): a grid marks that cell and
+    renders the others instead of ending."""

@@ -110,9 +110,32 @@ def missing_cell(width: int, height: int) -> Any:
     return im
 
 
+def failed_cell(width: int, height: int, text: str = "NaN") -> Any:
+    """A missing cell with a word saying why (the notes say it in full)."""
+    from PIL import ImageDraw
+
+    im = missing_cell(width, height)
+    d = ImageDraw.Draw(im)
+    f = _fit(d, text, max(10, height // 4), width - 4)
+    tw, th = _text_size(d, text, f)
+    d.text(((width - tw) / 2, (height - th) / 2), text, fill=(200, 30, 30), font=f)
+    return im
+
+
 def filled_cells(result: GridResult) -> list[list[Any]]:
     plan = result.plan
-    return [[c if c is not None else missing_cell(plan.width, plan.height) for c in row] for row in result.cells]
+    out = []
+    for r, row in enumerate(result.cells):
+        line = []
+        for c, cell in enumerate(row):
+            if cell is not None:
+                line.append(cell)
+            elif (r, c) in result.failed:
+                line.append(failed_cell(plan.width, plan.height, "NaN" if "NaN" in result.failed[(r, c)] else "failed"))
+            else:
+                line.append(missing_cell(plan.width, plan.height))
+        out.append(line)
+    return out
 
 
 def draw_labelled(
@@ -189,7 +212,8 @@ def infotext(result: GridResult, model_name: str = "") -> str:
         }
     )
     if not result.complete:
-        fields["Grid"] = f"partial, {result.rendered} of {plan.cells} cells ({result.stopped})"
+        why = result.stopped or f"{len(result.failed)} failed"
+        fields["Grid"] = f"partial, {result.rendered} of {plan.cells} cells ({why})"
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v != "")
     return f"{plan.prompt}\nNegative prompt: {plan.negative_prompt}\n{line}"
 

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             data["xyz"] = {"prompt": xyz.prompt, "script_args": xyz.script_args, "infotext": xyz.infotext}
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
-    for note in plan.notes:
+    for note in [*plan.notes, *output.result.failure_notes]:
         print(f"note: {note}")
     print(output.summary())
     for path in output.saved[1:]:

@@ -32,7 +32,8 @@ class GridOutput:
     def summary(self) -> str:
         r = self.result
         where = self.saved[0] if self.saved else "nowhere"
-        state = "" if r.complete else f" (partial: {r.rendered} of {r.plan.cells} cells, {r.stopped})"
+        why = r.stopped or f"{len(r.failed)} could not be rendered"
+        state = "" if r.complete else f" (partial: {r.rendered} of {r.plan.cells} cells, {why})"
         return f"{len(r.plan.files)} × {len(r.plan.strengths)} grid in {r.seconds:.1f}s{state}, saved to {where}"
 
 

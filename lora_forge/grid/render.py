@@ -4,7 +4,8 @@ A unit is a whole column of the picture (one file × every strength) on a host t
 strengths (the standalone host: one UNet batch with per-sample LoRA multipliers), and a single
 cell elsewhere (the WebUI: one process_images per `<lora:name:strength>`), so a stop or the
 host's Interrupt never throws away a finished cell. A stopped grid keeps what it has and says
-so; the missing cells are marked when it is assembled.
+so; the missing cells are marked when it is assembled. A cell the host could not make (the WebUI's
+NaN check: RenderFailed) is marked with its reason and the grid goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_forge.errors import ForgeError
+from lora_forge.errors import ForgeError, RenderFailed
 from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
 from lora_forge.grid.plan import GridPlan
 from lora_forge.host.base import Host
@@ -25,6 +26,16 @@ class GridResult:
     cells: list[list[Any]] = field(default_factory=list)  # [strength row][file column] → PIL image or None
     stopped: str = ""  # why rendering ended early; "" when every cell is there
     seconds: float = 0.0
+    failed: dict[tuple[int, int], str] = field(default_factory=dict)  # (strength row, file column) → why
+
+    @property
+    def failure_notes(self) -> list[str]:
+        """One line per cell that could not be rendered: which cell and why."""
+        plan = self.plan
+        return [
+            f"cell epoch {plan.files[col].label} at strength {plan.y_labels()[row]} not rendered: {reason}"
+            for (row, col), reason in sorted(self.failed.items())
+        ]
 
     @property
     def rendered(self) -> int:
@@ -86,6 +97,10 @@ def render_grid(
                 requests = [plan.request(file, plan.strengths[r]) for r in rows]
                 try:
                     images = host.txt2img(requests, sub)
+                except RenderFailed as e:  # this cell only (e.g. NaN): mark it, render the others
+                    for r in rows:
+                        result.failed[(r, col)] = str(e)
+                    continue
                 except ForgeError:
                     if host.interrupted() or stop.requested:
                         result.stopped = halted() or "interrupted"

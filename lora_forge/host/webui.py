@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_forge.errors import ForgeError
+from lora_forge.errors import ForgeError, RenderFailed
 from lora_forge.events import Progress, ProgressFn, no_progress
 from lora_forge.host.base import Host, RenderRequest, TrainingContext
 from lora_forge.settings import Settings
@@ -438,7 +438,12 @@ class WebUIHost(Host):
         }
         p = processing.StableDiffusionProcessingTxt2Img(**{k: v for k, v in wanted.items() if k in fields})
         with contextlib.closing(p):
-            processed = processing.process_images(p)
+            try:
+                processed = processing.process_images(p)
+            except Exception as e:
+                if type(e).__name__ != "NansException":  # modules.devices.NansException, by name: forks move it
+                    raise
+                raise RenderFailed(nan_reason(str(e))) from e
         missing = [line for line in processed.comments.splitlines() if "not found:" in line]
         if missing:  # 1.10: "Lora not found: a, b"; 1.6-1.9: "Networks not found: a, b"
             raise ForgeError(f"the WebUI did not apply a LoRA file ({missing[0]}); press 🔄 on its Lora tab and retry")
@@ -494,3 +499,12 @@ def keep_on_sys_path() -> None:
     root = str(EXTENSION_ROOT)
     if root not in sys.path:
         sys.path.append(root)
+
+
+def nan_reason(webui_message: str) -> str:
+    """The WebUI's NaN-check message, shortened to where it happened plus the usual causes."""
+    what = "the VAE" if "VAE" in webui_message else "the UNet" if "Unet" in webui_message else "the model"
+    return (
+        f"NaN in {what}: the WebUI's NaN check stopped this picture; common causes: this negative prompt on this "
+        "model, an fp16 VAE (start the WebUI with --no-half-vae), or the LoRA at this strength"
+    )

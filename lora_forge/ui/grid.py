@@ -215,7 +215,7 @@ def build(ctx: UiContext) -> GridHandles:
             return
         out = job.result
         plan = out.result.plan
-        notes = "".join(f"\n\n- {html.escape(n)}" for n in plan.notes)
+        notes = "".join(f"\n\n- {html.escape(n)}" for n in [*plan.notes, *out.result.failure_notes])
         text = f"**{out.summary()}**.\n\nPrompt: `{plan.prompt}`{notes}"
         scores = out.scores
         rows = scores.table(plan) if scores else None

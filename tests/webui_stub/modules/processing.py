@@ -171,7 +171,10 @@ def _sample_batch(
             raise InterruptedError_
 
     latent = sampling.sample(denoise, noise.to(devices.device), generators, timesteps, sigmas, p.sampler_name, on_step)
+    devices.test_for_nans(latent, "unet")  # as 1.10.1's process_images / decode_latent_batch do
     pixels = model.decode_first_stage(latent.float())
+    for sample in pixels:
+        devices.test_for_nans(sample, "vae")
     arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to("cpu", dtype=torch.uint8)
     from PIL import Image
 

@@ -19,6 +19,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--localizations-dir", type=str, default=None)
     p.add_argument("--no-half", action="store_true")
     p.add_argument("--no-half-vae", action="store_true")
+    p.add_argument("--disable-nan-check", action="store_true")
     p.add_argument("--medvram", action="store_true")
     p.add_argument("--medvram-sdxl", action="store_true")
     p.add_argument("--lowvram", action="store_true")
