@@ -379,27 +379,12 @@ def test_the_lock_keeps_webui_generations_and_our_jobs_apart_in_arrival_order(we
     call_queue.queue_lock.release()
 
 
-# -- localization on 1.6 ---------------------------------------------------------------------------
+# -- localization: our catalog translates our tab only ---------------------------------------------
 
 
-def test_localization_merge_for_webui_1_6(tmp_path: Path) -> None:
-    from lora_forge.host.webui import merge_localizations_on_1_6
-
-    full = tmp_path / "core" / "zh_CN.json"
-    ours = ROOT / "localizations" / "zh_CN.json"
-    full.parent.mkdir()
-    full.write_text(json.dumps({"Generate": "生成", "Dataset folder": "旧"}, ensure_ascii=False), encoding="utf-8")
-    table_16 = {"zh_CN": str(ours)}  # 1.6: the last file found wins, here ours over the full one
-    merge_localizations_on_1_6(table_16, {"zh_CN": [full, ours]}, tmp_path / "out")
-    merged = json.loads(Path(table_16["zh_CN"]).read_text(encoding="utf-8"))
-    assert merged["Generate"] == "生成"
-    assert merged["Dataset folder"] == json.loads(ours.read_text(encoding="utf-8"))["Dataset folder"]
-    table_17 = {"zh_CN": [str(full), str(ours)]}  # 1.7+ merges by itself
-    merge_localizations_on_1_6(table_17, {"zh_CN": [full, ours]}, tmp_path / "out2")
-    assert table_17 == {"zh_CN": [str(full), str(ours)]}
-
-
-def test_webui_1_6_localization_table_gets_the_merged_file(webui) -> None:
+def test_our_catalog_never_reaches_the_webuis_own_pages(webui) -> None:
+    """The WebUI applies every extension's zh_CN.json to its whole page: ours renamed its Train tab
+    and txt2img's Width/Height/Seed (issue 17). Ours is withdrawn; a full translation stays."""
     from modules import localization
 
     from lora_forge import extension
@@ -408,15 +393,38 @@ def test_webui_1_6_localization_table_gets_the_merged_file(webui) -> None:
     core.parent.mkdir()
     core.write_text(json.dumps({"Generate": "生成"}, ensure_ascii=False), encoding="utf-8")
     ours = webui.root / "extensions" / "lora-forge" / "localizations" / "zh_CN.json"
+    localization.list_localizations(str(core.parent))  # 1.7+: core first, then every extension's
+    assert any(Path(f).resolve() == ours.resolve() for f in localization.localizations["zh_CN"])
+    extension.before_ui()
+    page = json.loads(localization.localization_js("zh_CN").split("=", 1)[1])
+    assert page == {"Generate": "生成"}  # none of "Train", "Width", "Seed", "Dataset folder"
     localization.localizations.clear()
-    localization.localizations["zh_CN"] = str(ours)  # 1.6 kept one path per language: the last found
+    localization.localizations["zh_CN"] = str(ours)  # 1.6 kept one path per language
     extension.before_ui()
-    merged = json.loads(Path(localization.localizations["zh_CN"]).read_text(encoding="utf-8"))
-    assert merged["Generate"] == "生成" and merged["Dataset folder"] == "数据集文件夹"
-    localization.list_localizations(str(core.parent))  # 1.7+: lists, which we leave alone
-    before = dict(localization.localizations)
-    extension.before_ui()
-    assert localization.localizations == before and len(before["zh_CN"]) == 2
+    stand_in = Path(localization.localizations["zh_CN"])
+    assert stand_in.resolve() != ours.resolve() and json.loads(stand_in.read_text(encoding="utf-8")) == {}
+
+
+def test_the_tab_is_built_in_the_webuis_language(webui) -> None:
+    from modules import shared
+
+    from lora_forge import extension
+
+    zh = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
+    shared.opts.data["localization"] = "zh_CN"
+    try:
+        ((blocks, _title, _id),) = extension.on_ui_tabs()
+    finally:
+        shared.opts.data["localization"] = "None"
+    labels = {getattr(b, "label", None) for b in blocks.blocks.values()}
+    buttons = {b.value for b in blocks.blocks.values() if type(b).__name__ == "Button"}
+    assert zh["Dataset folder"] in labels and "Dataset folder" not in labels
+    assert zh["Start training"] in buttons
+    radios = [b for b in blocks.blocks.values() if type(b).__name__ == "Radio" and b.choices]
+    shown = {name: value for r in radios for name, value in r.choices}
+    assert any(name != value and zh.get(value) == name for name, value in shown.items())  # names Chinese, values kept
+    ((english, _t, _i),) = extension.on_ui_tabs()
+    assert "Dataset folder" in {getattr(b, "label", None) for b in english.blocks.values()}
 
 
 def test_zh_cn_localization_is_valid_and_covers_our_labels() -> None:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -97,50 +96,43 @@ def settings_from_opts() -> Settings:
     )
 
 
-# -- localization on 1.6 -------------------------------------------------------------------------
+# -- localization: ours translates our tab only ------------------------------------------------
 
 
-def merged_localization(files: Sequence[Path]) -> dict[str, str]:
-    """What 1.7+ serves for one language: every file's keys, later files winning key by key."""
-    data: dict[str, str] = {}
-    for f in files:
-        with contextlib.suppress(OSError, ValueError):
-            data.update(json.loads(Path(f).read_text(encoding="utf-8-sig")))
-    return data
+def withdraw_own_localizations(localizations: dict[str, Any], own: set[Path], empty: Path) -> None:
+    """Take our localizations/<lang>.json out of the WebUI's table, keeping each language listed.
 
+    The WebUI merges every extension's file for a language into one dict that localization.js
+    applies to the WHOLE page by exact text: our "Train", "Width", "Seed" would rename the WebUI's own
+    Train tab and txt2img's fields. Our tab is translated when it is built instead (ui.translate.
+    localize_components, with the same file). 1.7+ keeps a list of files per language: ours is
+    removed from it. 1.6 keeps one path: when it is ours, an empty catalog stands in (so the
+    language stays selectable, and the choice still reaches our tab)."""
+    own_resolved = {p.resolve() for p in own}
 
-def merge_localizations_on_1_6(localizations: dict[str, Any], files_by_stem: dict[str, list[Path]], out: Path) -> None:
-    """1.6 keeps one file per language, so our small zh_CN.json would replace (or be replaced by) a
-    full translation. Serve the 1.7+ merge instead, from a file of our own. 1.7+ keeps lists: no-op."""
-    for stem, files in files_by_stem.items():
-        current = localizations.get(stem)
-        if not isinstance(current, str) or len(files) < 2:
-            continue
-        out.mkdir(parents=True, exist_ok=True)
-        target = out / f"{stem}.json"
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(merged_localization(files), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, target)
-        localizations[stem] = str(target)
+    def is_own(f: Any) -> bool:
+        try:
+            return Path(f).resolve() in own_resolved
+        except (OSError, ValueError):
+            return False
+
+    for stem, value in list(localizations.items()):
+        if isinstance(value, list):
+            localizations[stem] = [f for f in value if not is_own(f)]
+        elif isinstance(value, str) and is_own(value):
+            if not empty.is_file():
+                empty.parent.mkdir(parents=True, exist_ok=True)
+                empty.write_text("{}", encoding="utf-8")
+            localizations[stem] = str(empty)
 
 
 def fix_localizations() -> None:
-    """on_before_ui: apply merge_localizations_on_1_6 to the WebUI's localization table."""
-    from modules import localization, scripts
+    """on_before_ui: withdraw_own_localizations on the WebUI's localization table."""
+    from modules import localization
 
-    if not any(isinstance(v, str) for v in localization.localizations.values()):
-        return
-    own = {p.stem for p in (EXTENSION_ROOT / "localizations").glob("*.json")}
-    files: dict[str, list[Path]] = {}
-    core = Path(getattr(_cmd_opts(), "localizations_dir", "") or "localizations")
-    for stem in own:
-        if (core / f"{stem}.json").is_file():
-            files.setdefault(stem, []).append(core / f"{stem}.json")
-    for script_file in scripts.list_scripts("localizations", ".json"):
-        stem = Path(script_file.filename).stem
-        if stem in own and Path(script_file.path).parent != core:
-            files.setdefault(stem, []).append(Path(script_file.path))
-    merge_localizations_on_1_6(localization.localizations, files, Path(tempfile.gettempdir()) / "lora_forge_l10n")
+    own = set((EXTENSION_ROOT / "localizations").glob("*.json"))
+    empty = Path(tempfile.gettempdir()) / "lora_forge_l10n" / "empty.json"
+    withdraw_own_localizations(localization.localizations, own, empty)
 
 
 def _cmd_opts() -> Any:

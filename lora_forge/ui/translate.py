@@ -114,10 +114,11 @@ def _wrap(fn: Callable[..., Any], kinds: list[str | None], by_block: dict[int, s
 
 def localize_components(blocks: Any, tr: i18n.Translator) -> int:
     """The built tab's own words (labels, placeholders, infos, button and Markdown texts, tab and
-    accordion titles) in `tr`'s language, for `python -m lora_forge ui`: the WebUI translates them in
-    the browser (localization.js with our zh_CN.json); our own page has no such script. Values a
-    handler reads (choices, textbox and dataframe contents) are left alone: translating them would
-    change what the handlers get. Returns how many strings changed."""
+    accordion titles, the shown names of radio choices) in `tr`'s language, for our own page and
+    inside the WebUI alike: the WebUI's localization.js would apply our catalog to its whole page
+    (host.webui.withdraw_own_localizations keeps it out), so the tab is translated as it is built.
+    Values a handler reads (choice values, textbox and dataframe contents) are left alone:
+    translating them would change what the handlers get. Returns how many strings changed."""
     if tr is i18n.IDENTITY:
         return 0
     changed = 0
@@ -133,6 +134,12 @@ def localize_components(blocks: Any, tr: i18n.Translator) -> int:
                 if new != text:
                     setattr(block, name, new)
                     changed += 1
+        if kind == "Radio":  # (shown name, value) pairs: the name in the user's language, the value kept
+            pairs = [tuple(c) for c in getattr(block, "choices", None) or []]
+            shown = [(tr.text(n) if isinstance(n, str) else n, v) for n, v in pairs]
+            if shown != pairs:
+                block.choices = shown
+                changed += 1
     return changed
 
 
