@@ -383,12 +383,6 @@ def test_bad_input_is_refused_with_a_message_and_nothing_changes(webui, runs, da
     with pytest.raises(ForgeError, match="FP8"):
         runs.start(host(), str(dataset), "custom", FAST)
     monkeypatch.setattr(devices, "fp8", False)
-    shared.sd_model.is_sdxl = True
-    try:
-        with pytest.raises(ForgeError, match="SDXL"):
-            runs.start(host(), str(dataset), "custom", FAST)
-    finally:
-        del shared.sd_model.is_sdxl
     model = shared.sd_model
     shared.sd_model = None
     try:

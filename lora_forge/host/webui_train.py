@@ -56,6 +56,7 @@ def training_refusal(sd_model: Any) -> str | None:
     """What in-process training cannot work on, with what to do instead; None when it can."""
     from modules import devices, shared
 
+    from lora_forge.host.ldm_build import REFUSED
     from lora_forge.model.family import model_family
 
     opts = shared.cmd_opts
@@ -70,10 +71,13 @@ def training_refusal(sd_model: Any) -> str | None:
             "be trained; set it to Disable, apply, then start again"
         )
     family = model_family(sd_model)
-    if family.startswith("sdxl"):
+    if family in REFUSED:
+        return REFUSED[family]
+    if family.startswith("sdxl") and getattr(opts, "medvram_sdxl", False) and getattr(sd_model, "lowvram", False):
         return (
-            "SDXL models cannot be trained in LoRA Forge yet; load an SD 1.5 or SD 2.x checkpoint "
-            "(the Stable Diffusion checkpoint list at the top), then start again"
+            "the WebUI runs with --medvram-sdxl, which moves SDXL's parts between the CPU and the card on every "
+            "call; restart it without --medvram-sdxl (LoRA Forge caches the text encoders' and the VAE's outputs "
+            "itself and keeps only the UNet on the card), or train headless with `python -m lora_forge train`"
         )
     return None
 

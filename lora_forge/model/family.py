@@ -175,6 +175,7 @@ def model_family(sd_model: Any) -> str:
     conditioner = getattr(sd_model, "conditioner", None)
     if getattr(sd_model, "is_sdxl", False) or conditioner is not None:
         embedders = getattr(conditioner, "embedders", [])
+        embedders = [getattr(e, "wrapped", e) for e in embedders]  # the WebUI's hijack wraps the text ones
         text_embedders = [e for e in embedders if hasattr(e, "tokenizer") or hasattr(e, "model")]
         if len(text_embedders) == 1 and not getattr(sd_model, "is_sdxl_inpaint", False):
             return "sdxl-refiner"

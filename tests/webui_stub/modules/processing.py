@@ -158,8 +158,13 @@ def _sample_batch(
     model = shared.sd_model
     if p.sampler_name not in sampling.SAMPLERS:
         raise ValueError(f"bad sampler name: {p.sampler_name}")
-    cond = model.get_learned_conditioning(prompts)
-    uncond = model.get_learned_conditioning(negatives)
+    from modules.prompt_parser import SdConditioning
+
+    # as 1.10.1's setup_conds: the render size travels with the prompts (SDXL conditions on it)
+    cond = model.get_learned_conditioning(SdConditioning(prompts, width=p.width, height=p.height))
+    uncond = model.get_learned_conditioning(
+        SdConditioning(negatives, is_negative_prompt=True, width=p.width, height=p.height)
+    )
     timesteps, sigmas = sampling.schedule(model.alphas_cumprod_original, p.steps, p.sampler_name)
     noise, generators = sampling.seeded_noise(seeds, (4, p.height // 8, p.width // 8))
     denoise = sampling.make_denoiser(model, cond, uncond, p.cfg_scale, devices.dtype_unet)
