@@ -55,8 +55,12 @@ def wire_runs(ctx: UiContext, bar: BarHandles, sections: Sections) -> None:
         if not value or not run_id:
             yield unchanged(bar)
             return
-        project = from_state(value)
-        run = desk.record_started(project, run_id)
+        try:
+            project = from_state(value)
+            run = desk.record_started(project, run_id)
+        except ForgeError as e:  # e.g. the project folder is gone: the run trains on, unrecorded
+            yield {bar.hint: f"**Error:** {e}"}
+            return
         yield from follow(bar, project, lambda: not run.done)
 
     def on_resume(value: Any) -> dict[Any, Any]:
