@@ -197,7 +197,7 @@ def ensure_sgm() -> str:
     except ImportError as e:
         raise ForgeError(
             "SDXL models need the `sgm` package: run inside the WebUI (it has repositories/generative-models), "
-            "or `pip install --no-deps imaginAIry==15.0.0 psutil` for headless use"
+            "or `pip install --no-deps imaginAIry==15.0.0 psutil torchdiffeq` for headless use"
         ) from e
     _patch_fork()
     sys.meta_path.insert(0, _SgmAliases())
