@@ -8,6 +8,7 @@ dataset's history folder so the run can be rolled back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -218,7 +219,26 @@ def tag_folder(
     session: TaggerSession | None = None,
 ) -> TagReport:
     """Caption every image of `folder` (not its sub-folders). The session is released at the end
-    unless the caller passed its own."""
+    unless the caller passed its own.
+
+    The run holds the dataset's write lock (dataset/lock.py) from reading the old captions to saving
+    the new ones, so an edit saved meanwhile from the tab or `tags` waits instead of being
+    overwritten with a merge of what was there before it."""
+    from lora_forge.dataset.lock import dataset_lock
+
+    folder = Path(folder)
+    with dataset_lock(folder) if folder.is_dir() else contextlib.nullcontext():
+        return _tag_folder(folder, files, options, progress, stop, session)
+
+
+def _tag_folder(
+    folder: Path,
+    files: ModelFiles,
+    options: TagOptions | None,
+    progress: ProgressFn,
+    stop: StopFlag | None,
+    session: TaggerSession | None,
+) -> TagReport:
     from lora_forge.dataset.captions import caption_path_for, read_caption
 
     options = options or TagOptions()
