@@ -441,24 +441,18 @@ VSCALING = "sgm.modules.diffusionmodules.denoiser_scaling.VScaling"
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_files):
     """The tiny SDXL built from a NoobAI-style v-prediction yaml (VScaling denoiser), with what the
-    WebUI's extend_sdxl sets on it: parameterization from the denoiser, fp32 LegacyDDPM ᾱ."""
+    WebUI's extend_sdxl sets on it (host/sdxl_object.py): parameterization, fp32 LegacyDDPM ᾱ."""
     from safetensors.torch import load_file
 
     from lora_forge.host.ldm_build import instantiate, load_config
-    from lora_forge.host.sgm_compat import ensure_sgm
-    from lora_forge.model.prediction import sgm_parameterization
+    from lora_forge.host.sdxl_object import extend_sdxl
 
     config = load_config(tiny_sdxl_files.config)
-    eps_model = instantiate(config, on_meta=True)
     config.model.params.denoiser_config.params.scaling_config.target = VSCALING
     model = instantiate(config, on_meta=False)
     model.load_state_dict(load_file(str(tiny_sdxl_files.checkpoint)), strict=True)
-    assert (sgm_parameterization(eps_model), sgm_parameterization(model)) == ("eps", "v")
-    ensure_sgm()
-    from sgm.modules.diffusionmodules.discretizer import LegacyDDPMDiscretization
-
-    model.parameterization = sgm_parameterization(model)
-    model.alphas_cumprod = torch.asarray(LegacyDDPMDiscretization().alphas_cumprod, dtype=torch.float32)
+    extend_sdxl(model, "cpu")
+    assert model.parameterization == "v"
     return model.eval()
 
 
@@ -518,3 +512,41 @@ def test_in_the_webui_zero_terminal_snr_follows_its_noise_schedule_setting(webui
     meta = read_metadata(status.files[-1])
     assert (meta["ss_zero_terminal_snr"], meta["modelspec.prediction_type"]) == ("True", "v")
     assert any("renders as ε-prediction" in w for w in status.warnings)  # v by hand on an ε model
+
+
+def test_a_noobai_style_sdxl_file_trains_v_pred_and_warns_about_its_ztsnr_marker(tiny_sdxl_files, dataset, tmp_path):
+    """A v-pred SDXL file carrying NoobAI's `v_pred` / `ztsnr` keys, with its v-pred yaml beside it, on the
+    standalone host: "auto" trains what the host renders (v), says the ZTSNR marker is not followed, and
+    the file is marked as kohya marks it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lora_forge.host.standalone import StandaloneHost
+    from lora_forge.lora.fileformat import read_metadata
+    from lora_forge.train.loop import prepare, train
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sdxl_files.checkpoint.parent, folder)
+    ckpt = folder / tiny_sdxl_files.checkpoint.name
+    state = load_file(str(ckpt))
+    save_file({**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(ckpt))
+    yaml = ckpt.with_suffix(".yaml")  # the v-pred yaml users put beside NoobAI v-pred (VScaling)
+    yaml.write_text(yaml.read_text(encoding="utf-8").replace(VSCALING.replace("VScaling", "EpsScaling"), VSCALING),
+                    encoding="utf-8")  # fmt: skip
+    assert VSCALING in yaml.read_text(encoding="utf-8")
+    host = StandaloneHost(ckpt, lora_dir=tmp_path / "Lora")
+    config = TrainConfig.from_dict(
+        {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "sample_every_n_steps": 0,
+         "cache_latents_to_disk": False, "mixed_precision": "no", "num_repeats": 1, "max_train_steps": 2,
+         "network_dim": 4, "network_alpha": 4, "min_snr_gamma": 5, "debiased_estimation_loss": True}
+    )  # fmt: skip
+    events = []
+    result = train(host, prepare(config, dataset), tmp_path / "out", progress=events.append)
+    assert all(math.isfinite(x) for x in result.losses)
+    prediction = next(e.data["prediction"] for e in events if "prediction" in e.data)
+    assert prediction.startswith("v-prediction (from the loaded model)") and "zero-terminal SNR off" in prediction
+    assert any("marked zero-terminal SNR" in e.data.get("warning", "") for e in events)
+    meta = read_metadata(result.final_file)
+    assert (meta["ss_base_model_version"], meta["modelspec.prediction_type"]) == ("sdxl_base_v1-0", "v")
+    assert meta["ss_zero_terminal_snr"] == "False"

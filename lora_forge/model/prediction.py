@@ -41,14 +41,6 @@ def tristate(value: Any) -> bool | None:
     return TRISTATE[key]
 
 
-def sgm_parameterization(sd_model: Any) -> str:
-    """ "v" when an sgm DiffusionEngine's denoiser scales for v-prediction (`VScaling`, what a
-    v-pred yaml beside the checkpoint configures), else "eps": the WebUI's `extend_sdxl` test,
-    for a host that builds the SDXL object itself."""
-    scaling = getattr(getattr(sd_model, "denoiser", None), "scaling", None)
-    return "v" if any(c.__name__ == "VScaling" for c in type(scaling).__mro__) else "eps"
-
-
 def checkpoint_markers(sd_model: Any) -> frozenset[str]:
     """The v-pred / ZTSNR marker keys in the loaded checkpoint's safetensors header ({} when the
     file is not a readable .safetensors). Reads the header only, never a tensor."""
@@ -79,8 +71,8 @@ def resolve(sd_model: Any, v_setting: Any, ztsnr_setting: Any, host_ztsnr: bool)
         )
     if "ztsnr" in markers and not host_ztsnr:
         warnings.append(
-            f"this checkpoint is marked zero-terminal SNR: set {ZTSNR_SETTING} to Zero Terminal SNR "
-            "(training follows that setting unless you set zero_terminal_snr)"
+            "this checkpoint is marked zero-terminal SNR, but the host renders without it: in the WebUI set "
+            f"{ZTSNR_SETTING} to Zero Terminal SNR (training follows it), or set zero_terminal_snr = true"
         )
     if want_v is not None and want_v != model_v:
         warnings.append(
