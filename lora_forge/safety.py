@@ -167,8 +167,9 @@ def _lexically_within(path: str, root: Path) -> bool:
 
 
 def _links(folder: Path) -> Iterator[Path]:
-    """Every symlink (or Windows junction) under `folder`, without following any."""
-    stack, seen = [folder], 0
+    """Every symlink (or Windows junction) under `folder`, without following any. Strings, not
+    Paths, while walking: a dataset of thousands of files is walked on every handler call."""
+    stack, seen = [str(folder)], 0
     while stack:
         current = stack.pop()
         try:
@@ -177,11 +178,10 @@ def _links(folder: Path) -> Iterator[Path]:
                     seen += 1
                     if seen > MAX_TREE_ENTRIES:
                         raise ForgeError(f"the folder holds more than {MAX_TREE_ENTRIES} entries", path=folder)
-                    path = Path(entry.path)
                     if _is_link(entry):
-                        yield path
+                        yield Path(entry.path)
                     elif entry.is_dir(follow_symlinks=False):
-                        stack.append(path)
+                        stack.append(entry.path)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
 
@@ -191,6 +191,8 @@ def _is_link(entry: os.DirEntry[str]) -> bool:
     Python 3.10/3.11, and would otherwise be walked into as a plain folder)."""
     if entry.is_symlink():
         return True
+    if os.name != "nt":  # elsewhere is_symlink answers from the directory listing, without a stat
+        return False
     try:
         attributes = getattr(entry.stat(follow_symlinks=False), "st_file_attributes", 0)
     except OSError:
