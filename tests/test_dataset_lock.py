@@ -130,3 +130,28 @@ def test_temp_files_of_killed_saves_are_removed_when_the_dataset_is_opened(tmp_p
     assert len(ds) == 3
     assert [p for p in strays if p.exists()] == []
     assert all(p.exists() for p in kept)
+
+
+def test_two_threads_of_one_process_are_kept_apart_too(tmp_path):
+    """The tab saves from gradio's worker threads: one thread's save waits for another's."""
+    import threading
+
+    folder = _dataset(tmp_path / "d", 2)
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with dataset_lock(folder):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(ForgeError, match="did not finish within"), dataset_lock(folder, wait=0.3):
+            pass
+    finally:
+        release.set()
+        t.join()
+    with dataset_lock(folder, wait=0.3):  # free again, and re-entrant within one thread
+        assert save_captions({folder / "00000.txt": "mine"}, folder, "test") is not None

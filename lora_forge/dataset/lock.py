@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,11 @@ _locks: dict[str, Any] = {}
 _locks_guard = threading.Lock()
 
 
-def _file_lock(root: Path) -> Any:
-    """One FileLock object per dataset in this process: re-entrant within a thread (a save inside
-    a locked CLI command), exclusive between threads (each thread holds its own OS lock)."""
+def _locks_for(root: Path) -> tuple[threading.RLock, Any]:
+    """(thread lock, file lock) of a dataset, one pair per process. The RLock keeps this process's
+    threads apart whatever filelock version the WebUI has (before 3.10 a FileLock was re-entrant
+    across threads); the FileLock keeps processes apart. Both re-enter within a thread (a save
+    inside a locked CLI command)."""
     from filelock import FileLock
 
     folder = root / STATE_DIR
@@ -51,7 +54,7 @@ def _file_lock(root: Path) -> Any:
     key = os.path.abspath(folder / LOCK_NAME)
     with _locks_guard:
         if key not in _locks:
-            _locks[key] = FileLock(key)
+            _locks[key] = (threading.RLock(), FileLock(key))
         return _locks[key]
 
 
@@ -70,24 +73,31 @@ def dataset_lock(root: str | os.PathLike[str], wait: float | None = None) -> Ite
     root = Path(root)
     if not root.is_dir():
         raise ForgeError("the dataset folder does not exist; check the path", path=root)
-    lock = _file_lock(root)
+    threads, lock = _locks_for(root)
     wait = default_wait() if wait is None else wait
+    busy = ForgeError(
+        f"another program or tab is saving this dataset and did not finish within {wait:g} s; "
+        "save again when it is done; nothing was saved",
+        path=root,
+    )
+    start = time.monotonic()
+    if not threads.acquire(timeout=wait):
+        raise busy
     try:
-        lock.acquire(timeout=wait)
-    except Timeout:
-        raise ForgeError(
-            f"another program or tab is saving this dataset and did not finish within {wait:g} s; "
-            "save again when it is done; nothing was saved",
-            path=root,
-        ) from None
-    except OSError as e:
-        raise ForgeError(f"cannot lock the dataset for writing ({e.strerror}); nothing was saved", path=root) from e
-    try:
-        if lock.lock_counter == 1:
-            remove_stray_temps(root)
-        yield
+        try:
+            lock.acquire(timeout=max(0.0, wait - (time.monotonic() - start)))
+        except Timeout:
+            raise busy from None
+        except OSError as e:
+            raise ForgeError(f"cannot lock the dataset for writing ({e.strerror}); nothing was saved", path=root) from e
+        try:
+            if lock.lock_counter == 1:
+                remove_stray_temps(root)
+            yield
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        threads.release()
 
 
 def tidy(root: str | os.PathLike[str]) -> int:
@@ -99,14 +109,22 @@ def tidy(root: str | os.PathLike[str]) -> int:
     if not (root / STATE_DIR).is_dir():
         return 0  # we never wrote here (every save creates it before its first temp file)
     try:
-        lock = _file_lock(root)
-        lock.acquire(timeout=0)
-    except (ForgeError, Timeout, OSError):
-        return 0  # read-only media, or a writer at work
+        threads, lock = _locks_for(root)
+    except ForgeError:
+        return 0  # read-only media
+    if not threads.acquire(blocking=False):
+        return 0  # a writer of this process at work
     try:
-        return remove_stray_temps(root) if lock.lock_counter == 1 else 0
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            return 0  # a writer elsewhere
+        try:
+            return remove_stray_temps(root) if lock.lock_counter == 1 else 0
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        threads.release()
 
 
 def remove_stray_temps(root: Path) -> int:
