@@ -152,3 +152,20 @@ def test_an_old_style_state_written_out_of_order_is_refused(run_dir):
     os.utime(folder / "lora.safetensors", ns=(later, later))
     with pytest.raises(state.TornState, match=r"lora\.safetensors was written after state\.json"):
         state.find_state(run_dir)
+
+
+def test_train_cli_refuses_to_resume_a_torn_state_with_exit_2(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    (run_dir / "state" / "optimizer.state").write_bytes(b"half written")
+    (tmp_path / "data").mkdir()
+    args = ["train", "--resume", str(run_dir), "--ckpt", str(tmp_path / "m.safetensors"), "--data"]
+    args += [str(tmp_path / "data"), "--name", "x", "--out", str(tmp_path / "out")]
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, "-m", "lora_forge", *args], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, r.stderr
+    assert "incomplete (optimizer.state is not the file state.json recorded" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
