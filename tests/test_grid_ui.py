@@ -61,6 +61,31 @@ def _blocks(ctx: Any) -> Any:
     return demo
 
 
+# What the user cannot see whole: the score table's header cells (the last is "Combined") and the
+# heat map, each checked against the page width and against every ancestor that clips its overflow.
+CLIPPED_JS = """() => {
+    const out = [];
+    const targets = [...document.querySelectorAll('#lora_forge_grid_scores thead th'),
+                     document.querySelector('#lora_forge_grid_heat img')].filter(Boolean);
+    for (const el of targets) {
+        const r = el.getBoundingClientRect();
+        const name = el.tagName === 'IMG' ? 'heat map' : el.innerText.trim();
+        if (r.width === 0) { out.push(name + ': not shown'); continue; }
+        if (r.right > document.documentElement.clientWidth + 1) out.push(name + ': past the page edge');
+        for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+            const st = getComputedStyle(a);
+            if (!/(hidden|auto|scroll|clip)/.test(st.overflowX + st.overflowY)) continue;
+            const b = a.getBoundingClientRect();
+            if (r.right > b.right + 1 || r.bottom > b.bottom + 1 || r.left < b.left - 1) {
+                out.push(name + ': clipped by ' + (a.id || a.className || a.tagName));
+                break;
+            }
+        }
+    }
+    return out;
+}"""
+
+
 def _type(page: Any, selector: str, value: str) -> None:
     page.fill(selector, value)
     page.press(selector, "Tab")
@@ -75,6 +100,7 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     tagger = build_test_model(tmp_path / "tagger")
     settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "data")
     ctx = UiContext(host=lambda: WebUIishHost(tiny_host, tmp_path / "Lora"), settings=lambda: settings)
+    page.set_viewport_size({"width": 1400, "height": 900})  # a laptop screen, where "Combined" was cut off
     page.goto(serve_blocks(_blocks(ctx)))
     wait_gradio(page)
     page.click("#lora_forge_grid_refresh")  # 🔄 lists the run folders under the Lora folder
@@ -102,6 +128,9 @@ def test_render_score_send_and_keep(page, serve_blocks, tiny_host, tmp_path):
     page.wait_for_selector("#lora_forge_grid_heat img")
     assert "Recommended:" in page.inner_text("#lora_forge_grid_advice")
     assert page.locator("#lora_forge_grid_scores tbody tr").count() == 4
+    page.screenshot(path=str(tmp_path / "grid-1400.png"), full_page=True)
+    clipped = page.evaluate(CLIPPED_JS)
+    assert clipped == [], f"cut off at 1400 px (screenshot {tmp_path / 'grid-1400.png'}): {clipped}"
     with page.expect_popup() as popup_info:
         page.click("#lora_forge_grid_full")
     popup = popup_info.value

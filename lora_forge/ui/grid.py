@@ -18,6 +18,7 @@ from lora_forge.ui.context import UiContext
 
 TITLE = "Test grid"
 HEADERS = ["Epoch", "Strength", "Fidelity", "Face", "Flexibility", "Combined"]
+SCORES_MIN_WIDTH = 780
 NO_RUN = "(type a folder below)"
 
 
@@ -151,11 +152,13 @@ def build(ctx: UiContext) -> GridHandles:
         go = gr.Button("Render grid", variant="primary", elem_id="lora_forge_grid_go")
         stop = gr.Button("Stop", elem_id="lora_forge_grid_stop")
     status = gr.Markdown("", elem_id="lora_forge_grid_status")
-    with gr.Row():
+    with gr.Row(elem_id="lora_forge_grid_results"):
         with gr.Column(scale=3):
             picture = gr.Image(label="Grid", type="pil", interactive=False, elem_id="lora_forge_grid_image")
             full = gr.Button("Open full size", elem_id="lora_forge_grid_full")
-        with gr.Column(scale=2):
+        # Below the grid when the two would not fit side by side (the score table needs ~760 px for
+        # its six columns; at 1400 px the WebUI left it ~530 and "Combined" was cut off).
+        with gr.Column(scale=2, min_width=SCORES_MIN_WIDTH):
             advice = gr.Markdown("", elem_id="lora_forge_grid_advice")
             table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="lora_forge_grid_scores")
             heat = gr.Image(label="Scores over the grid", type="pil", interactive=False, elem_id="lora_forge_grid_heat")
