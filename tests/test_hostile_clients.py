@@ -248,6 +248,13 @@ def test_every_path_input_is_refused_alike_whether_it_exists_or_not(
         ),
         (_fn(demo, "lora_forge_train_start", "lora_forge_dataset_dir"), "lora_forge_dataset_dir", "photos"),
     ]
+    cases.append(
+        (
+            _fn(demo, "lora_forge_editor_translations", "lora_forge_editor_translations"),
+            "lora_forge_editor_translations",
+            "notes.txt",
+        )
+    )
     for fn_index, elem_id, name in cases:
         values: dict[str, Any] = {"lora_forge_dataset_dir": str(world["datasets"] / "plain")}
         if elem_id == "lora_forge_grid_keep_file":
@@ -400,10 +407,28 @@ def test_api_holds_every_body_to_the_roots_whatever_its_content_type(world: dict
                 out.append(({}, "query", await client.get(f"{api.PREFIX}/train/runs/{q}")))
         return out
 
-    for body, ctype, r in run(calls()):
+    answers = run(calls())
+    for body, ctype, r in answers:
         assert 400 <= r.status_code < 500, (body, ctype, r.status_code, r.text)
         assert TOKEN not in r.text
     assert len(train_app.runs()) == runs_before
+
+    # an outside file that exists and one that does not: the same answer
+    async def probe() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return [
+                await client.post(
+                    f"{api.PREFIX}/train", json={"data_dir": plain, "config": {"network_weights": str(p)}}
+                )
+                for p in (outside / "model.safetensors", outside / "gone" / "model.safetensors")
+            ]
+
+    there, gone = run(probe())
+    assert there.status_code == gone.status_code == 400
+    assert there.json()["error"].replace(str(outside / "model.safetensors"), "P") == gone.json()["error"].replace(
+        str(outside / "gone" / "model.safetensors"), "P"
+    )
 
 
 def test_inside_the_webui_with_listen(world: dict[str, Any], tiny_host: Any, tmp_path: Path) -> None:
