@@ -493,3 +493,47 @@ def test_standalone_host_runs_through_the_same_registry(tiny_host, dataset):
     run_dir = tiny_host.lora_dir() / name
     assert (run_dir / f"{name}-000002.safetensors").is_file() and (run_dir / f"{name}.preview.png").is_file()
     assert weights_hash(tiny_host.sd_model()) == before
+
+
+def _nan_lora(sd_model, folder: Path, name: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from lora_forge.grid.testing import write_run
+    from lora_forge.lora.fileformat import read_metadata
+
+    (path,) = write_run(sd_model, folder, name=name, epochs=0, final=True, trigger=name)
+    tensors, meta = load_file(str(path)), read_metadata(path)
+    path.unlink()
+    save_file({k: v * float("nan") if k.endswith("lora_up.weight") else v for k, v in tensors.items()}, str(path), meta)
+    return path
+
+
+def test_loadback_verdict_follows_what_the_webui_renders(webui, monkeypatch):
+    """Issue 17: "gives NaN/inf outputs; do not use it" for a file that rendered finite in the WebUI.
+    NaN through the WebUI's own loader is a do-not-use verdict; NaN only in our probe is not."""
+    import contextlib
+
+    from modules import shared
+
+    from lora_forge.grid.testing import write_run
+    from lora_forge.host import webui_train
+
+    h = host()
+    sd_model = shared.sd_model
+    bad = _nan_lora(sd_model, h.lora_dir() / "lfbad", "lfbad")
+    verdict = webui_train.loadback_check(h, sd_model, bad, contextlib.nullcontext)
+    assert verdict.startswith("LOAD-BACK CHECK: lfbad.safetensors gives NaN/inf outputs through the WebUI's")
+
+    (good,) = write_run(sd_model, h.lora_dir() / "lfgood", name="lfgood", epochs=0, final=True, scale=0.15)
+    real_apply = type(sd_model).apply_model
+    calls = []
+
+    def probe_overflows(self, x, t, cond, *args, **kwargs):  # our live fp16 step overflowing, once
+        calls.append(1)
+        out = real_apply(self, x, t, cond, *args, **kwargs)
+        return out * float("inf") if len(calls) == 1 else out
+
+    monkeypatch.setattr(type(sd_model), "apply_model", probe_overflows)
+    verdict = webui_train.loadback_check(h, sd_model, good, contextlib.nullcontext)
+    assert "could not compare lfgood.safetensors" in verdict and "renders it finite" in verdict, verdict
+    assert "do not use it" not in verdict

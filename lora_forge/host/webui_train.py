@@ -274,8 +274,21 @@ def loadback_check(host: WebUIHost, sd_model: Any, path: Path, muted: Any) -> st
         raise
     except (ForgeError, RuntimeError, AssertionError, KeyError, ValueError) as e:
         return f"LOAD-BACK CHECK could not run on {path.name} (the WebUI's Lora loader or the model failed): {e}"
-    if not torch.isfinite(ours).all():
-        return f"LOAD-BACK CHECK: {path.name} gives NaN/inf outputs; do not use it"
+    # The verdict follows what the WebUI renders (its loader's output), not our probe alone: an fp16
+    # probe step can overflow in our live modules where the WebUI's merged weights render finite.
+    finite = {k: bool(torch.isfinite(v).all()) for k, v in (("base", base), ("theirs", theirs), ("ours", ours))}
+    if not finite["base"]:
+        return (
+            f"LOAD-BACK CHECK could not compare {path.name}: the model itself gives NaN/inf on the check's input "
+            f"in {_dtype_name(dtype)}; judge the file by a txt2img render"
+        )
+    if not finite["theirs"]:
+        return f"LOAD-BACK CHECK: {path.name} gives NaN/inf outputs through the WebUI's Lora loader; do not use it"
+    if not finite["ours"]:
+        return (
+            f"LOAD-BACK CHECK could not compare {path.name}: the WebUI's Lora loader renders it finite, but the "
+            f"trained modules gave NaN/inf on the check's input in {_dtype_name(dtype)}; judge it by a txt2img render"
+        )
     effect = float((ours - base).norm())
     if effect == 0:
         return f"LOAD-BACK CHECK: {path.name} changes nothing even in our own modules"
@@ -288,6 +301,10 @@ def loadback_check(host: WebUIHost, sd_model: Any, path: Path, muted: Any) -> st
             "the samples"
         )
     return ""
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 # -- HTTP API guard ------------------------------------------------------------------------------
