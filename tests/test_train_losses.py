@@ -14,6 +14,7 @@ noisy latents goes into the reference loss.
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -550,3 +551,60 @@ def test_a_noobai_style_sdxl_file_trains_v_pred_and_warns_about_its_ztsnr_marker
     meta = read_metadata(result.final_file)
     assert (meta["ss_base_model_version"], meta["modelspec.prediction_type"]) == ("sdxl_base_v1-0", "v")
     assert meta["ss_zero_terminal_snr"] == "False"
+
+
+def _noobai_files(tiny_sdxl_files, folder, v_yaml: bool):
+    """A copy of the tiny SDXL (optionally with its v-pred yaml) and the same file with NoobAI's `v_pred` /
+    `ztsnr` keys. The WebUI loads the marked file with strict=False; the stand-in's builder loads strictly
+    to prove the layout, so it gets the plain copy and `sd_checkpoint_info` names the marked one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_sdxl_files.checkpoint.parent, folder)
+    ckpt = folder / tiny_sdxl_files.checkpoint.name
+    marked = folder / "noobai-vpred.safetensors"
+    save_file({**load_file(str(ckpt)), "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))
+    yaml = ckpt.with_suffix(".yaml")
+    if v_yaml:
+        eps = VSCALING.replace("VScaling", "EpsScaling")
+        yaml.write_text(yaml.read_text(encoding="utf-8").replace(eps, VSCALING), encoding="utf-8")
+    return SimpleNamespace(checkpoint=ckpt, config=yaml), marked
+
+
+@pytest.mark.parametrize("v_yaml", [True, False], ids=["v-pred-yaml-and-ztsnr-setting", "no-yaml-default-schedule"])
+def test_in_the_webui_a_noobai_file_trains_as_the_webui_renders_it(tiny_sdxl_files, dataset, tmp_path, v_yaml):
+    """The stand-in WebUI with a NoobAI-style SDXL loaded: with the v-pred yaml and Settings → Noise schedule
+    = Zero Terminal SNR (the setup its users follow) the run trains v + ZTSNR with no warning; without them it
+    trains ε as the WebUI renders, and says what the file's markers ask for."""
+    from lora_forge.app.train import Runs
+    from lora_forge.lora.fileformat import read_metadata
+    from tests.sdxl_support import webui_sdxl_model
+    from tests.test_webui_train import host, start_stub
+
+    files, marked = _noobai_files(tiny_sdxl_files, tmp_path / "model", v_yaml)
+    model = webui_sdxl_model(files)
+    model.sd_checkpoint_info = SimpleNamespace(filename=str(marked))  # what load_model_weights sets
+    start_stub(tmp_path / "webui", model)
+    from modules import shared
+
+    shared.opts.data["sd_noise_schedule"] = "Zero Terminal SNR" if v_yaml else "Default"
+    try:
+        runs = Runs()
+        changes = {"resolution": "64", "min_bucket_reso": 64, "max_bucket_reso": 128, "num_repeats": 1,
+                   "max_train_steps": 2, "network_dim": 4, "network_alpha": 2.0, "conv_dim": 2, "conv_alpha": 2,
+                   "sample_every_n_steps": 0, "cache_latents_to_disk": False, "mixed_precision": "no"}  # fmt: skip
+        status = runs.wait(runs.start(host(), str(dataset), "custom", changes).id, timeout=600)
+    finally:
+        shared.opts.data.pop("sd_noise_schedule", None)
+        networks = sys.modules.get("networks")
+        if networks is not None:
+            networks.load_networks([])
+        shared.sd_model = None
+    assert status.state == "finished", status.error
+    meta = read_metadata(status.files[-1])
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert (meta["modelspec.prediction_type"], meta["ss_zero_terminal_snr"]) == (
+        ("v", "True") if v_yaml else ("epsilon", "False"))  # fmt: skip
+    marker_warnings = [w for w in status.warnings if "checkpoint is marked" in w]
+    assert len(marker_warnings) == (0 if v_yaml else 2), status.warnings
