@@ -66,3 +66,26 @@ def test_only_the_tests_install_chromium(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "chromium" in record.read_text()
+
+
+def test_the_first_run_says_one_line_while_it_builds_the_environment(tmp_path):
+    """pip's and the libraries' warnings go to a log; the user sees one line (issue 17: it was six)."""
+    fake_py = tmp_path / "python3"
+    # a Python whose venv's pip and python chatter on stderr, as the real ones do on a first run
+    fake_py.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [[ $1 == -m && $2 == venv ]]; then mkdir -p "$3/bin"\n'
+        "  for t in pip python; do\n"
+        '    printf \'#!/usr/bin/env bash\\necho "WARNING: noise from %s" >&2\\n\' $t > "$3/bin/$t"\n'
+        '  chmod +x "$3/bin/$t"; done; fi\n'
+    )
+    fake_py.chmod(0o755)
+    venv = tmp_path / "venv"
+    r = subprocess.run(
+        ["bash", str(ROOT / "tools" / "run.sh"), "true"],
+        cwd=tmp_path, env=_env(LORA_FORGE_VENV=str(venv), LORA_FORGE_PYTHON=str(fake_py)),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "first run only" in r.stderr, r.stderr
+    assert (venv / ".complete").is_file() and "noise from pip" in (tmp_path / "venv.log").read_text()
