@@ -211,3 +211,18 @@ def test_loss_falls_clearly_over_200_steps(tiny_sdxl_host, dataset, tmp_path):
     )  # fmt: skip
     first, last = np.mean(result.losses[:20]), np.mean(result.losses[-20:])
     assert last < 0.8 * first, (first, last)
+
+
+def test_a_run_the_card_cannot_hold_is_refused_before_anything_is_written(
+    tiny_sdxl_host, dataset, tmp_path, monkeypatch
+):
+    from lora_forge.errors import ForgeError
+    from lora_forge.train import fit
+
+    monkeypatch.setattr(fit, "capacity", lambda device: 6 * 1024**2)  # a 6 MB "card"
+    model = tiny_sdxl_host.sd_model()
+    before = state_hash(model)
+    with pytest.raises(ForgeError, match=r"needs about [\d.]+ GB of graphics memory but the card has 0.0 GB"):
+        run(tiny_sdxl_host, dataset, tmp_path / "out", max_train_steps=2)
+    assert state_hash(model) == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

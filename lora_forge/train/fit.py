@@ -1,0 +1,37 @@
+"""Refuse a run the card cannot hold, before the first step (issue 15's "cannot fit the card").
+
+The memory estimate (train/memory.py) is compared with the card's whole capacity, not with what is
+free right now: the WebUI's own model and caches are already part of what the estimate counts, and a
+run that cannot fit even an empty card would only spill into shared memory (the slow, silent failure
+users report most) or stop with an out-of-memory error minutes later. On the CPU there is no such
+limit to check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lora_forge.errors import ForgeError
+
+GIB = 1024**3
+
+
+def capacity(device: Any) -> int | None:
+    """Bytes the accelerator holds, or None when there is no fixed limit (CPU)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def check_fits(needed: int, device: Any) -> None:
+    """ForgeError naming both sizes and what lowers the need, when `needed` bytes exceed the card."""
+    have = capacity(device)
+    if have is None or needed <= have:
+        return
+    raise ForgeError(
+        f"this run needs about {needed / GIB:.1f} GB of graphics memory but the card has {have / GIB:.1f} GB; "
+        "lower the resolution or batch size, turn on gradient checkpointing, train the UNet only with cached "
+        "text-encoder outputs, or use FP8 base weights"
+    )
