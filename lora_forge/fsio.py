@@ -119,3 +119,18 @@ def is_within(child: str | os.PathLike[str], parent: str | os.PathLike[str]) -> 
     c = Path(child).resolve()
     p = Path(parent).resolve()
     return c == p or p in c.parents
+
+
+def display_name(text: str) -> str:
+    """A name as a person reads it. A file name that is not UTF-8 (GBK, from a Chinese Windows
+    copy) reaches Python on Linux as surrogate escapes, which no JSON or console can print; its
+    bytes are decoded as GB18030 instead (backslash escapes when even that fails)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+    try:
+        return raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")

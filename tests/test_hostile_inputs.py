@@ -145,6 +145,19 @@ def test_training_scan_lists_each_picture_once_past_pipes_and_links(tmp_path):
     assert names == sorted(["ok.jpg", "a" * 250 + ".jpg", os.fsdecode(GBK_STEM + b".jpg")])  # "self" not again
 
 
+def test_a_lora_whose_dataset_folder_has_a_gbk_name_still_saves(tmp_path):
+    """Folder names go into the kohya metadata (ss_dataset_dirs, ss_tag_frequency); a GBK one used
+    to make the first LoRA save fail after the epoch's training was done."""
+    import torch
+
+    from lora_forge.lora.fileformat import read_metadata, save_lora
+
+    folder = os.fsdecode(b"10_" + GBK_STEM)  # how Linux hands us the name
+    meta = {"ss_dataset_dirs": json.dumps({folder: {"n_repeats": 10, "img_count": 3}}, ensure_ascii=False)}
+    path = save_lora(tmp_path / "x.safetensors", {"lora_unet_a.lora_down.weight": torch.zeros(2, 4)}, meta)
+    assert "10_你好" in read_metadata(path)["ss_dataset_dirs"]
+
+
 def _peak_rss_mb(code: str) -> float:
     """Peak resident memory of a fresh Python running `code` (MB)."""
     probe = code + "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

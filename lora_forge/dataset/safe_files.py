@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge.errors import ForgeError
+from lora_forge.fsio import display_name  # noqa: F401 (re-exported: ingest and names use it from here)
 
 # What zipfile raises for a damaged member: bad CRC, bad deflate stream, cut short, odd method.
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
@@ -58,21 +59,6 @@ def open_regular(path: Path, label: str | None = None) -> Any:
         os.close(fd)
         raise ForgeError("not a regular file (a named pipe, socket or device); skipped", path=label or path)
     return os.fdopen(fd, "rb")
-
-
-def display_name(text: str) -> str:
-    """A name as a person reads it. A file name that is not UTF-8 (GBK, from a Chinese Windows
-    copy) reaches Python on Linux as surrogate escapes, which no JSON or console can print; its
-    bytes are decoded as GB18030 instead (backslash escapes when even that fails)."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        raw = os.fsencode(text)
-    try:
-        return raw.decode("gb18030")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace")
 
 
 def file_problem(path: Path) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_forge.errors import ForgeError
-from lora_forge.fsio import atomic_write_bytes
+from lora_forge.fsio import atomic_write_bytes, display_name
 from lora_forge.lora.loader import LORA_PARTS
 
 if TYPE_CHECKING:
@@ -198,6 +198,9 @@ def save_lora(path: str | os.PathLike[str], state_dict: Mapping[str, Any], metad
     for k, v in metadata.items():
         if not isinstance(v, str):
             raise TypeError(f"metadata values must be strings: {k}={v!r}")
+    # a dataset folder or caption with a non-UTF-8 (GBK) name reaches us as surrogate escapes, which
+    # no safetensors header can hold: kept as its maker reads it instead of failing the save
+    metadata = {k: display_name(v) for k, v in metadata.items()}
     # kohya hashes a serialization with the ss_* keys only; the data region does not depend on the
     # header, so its hash is the final file's, while the legacy hash (bytes at 1 MiB) is kohya's quirk.
     first = safetensors.torch.save(
