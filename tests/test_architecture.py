@@ -139,3 +139,15 @@ def test_the_run_folder_layout_is_spelled_once():
                 spelled[node.value].append(str(path.relative_to(PACKAGE)))
     assert spelled["config.toml"] == ["rundir.py"], spelled
     assert all(places == ["rundir.py"] for places in spelled.values()), dict(spelled)
+
+
+def test_no_code_asks_a_host_its_name():
+    """What differs between hosts is a Host method (host/base.py), not a check of which host it is."""
+    asked = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "host":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in ("webui", "standalone"):
+                asked.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not asked, asked
