@@ -22,7 +22,8 @@ from typing import Any
 
 from lora_forge.errors import ForgeError, RenderFailed
 from lora_forge.events import Progress, ProgressFn, no_progress
-from lora_forge.host.base import Host, RenderRequest, TrainingContext
+from lora_forge.host.base import Host, RenderRequest
+from lora_forge.host.webui_train import WebUITraining
 from lora_forge.settings import Settings
 
 SETTINGS_SECTION = ("lora_forge", "LoRA Forge")
@@ -176,7 +177,7 @@ def _file_digest(path: Path) -> str:
 _lock_owner: dict[str, int] = {}
 
 
-class WebUIHost(Host):
+class WebUIHost(WebUITraining, Host):
     name = "webui"
     status_note = ""  # kept after every status text, e.g. a failed load-back check until the run ends
 
@@ -293,47 +294,10 @@ class WebUIHost(Host):
         if event.image is not None:
             state.assign_current_image(event.image)
 
-    # -- training (host/webui_train.py) ------------------------------------------------------
-
-    def training_refusal(self, sd_model: Any) -> str | None:
-        from lora_forge.host import webui_train
-
-        return webui_train.training_refusal(sd_model)
-
-    def training_defaults(self) -> dict[str, Any]:
-        from lora_forge.host import webui_train
-
-        return {"clip_skip": webui_train.clip_skip()}
-
     def training_overrides(self) -> dict[str, Any]:
         from lora_forge.host import webui_train
 
         return webui_train.medvram_overrides()
-
-    def sample_prompts(self, prompts: list[str]) -> list[str] | None:
-        from lora_forge.host.webui_train import escape_prompt
-
-        return [escape_prompt(p) for p in prompts]  # tag text, not prompt syntax
-
-    def training(self, name: str, progress: ProgressFn) -> contextlib.AbstractContextManager[TrainingContext]:
-        from lora_forge.host import webui_train
-
-        return webui_train.training(self, name, progress)
-
-    def loadback_check(self, sd_model: Any, path: Path, muted: Any) -> str:
-        from lora_forge.host import webui_train
-
-        return webui_train.loadback_check(self, sd_model, path, muted)
-
-    def api_enabled(self) -> bool:
-        from lora_forge.host import webui_train
-
-        return webui_train.api_enabled()
-
-    def api_access(self, user: str | None, password: str | None) -> bool:
-        from lora_forge.host import webui_train
-
-        return webui_train.check_api_access(user, password)
 
     def txt2img(self, requests: Sequence[RenderRequest], progress: ProgressFn = no_progress) -> list[Any]:
         """One process_images per group of requests alike but for the seed (the Lora extension reads

@@ -97,6 +97,32 @@ def medvram_overrides() -> dict[str, Any]:
     return {"cache_latents": True, "cache_text_encoder_outputs": True, "network_train_unet_only": True}
 
 
+class WebUITraining:
+    """WebUIHost's answers for training and for our HTTP routes (host/base.py's hooks), mixed into
+    WebUIHost: they live beside what they call."""
+
+    def training_refusal(self, sd_model: Any) -> str | None:
+        return training_refusal(sd_model)
+
+    def training_defaults(self) -> dict[str, Any]:
+        return {"clip_skip": clip_skip()}
+
+    def sample_prompts(self, prompts: list[str]) -> list[str] | None:
+        return [escape_prompt(p) for p in prompts]  # tag text, not prompt syntax
+
+    def training(self, name: str, progress: ProgressFn) -> contextlib.AbstractContextManager[TrainingContext]:
+        return training(self, name, progress)  # type: ignore[arg-type]  # self is the WebUIHost
+
+    def loadback_check(self, sd_model: Any, path: Path, muted: Any) -> str:
+        return loadback_check(self, sd_model, path, muted)  # type: ignore[arg-type]
+
+    def api_enabled(self) -> bool:
+        return api_enabled()
+
+    def api_access(self, user: str | None, password: str | None) -> bool:
+        return check_api_access(user, password)
+
+
 # -- the pristine model --------------------------------------------------------------------------
 
 
