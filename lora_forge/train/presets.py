@@ -42,9 +42,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_forge.errors import ForgeError
+
+if TYPE_CHECKING:
+    from lora_forge.host.base import Host
 from lora_forge.train.config import TrainConfig
 
 
@@ -132,7 +135,7 @@ def preset_config(
     return TrainConfig.from_dict(overrides or {}, base=base)
 
 
-def loaded_family(host: Any) -> tuple[str, str]:
+def loaded_family(host: Host) -> tuple[str, str]:
     """(family, device type) of the model the host holds, ("", "") when none is loaded."""
     from lora_forge.model.family import model_family
 
@@ -142,7 +145,7 @@ def loaded_family(host: Any) -> tuple[str, str]:
         return "", ""
 
 
-def model_preset_config(preset: str, host: Any, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def model_preset_config(preset: str, host: Host, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """`preset_config` for the model the host has loaded: what the Train section shows and
     starts with (SDXL values when an SDXL-family model is loaded)."""
     family, device_type = loaded_family(host)

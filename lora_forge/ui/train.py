@@ -51,7 +51,7 @@ ADVANCED_FIELDS = [
 ]
 
 
-def _preset_values(preset: str, host: Any = None) -> list[Any]:
+def _preset_values(preset: str, host: Host | None = None) -> list[Any]:
     """The fields' values for a preset, for the model `host` has loaded (SDXL values for SDXL)."""
     from lora_forge.train.presets import model_preset_config, preset_config
 
