@@ -20,8 +20,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_forge import fsio
-from lora_forge.dataset.safe_files import Archive, display_name, file_problem, is_file, open_regular
+from lora_forge.dataset.safe_files import Archive, file_problem, is_file, open_regular
 from lora_forge.errors import ForgeError
+from lora_forge.fsio import display_name
 
 # Our own pixel limit, checked from the header before decoding. It equals Pillow's default warning
 # threshold, so Pillow never warns about an image we accept; we never touch Image.MAX_IMAGE_PIXELS

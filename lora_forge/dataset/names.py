@@ -14,7 +14,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from lora_forge.dataset.manifest import FACE_SUFFIX
-from lora_forge.dataset.safe_files import display_name
+from lora_forge.fsio import display_name
 
 MAX_STEM_BYTES = 150
 _BAD_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')

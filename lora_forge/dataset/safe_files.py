@@ -2,7 +2,8 @@
 
 - only regular files are opened: a named pipe would block a batch for ever, a device never end;
 - a zip is opened once per batch (`Archive`), not once per member;
-- a file name that is not UTF-8 (GBK from a Chinese Windows) is shown as its maker reads it.
+- a looping link or a pipe found while scanning gets its own reason (`file_problem`).
+(A file name that is not UTF-8 is shown as its maker reads it by fsio.display_name.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge.errors import ForgeError
-from lora_forge.fsio import display_name  # noqa: F401 (re-exported: ingest and names use it from here)
 
 # What zipfile raises for a damaged member: bad CRC, bad deflate stream, cut short, odd method.
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
