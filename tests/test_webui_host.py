@@ -453,3 +453,18 @@ def test_the_tab_inside_a_webui_page(webui, serve_blocks, page) -> None:
     assert page.locator("#tab_lora_forge #lora_forge").is_visible()
     assert page.locator("#lora_forge_dataset_dir textarea").is_visible()
     assert js_errors(page) == []
+
+
+def test_building_the_tab_sets_up_no_page_of_its_own(webui) -> None:
+    """gradio makes a config and a FastAPI app at the end of every top-level Blocks; the WebUI only
+    renders our tab into its page, so that work (the largest part of building the tab) is skipped,
+    and gradio is left as it was for everything else (issue 17, start-up share)."""
+    import gradio as gr
+
+    from lora_forge import extension
+
+    ((blocks, _title, _id),) = extension.on_ui_tabs()
+    assert blocks.app is None and blocks.config == {}
+    with gr.Blocks(analytics_enabled=False) as other:
+        gr.Textbox()
+    assert other.app is not None and other.config["components"]

@@ -113,6 +113,7 @@ def build_app(
 
     from lora_forge.ui import tab
     from lora_forge.ui.context import UiContext
+    from lora_forge.ui.subblocks import rendered_elsewhere
     from lora_forge.ui.translate import localize_components, page_localization_js
     from lora_forge.uploads import UploadLedger
 
@@ -124,7 +125,8 @@ def build_app(
         paths=standalone_policy(settings, listen, ckpt, lora_dir, uploads),
         language=(lambda: language) if language else i18n.env_language,
     )
-    tab_blocks = tab.build(ctx)
+    with rendered_elsewhere():  # rendered into the page below, which gradio sets up when it launches
+        tab_blocks = tab.build(ctx)
     # the WebUI translates the tab's own words in the browser; our page does it here, once, and
     # the choices (values the handlers read) in the browser as the WebUI does
     localize_components(tab_blocks, i18n.translator(ctx.language()))
