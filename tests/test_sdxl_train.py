@@ -4,6 +4,7 @@ from each image's real sizes, safe latents, kohya SDXL files the WebUI's Lora lo
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -226,3 +227,28 @@ def test_a_run_the_card_cannot_hold_is_refused_before_anything_is_written(
         run(tiny_sdxl_host, dataset, tmp_path / "out", max_train_steps=2)
     assert state_hash(model) == before
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_clip_skip_moves_only_clip_l_and_only_past_sgms_own_layer(tiny_sdxl_host):
+    from lora_forge.model.encode_sdxl import SdxlTextEncoder
+
+    model = tiny_sdxl_host.sd_model()
+    with torch.no_grad():
+        one, two, three = (SdxlTextEncoder(model, skip)(["zkw, red square"]) for skip in (1, 2, 3))
+    assert torch.equal(one["crossattn"], two["crossattn"])  # sgm's CLIP-L layer is already the penultimate
+    assert not torch.equal(one["crossattn"][..., :32], three["crossattn"][..., :32])
+    assert torch.equal(one["crossattn"][..., 32:], three["crossattn"][..., 32:])  # bigG: always penultimate
+    assert torch.equal(one["pooled"], three["pooled"])
+
+
+def test_cli_trains_on_an_sdxl_checkpoint_headless(tiny_sdxl_files, dataset, tmp_path, capsys):
+    from lora_forge.cli import main
+
+    args = ["train", "--ckpt", str(tiny_sdxl_files.checkpoint), "--data", str(dataset), "--name", "xl", "--out",
+            str(tmp_path), "--trigger", "zkw", "--json"]  # fmt: skip
+    sets = [f"{k}={v}" for k, v in {**FAST, "max_train_steps": 2}.items()]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from lora_forge.lora.fileformat import read_metadata
+
+    assert out["steps"] == 2 and read_metadata(Path(out["final"]))["ss_base_model_version"] == "sdxl_base_v1-0"

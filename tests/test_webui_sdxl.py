@@ -140,3 +140,18 @@ def test_refiner_inpainting_and_medvram_sdxl_are_refused_before_anything_changes
     monkeypatch.undo()
     assert runs.list() == []
     assert snapshot()[0] == before[0]
+
+
+def test_clip_skip_reaches_sdxl_only_through_the_webuis_sdxl_option(webui):
+    from modules import shared
+
+    from lora_forge.host.webui_train import clip_skip
+
+    shared.opts.data["CLIP_stop_at_last_layers"] = 3
+    try:
+        assert clip_skip() == 1  # the WebUI renders SDXL with sgm's CLIP-L layer whatever Clip skip says
+        shared.opts.data["sdxl_clip_l_skip"] = True
+        assert clip_skip() == 3
+    finally:
+        shared.opts.data.pop("CLIP_stop_at_last_layers")
+        shared.opts.data.pop("sdxl_clip_l_skip", None)

@@ -46,10 +46,17 @@ def escape_prompt(text: str) -> str:
 
 
 def clip_skip() -> int:
-    """The user's "Clip skip" setting (Settings → Stable Diffusion)."""
+    """The user's "Clip skip" setting (Settings → Stable Diffusion), as the loaded model renders with it.
+
+    SDXL ignores it unless "Clip skip applies to SDXL CLIP-L" (`sdxl_clip_l_skip`) is on; then 1 —
+    sgm's own CLIP-L layer, see model/encode_sdxl.py — is what the WebUI uses.
+    """
     from modules import shared
 
-    return max(1, int(shared.opts.data.get("CLIP_stop_at_last_layers", 1) or 1))
+    skip = max(1, int(shared.opts.data.get("CLIP_stop_at_last_layers", 1) or 1))
+    if getattr(shared.sd_model, "is_sdxl", False) and not shared.opts.data.get("sdxl_clip_l_skip", False):
+        return 1
+    return skip
 
 
 def training_refusal(sd_model: Any) -> str | None:

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "keys for --set KEY=VALUE (and config files), with their types and defaults:\n" + describe_keys()
 
-    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file (.safetensors / .ckpt), SD1.x or SD2.x")
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint (.safetensors/.ckpt): SD1, SD2 or SDXL base")
     p.add_argument("--vae", type=Path, help="a separate VAE file to encode the images with")
     p.add_argument("--clip-folder", type=Path, help="CLIP tokenizer/config folder when not in the HF cache")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (images + .txt captions, N_name folders)")
