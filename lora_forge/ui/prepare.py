@@ -38,16 +38,23 @@ def _paths_from_text(text: str) -> list[str]:
 
 
 def _stage_uploads(files: Any, out: Path) -> Path | None:
-    """Copy the uploaded files (with the names the user dropped) into the dataset's uploads folder."""
+    """Move the uploaded files (with the names the user dropped) into the dataset's uploads folder:
+    an upload (uploads.UploadedFile) is ours and removed after this handler anyway, so a 2 GB zip
+    is renamed, not copied a second time (copied only across drives); plain paths are copied."""
     from lora_forge.dataset.captions import STATE_DIR
+    from lora_forge.uploads import UploadedFile
 
-    uploads = [Path(str(getattr(f, "name", f))) for f in files or [] if getattr(f, "name", f)]
-    if not uploads:
+    items = [f for f in files or [] if getattr(f, "name", f)]
+    if not items:
         return None
     folder = out / STATE_DIR / "uploads" / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
-    for p in uploads:
-        shutil.copyfile(p, folder / p.name)  # gradio 3.41 keeps the dropped name as the temp file's name
+    for f in items:
+        p = Path(str(getattr(f, "name", f)))  # gradio 3.41 keeps the dropped name as the temp file's name
+        if isinstance(f, UploadedFile):
+            shutil.move(p, folder / p.name)
+        else:
+            shutil.copyfile(p, folder / p.name)
     return folder
 
 
