@@ -51,3 +51,18 @@ def test_the_inspector_reads_the_sdxl_checkpoint_and_its_lora(tiny_sdxl_files, s
     assert ckpt.details["family"] == "sdxl" and "SDXL" in ckpt.title
     lora = inspect_file(sdxl_run / "lfgrid.safetensors")
     assert lora.error is None and lora.kind == "lora" and lora.details["base"] == "sdxl"
+
+
+def test_grid_renders_at_the_size_the_run_trained_at_unless_given(tiny_sdxl_host, sdxl_run, tmp_path):
+    from lora_forge.grid.plan import parse_size
+
+    model = tiny_sdxl_host.sd_model()
+    plan = make_plan(sdxl_run, "1", size=None, sd_model=model)
+    assert (plan.width, plan.height) == (64, 64)  # the files' ss_resolution
+    (sdxl_run / "config.toml").write_text('resolution = "128,96"\n', encoding="utf-8")
+    try:
+        auto = make_plan(sdxl_run, "1", size=parse_size("auto"), sd_model=model)
+        assert (auto.width, auto.height) == (128, 96)
+    finally:
+        (sdxl_run / "config.toml").unlink()
+    assert make_plan(sdxl_run, "1", size=(80, 80), sd_model=model).width == 80

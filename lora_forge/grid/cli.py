@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default 7)")
     p.add_argument("--sampler", default="Euler a", help="Euler a, Euler or DDIM")
-    p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT (default 512x512)")
+    p.add_argument("--size", default="auto", help="WIDTHxHEIGHT (default: the size the run trained at)")
     p.add_argument("--out", type=Path, required=True, help="grid PNG to write (a fresh name if it exists)")
     p.add_argument("--scores", action="store_true", help="score the cells and recommend an epoch and strength")
     p.add_argument("--tagger", default="", help="WD14 model name or folder for --scores (default: the tagger default)")

@@ -460,7 +460,7 @@ def make_plan(
     seed: int = 1234,
     steps: int = 20,
     cfg_scale: float = 7.0,
-    size: tuple[int, int] = (512, 512),
+    size: tuple[int, int] | None = (512, 512),
     sampler: str = "Euler a",
     sd_model: Any = None,
     max_megapixels: float = MAX_MEGAPIXELS,
@@ -468,10 +468,11 @@ def make_plan(
     """Everything checked: files of one run, the model's family, strengths, size, the prompt.
 
     `prompt=None` means the default: quality tags and the run's generalisation probe; the trigger
-    word is put in front of whatever prompt is used.
+    word is put in front of whatever prompt is used. `size=None` renders at the size the run trained
+    at (its config.toml or the files' `ss_resolution`), else at the loaded family's native size.
     """
     values = parse_strengths(strengths)
-    width, height = size
+    width, height = size or _trained_size(sources, sd_model)
     if width % 8 or height % 8 or width < 64 or height < 64:
         raise ForgeError(f"image size {width}x{height}: width and height must be multiples of 8, at least 64")
     if steps < 1 or steps > 150:
@@ -504,7 +505,39 @@ def make_plan(
     return plan
 
 
-def parse_size(text: str) -> tuple[int, int]:
+NATIVE_SIZE = {"sdxl": 1024, "sd2": 768, "sd1": 512}
+
+
+def _trained_size(sources: list[Path] | Path, sd_model: Any) -> tuple[int, int]:
+    """The run's training resolution (an SDXL run: 1024), else the model's native size, else 512²."""
+    first = Path(sources[0] if isinstance(sources, list) and sources else sources)
+    folder = first if first.is_dir() else first.parent
+    resolution = run_config(folder).get("resolution")
+    if resolution:
+        try:
+            from lora_forge.train.config import parse_resolution
+
+            return parse_resolution(str(resolution))
+        except (ForgeError, ValueError):
+            pass
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        meta = _lora_info(path)[2]  # kohya's "(w, h)" or modelspec's "wxh"
+        text = meta.get("ss_resolution") or meta.get("modelspec.resolution") or ""
+        m = re.fullmatch(r"\(?\s*(\d+)\s*[,x]\s*(\d+)\s*\)?", text)
+        if m:
+            return int(m[1]), int(m[2])
+    if sd_model is not None:
+        from lora_forge.model.family import base_family, model_family
+
+        side = NATIVE_SIZE.get(base_family(model_family(sd_model)), 512)
+        return side, side
+    return 512, 512
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """WIDTHxHEIGHT, one number for a square, or "auto"/"" (None: the size the run trained at)."""
+    if (text or "").strip().lower() in ("", "auto"):
+        return None
     m = re.fullmatch(r"\s*(\d+)\s*[x×*,]\s*(\d+)\s*", text or "")
     if m is None:
         m2 = re.fullmatch(r"\s*(\d+)\s*", text or "")

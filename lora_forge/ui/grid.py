@@ -142,8 +142,9 @@ def build(ctx: UiContext) -> GridHandles:
         seed = gr.Number(1234, label="Seed", precision=0, elem_id="lora_forge_grid_seed")
         steps = gr.Number(20, label="Steps", precision=0, elem_id="lora_forge_grid_steps")
         cfg = gr.Number(7.0, label="CFG scale", elem_id="lora_forge_grid_cfg")
-        width = gr.Number(512, label="Width", precision=0, elem_id="lora_forge_grid_width")
-        height = gr.Number(512, label="Height", precision=0, elem_id="lora_forge_grid_height")
+        # 0 = the size the run trained at (an SDXL run renders at 1024, as its samples did)
+        width = gr.Number(0, label="Width", precision=0, elem_id="lora_forge_grid_width")
+        height = gr.Number(0, label="Height", precision=0, elem_id="lora_forge_grid_height")
         sampler = gr.Textbox("Euler a", label="Sampler", elem_id="lora_forge_grid_sampler")
     with gr.Row():
         score = gr.Checkbox(True, label="Score the cells (WD14 tagger)", elem_id="lora_forge_grid_score")
@@ -195,7 +196,7 @@ def build(ctx: UiContext) -> GridHandles:
             "seed": int(seed_v or 0),
             "steps": int(steps_v or 20),
             "cfg_scale": float(cfg_v or 7),
-            "size": (int(w_v or 512), int(h_v or 512)),
+            "size": (int(w_v), int(h_v)) if w_v and h_v else None,
             "sampler": (sampler_v or "Euler a").strip(),
         }
         tagger = (tagger_v or registry.DEFAULT_MODEL).strip().strip('"') if score_v else ""
