@@ -75,6 +75,10 @@ def test_local_server_allows_any_path_but_limits_uploads(tmp_path):
     assert not big.exists() and not big.parent.exists()  # a refused upload is removed
     with pytest.raises(ForgeError, match="uploaded with this request"):
         uploads.accept(policy, {"name": "/etc/hostname", "is_file": True})
+    # any other upload-carrying input (a Gallery, a Video…): every is_file entry, however nested
+    uploads.check_payload(policy, [[{"name": "x.png", "data": "data:image/png;base64,AAAA", "is_file": False}, "cap"]])
+    with pytest.raises(ForgeError, match="uploaded with this request"):
+        uploads.check_payload(policy, [[{"name": "/etc/hostname", "data": None, "is_file": True}, "caption"]])
     with pytest.raises(ForgeError, match="limit is"):  # base64 is measured before it is decoded
         uploads.accept(policy, {"name": "x.zip", "data": "data:application/zip;base64," + "A" * 4000})
 
