@@ -12,7 +12,8 @@ import pytest
 
 from lora_forge import cli
 from lora_forge.errors import ForgeError
-from lora_forge.grid.plan import check_size, collect_files, make_plan, parse_size, parse_strengths
+from lora_forge.grid.plan import collect_files, make_plan, parse_strengths
+from lora_forge.grid.size import check_size, parse_size
 from lora_forge.grid.testing import write_run
 
 

@@ -54,7 +54,7 @@ def test_the_inspector_reads_the_sdxl_checkpoint_and_its_lora(tiny_sdxl_files, s
 
 
 def test_grid_renders_at_the_size_the_run_trained_at_unless_given(tiny_sdxl_host, sdxl_run, tmp_path):
-    from lora_forge.grid.plan import parse_size
+    from lora_forge.grid.size import parse_size
 
     model = tiny_sdxl_host.sd_model()
     plan = make_plan(sdxl_run, "1", size=None, sd_model=model)

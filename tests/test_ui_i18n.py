@@ -47,6 +47,7 @@ DISPLAY_MODULES = [
     "tagger/batch.py",
     "train/presets.py",
     "grid/plan.py",
+    "grid/size.py",
     "host/webui_train.py",
 ]
 # two words with a space between, or a label such as "Error:" / "**Failed:**"

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from lora_forge.events import cli_progress
     from lora_forge.grid import assemble
     from lora_forge.grid.job import make_grid
-    from lora_forge.grid.plan import make_plan, parse_size
+    from lora_forge.grid.plan import make_plan
+    from lora_forge.grid.size import parse_size
     from lora_forge.settings import Settings
 
     size = parse_size(args.size)
