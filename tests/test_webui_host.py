@@ -468,3 +468,49 @@ def test_building_the_tab_sets_up_no_page_of_its_own(webui) -> None:
     with gr.Blocks(analytics_enabled=False) as other:
         gr.Textbox()
     assert other.app is not None and other.config["components"]
+
+
+@pytest.mark.browser
+def test_our_words_in_the_browser_change_our_tab_only(webui, serve_blocks, page) -> None:
+    """Inside the WebUI in zh_CN, javascript/lora_forge_l10n.js translates what the build could not
+    (table headers, dropdown entries) below #lora_forge, and nothing of the WebUI's own page."""
+    import gradio as gr
+    from modules import shared
+
+    from tests.browser import js_errors, wait_gradio
+
+    zh = json.loads((ROOT / "localizations" / "zh_CN.json").read_text(encoding="utf-8"))
+    shared.opts.data["localization"] = "zh_CN"
+    try:
+        tabs = webui.build_ui()
+    finally:
+        shared.opts.data["localization"] = "None"
+    with gr.Blocks(analytics_enabled=False) as demo, gr.Tabs(elem_id="tabs"):
+        with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):  # the WebUI's own words
+            gr.Number(512, label="Width", elem_id="txt2img_width")
+        with gr.TabItem("Train", id="train", elem_id="tab_train"):
+            gr.Markdown("Train")
+        for blocks, title, elem_id in tabs:
+            with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                blocks.render()
+    page.goto(serve_blocks(demo))
+    wait_gradio(page)
+    # what the WebUI's page has: its settings in `opts`, onUiLoaded/onUiUpdate, our script by file= URL
+    page.evaluate(
+        """(src) => {
+            window.opts = {localization: "zh_CN"};
+            window.onUiLoaded = (f) => setTimeout(f, 0);
+            window.onUiUpdate = (f) => new MutationObserver(f).observe(document.body, {childList: true, subtree: true});
+            document.head.appendChild(Object.assign(document.createElement("script"), {src}));
+        }""",
+        f"file={ROOT / 'javascript' / 'lora_forge_l10n.js'}",
+    )
+    page.wait_for_function(
+        "(word) => [...document.querySelectorAll('#lora_forge_grid_scores thead th')]"
+        ".some(t => t.innerText.includes(word))",
+        arg=zh["Epoch"],
+        timeout=30000,
+    )
+    assert page.locator("#tabs button", has_text="Train").count() == 1  # the WebUI's Train tab stays English
+    assert page.inner_text("#txt2img_width label").strip().startswith("Width")
+    assert js_errors(page) == []
