@@ -50,7 +50,8 @@
         var lang = language();
         if (!lang || !script) return;
         // beside this file: <extension>/javascript/… → <extension>/localizations/<lang>.json
-        var url = script.replace(/javascript\/lora_forge_l10n\.js.*$/, "localizations/" + lang + ".json");
+        // (a Windows WebUI may write the path with backslashes, encoded or not)
+        var url = script.replace(/javascript(\/|\\|%5C)lora_forge_l10n\.js.*$/i, "localizations$1" + lang + ".json");
         fetch(url)
             .then(function (r) {
                 return r.ok ? r.json() : null;
