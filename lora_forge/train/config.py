@@ -16,7 +16,7 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy")
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # kohya says "float", our file format "fp32"
@@ -79,6 +79,8 @@ class TrainConfig:
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = True
     sdpa: bool = True
+    fp8_base: bool = False  # frozen Linear/Conv weights stored as float8_e4m3fn, upcast per layer (model/fp8.py)
+    fused_backward_pass: bool = False  # Adafactor steps each tensor in backward, its grad freed at once
     # loss
     noise_offset: float = 0.0
     min_snr_gamma: float = 5.0
@@ -172,6 +174,15 @@ class TrainConfig:
             _check(self.unet_learning_rate < 0.1, "unet_lr", "is far too high for LoRA (typical: 1e-4)")
         _check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must not be negative")
         _check(self.lr_scheduler_num_cycles >= 1, "lr_scheduler_num_cycles", "must be at least 1")
+        if self.fused_backward_pass:
+            key = "fused_backward_pass"
+            _check(self.optimizer_type == "Adafactor", key, "works with optimizer_type Adafactor only")
+            no_accumulation = "steps inside backward, so it cannot accumulate (set gradient_accumulation_steps 1)"
+            _check(self.gradient_accumulation_steps == 1, key, no_accumulation)
+            _check(self.mixed_precision != "fp16", key, "cannot use fp16's loss scaling (use bf16)")
+        if self.fp8_base:
+            _check(self.mixed_precision != "no", "fp8_base",
+                   "needs mixed_precision bf16 or fp16 (FP8 weights are upcast per layer)")  # fmt: skip
         _check(self.max_grad_norm >= 0, "max_grad_norm", "must not be negative (0 turns clipping off)")
         _check(0 <= self.noise_offset < 1, "noise_offset", "must be in [0, 1) (0.05-0.1 is usual)")
         _check(self.min_snr_gamma >= 0, "min_snr_gamma", "must not be negative (0 turns it off, 5 is usual)")

@@ -18,7 +18,8 @@ attention need lora/'s general path, and the session falls back to it for them.
 
 Parameters are also moved into one flat buffer per optimizer group (views keep each module's
 tensors where they were), so AdamW and gradient clipping run as a handful of operations instead of
-a dozen per LoRA tensor.
+a dozen per LoRA tensor; optimizers that need each tensor's own shape keep them apart (`flat=False`).
+Frozen FP8 weights (model/fp8.py) are upcast inside each op and never merged back into FP8.
 """
 
 from __future__ import annotations
@@ -46,41 +47,52 @@ class FastLora:
     into one gradient per group. AdamW and clipping then run on a handful of tensors.
     """
 
-    def __init__(self, network: Any, groups: list[dict[str, Any]], passes: int) -> None:
+    def __init__(self, network: Any, groups: list[dict[str, Any]], passes: int, flat: bool = True) -> None:
+        """`flat=False` keeps the network's own tensors as the trained parameters (one cast each per
+        step): optimizers whose update depends on each tensor's shape (Adafactor's factored second
+        moment, 8-bit block quantisation) and per-tensor gradient hooks need them (train/optim.py)."""
         import torch
 
-        self.network, self.passes = network, passes
+        self.network, self.passes, self.flat = network, passes, flat
         self.groups: list[dict[str, Any]] = []
         self.layout: list[list[Any]] = []  # per group: the original parameters, in flat order
         slot: dict[int, tuple[int, int]] = {}
         for gi, group in enumerate(groups):
             params = group["params"]
-            flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+            for pi, p in enumerate(params):
+                slot[id(p)] = (gi, pi)
+            self.layout.append(params)
+            if not flat:
+                self.groups.append(group)
+                continue
+            flat_param = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
             offset = 0
             with torch.no_grad():
-                for pi, p in enumerate(params):
+                for p in params:
                     n = p.numel()
-                    flat[offset : offset + n].copy_(p.detach().reshape(-1))
-                    p.data = flat[offset : offset + n].view_as(p)
-                    slot[id(p)] = (gi, pi)
+                    flat_param[offset : offset + n].copy_(p.detach().reshape(-1))
+                    p.data = flat_param[offset : offset + n].view_as(p)
                     offset += n
-            self.groups.append({**group, "params": [torch.nn.Parameter(flat)]})
-            self.layout.append(params)
+            self.groups.append({**group, "params": [torch.nn.Parameter(flat_param)]})
         self.slots = [(slot[id(m.lora_down.weight)], slot[id(m.lora_up.weight)]) for m in network.loras]
         self.current: list[tuple[Any, Any, Any]] = []
         self.previous: list[tuple[Any, Any]] = []  # (target, its instance forward before ours), while installed
 
     @property
     def params(self) -> list[Any]:
-        return [g["params"][0] for g in self.groups]
+        """The trained parameters: one flat tensor per group, or every LoRA tensor when not flat."""
+        return [p for g in self.groups for p in g["params"]]
 
     def begin_step(self, dtype: Any = None) -> None:
         """(down, up) of every module for this step, in `dtype` (None: the fp32 masters)."""
-        views = []
-        for master, params in zip(self.params, self.layout, strict=True):
-            flat = master if dtype is None else master.to(dtype)
-            parts = flat.split([p.numel() for p in params])
-            views.append([part.view_as(p) for part, p in zip(parts, params, strict=True)])
+        if not self.flat:
+            views = [[p if dtype is None else p.to(dtype) for p in params] for params in self.layout]
+        else:
+            views = []
+            for master, params in zip(self.params, self.layout, strict=True):
+                flat = master if dtype is None else master.to(dtype)
+                parts = flat.split([p.numel() for p in params])
+                views.append([part.view_as(p) for part, p in zip(parts, params, strict=True)])
         self.current = [(views[gd][pd], views[gu][pu], dtype) for (gd, pd), (gu, pu) in self.slots]
 
     @contextlib.contextmanager
@@ -155,21 +167,29 @@ def _linear_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
+    from lora_forge.model import fp8
+
     weight, bias = module.weight, module.bias
     scale = float(lora.alpha) / lora.rank
     n_out, n_in = weight.shape
     rank = lora.rank
     merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, rank, passes)
+    stored_fp8 = fp8.is_fp8(weight)  # frozen FP8 storage: upcast for the op, never merged back into FP8
+    base = fp8.linear if stored_fp8 else F.linear
 
     def forward(x: Any) -> Any:
         down, up, x_dtype = get(x)
         tokens = x.numel() // n_in
         if tokens * merged_cost + fixed <= tokens * unmerged_cost:
-            return F.linear(x, torch.addmm(weight.to(up.dtype), up, down, alpha=scale).to(weight.dtype), bias)
+            merged = torch.addmm(weight.to(up.dtype), up, down, alpha=scale)
+            if stored_fp8:
+                dtype = fp8.compute_dtype(x)
+                return F.linear(x.to(dtype), merged.to(dtype), None if bias is None else bias.to(dtype))
+            return F.linear(x, merged.to(weight.dtype), bias)
         if x_dtype is not None and x.dtype != x_dtype:
             x = x.to(x_dtype)
         # y + s·(x·downᵀ)·upᵀ with the up-projection and the add fused (no third full-size tensor)
-        y = F.linear(x, weight, bias)
+        y = base(x, weight, bias)
         h = F.linear(x, down)
         return torch.addmm(y.reshape(-1, n_out), h.reshape(-1, rank), up.t(), alpha=scale).view(y.shape)
 
@@ -180,6 +200,8 @@ def _conv_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
+    from lora_forge.model import fp8
+
     weight, bias = module.weight, module.bias
     scale = float(lora.alpha) / lora.rank
     n_out, n_in = weight.shape[0], weight[0].numel()  # in_channels · kh · kw
@@ -187,16 +209,20 @@ def _conv_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
 
     pointwise = lora.target.kind == "conv1x1" and module.stride == (1, 1) and module.padding in ((0, 0), "valid")
     pointwise = pointwise and module.groups == 1 and module.padding_mode == "zeros"
+    stored_fp8 = fp8.is_fp8(weight)
 
     def forward(x: Any) -> Any:
         down, up, x_dtype = get(x)
         tokens = x.numel() // module.in_channels  # output positions, for the stride-1 layers that matter
         if tokens * merged_cost + fixed <= tokens * unmerged_cost:
             w = torch.addmm(weight.flatten(1).to(up.dtype), up.flatten(1), down.flatten(1), alpha=scale)
+            if stored_fp8:
+                dtype = fp8.compute_dtype(x)
+                return module._conv_forward(x.to(dtype), w.view_as(weight).to(dtype), fp8.upcast(bias, dtype))
             return module._conv_forward(x, w.view_as(weight).to(weight.dtype), bias)
         if x_dtype is not None and x.dtype != x_dtype:
             x = x.to(x_dtype)
-        y = module._conv_forward(x, weight, bias)
+        y = fp8.conv(module, x, weight, bias) if stored_fp8 else module._conv_forward(x, weight, bias)
         if pointwise and x.dim() == 4 and x.shape[0] == 1:
             # one image's 1×1 LoRA is two plain matmuls over its pixels: as convolutions (or a
             # batched matmul) each pays a setup that at rank 8–32 costs more than the arithmetic,

@@ -35,3 +35,14 @@ def check_fits(needed: int, device: Any) -> None:
         "lower the resolution or batch size, turn on gradient checkpointing, train the UNet only with cached "
         "text-encoder outputs, or use FP8 base weights"
     )
+
+
+def check_before_work(config: Any, device: Any) -> None:
+    """ForgeError, before the model is touched, for what this torch/device cannot do."""
+    from lora_forge.train.optim import check_optimizer
+
+    check_optimizer(config.optimizer_type, device.type)
+    if config.fp8_base:
+        from lora_forge.model.fp8 import check_fp8
+
+        check_fp8(device)

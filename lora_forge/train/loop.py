@@ -92,13 +92,14 @@ def train(
     import torch
 
     from lora_forge.train import losses, memory, state
-    from lora_forge.train.optim import check_optimizer, make_scheduler
+    from lora_forge.train.fit import check_before_work
+    from lora_forge.train.optim import make_scheduler
     from lora_forge.train.session import offloaded, open_session, precision_for
 
     config, dataset, plan = prepared.config, prepared.dataset, prepared.plan
     stop = stop or StopFlag()
     device = host.device
-    check_optimizer(config.optimizer_type, device.type)
+    check_before_work(config, device)
     with host.job("train"), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         sd_model = host.sd_model()
         precision = precision_for(config, device, next(sd_model.model.diffusion_model.parameters()).dtype)
@@ -149,9 +150,12 @@ def _cache_latents(
 
 def optimizer_for(session: Any, config: TrainConfig) -> tuple[Any, list[Any]]:
     """The optimizer over the session's parameter groups, and those parameters."""
-    from lora_forge.train.optim import make_optimizer
+    from lora_forge.train.optim import fused_backward, make_optimizer
 
-    return make_optimizer(config.optimizer_type, session.groups), [p for g in session.groups for p in g["params"]]
+    optimizer = make_optimizer(config.optimizer_type, session.groups)
+    if config.fused_backward_pass:
+        session.stack.enter_context(fused_backward(optimizer, config.max_grad_norm))
+    return optimizer, [p for g in session.groups for p in g["params"]]
 
 
 def diffusion_loss(
@@ -177,6 +181,9 @@ def optimizer_step(optimizer: Any, scheduler: Any, params: list[Any], config: Tr
     import torch
 
     scaler = precision.scaler
+    if getattr(optimizer, "steps_in_backward", False):  # fused backward pass: already stepped, grads freed
+        scheduler.step()
+        return
     if config.max_grad_norm:
         if scaler:
             scaler.unscale_(optimizer)

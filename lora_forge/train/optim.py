@@ -5,20 +5,27 @@ Schedules are pure functions of the step (a LambdaLR), so resuming only needs th
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.train.config import TrainConfig
 
+# Optimizers whose update depends on each tensor's own shape (Adafactor factors a matrix's second
+# moment into row and column statistics; bitsandbytes quantises state per tensor): they get the
+# LoRA's own tensors, not the training forward's flat buffers (train/fastlora.py).
+PER_TENSOR = ("Adafactor", "AdamW8bit")
+
 
 def check_optimizer(name: str, device_type: str) -> None:
     """Fail before any work when the optimizer cannot run here, saying what to install or pick."""
     if name == "AdamW8bit":
-        if device_type != "cuda":
-            raise ForgeError("optimizer_type AdamW8bit needs an NVIDIA GPU (bitsandbytes); use AdamW on this device")
         _need("bitsandbytes", "AdamW8bit", "pip install bitsandbytes")
+        _probe_8bit(device_type)
+    elif name == "Adafactor":
+        _need("transformers", "Adafactor", "pip install transformers")
     elif name == "Lion":
         _need("lion_pytorch", "Lion", "pip install lion-pytorch")
     elif name == "Prodigy":
@@ -30,6 +37,24 @@ def _need(module: str, name: str, how: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ForgeError(f"optimizer_type {name} needs the {module} package ({how}), or choose AdamW")
+
+
+def _probe_8bit(device_type: str) -> None:
+    """One 8-bit step on a small tensor: older bitsandbytes builds run on NVIDIA GPUs only, newer
+    ones on the CPU too; which one is installed shows only when it runs."""
+    import torch
+
+    try:
+        import bitsandbytes as bnb
+
+        p = torch.nn.Parameter(torch.zeros(8, 512, device=device_type))
+        p.grad = torch.ones_like(p)
+        bnb.optim.AdamW8bit([p]).step()
+    except Exception as e:  # a missing native library, an unsupported device: any of them means "no"
+        raise ForgeError(
+            f"optimizer_type AdamW8bit: the installed bitsandbytes cannot run on {device_type} ({type(e).__name__}); "
+            "choose AdamW or Adafactor"
+        ) from e
 
 
 def make_optimizer(name: str, groups: list[dict[str, Any]]) -> Any:
@@ -46,6 +71,12 @@ def make_optimizer(name: str, groups: list[dict[str, Any]]) -> Any:
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, betas=(0.9, 0.999), weight_decay=0.01)
+    if name == "Adafactor":
+        from transformers.optimization import Adafactor
+
+        # kohya's recommended LoRA settings: a fixed learning rate (ours, scheduled by LambdaLR),
+        # no parameter scaling; factored second moment, no first moment, update clipping at 1.
+        return Adafactor(groups, lr=groups[0]["lr"], scale_parameter=False, relative_step=False, warmup_init=False)
     if name == "Lion":
         from lion_pytorch import Lion
 
@@ -87,3 +118,41 @@ def make_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
+
+
+@contextlib.contextmanager
+def fused_backward(optimizer: Any, max_grad_norm: float) -> Iterator[None]:
+    """Each parameter's optimizer step runs in backward, as soon as its gradient is complete, and
+    the gradient is freed at once (kohya's --fused_backward_pass): the gradients never exist all
+    together. The step is the optimizer's own, on a one-parameter view of the parameter's group,
+    so it is the same update as after a full backward. Clipping is per tensor (the global norm
+    is unknown until backward ends), as in kohya. The optimizer is marked `steps_in_backward`;
+    `loop.optimizer_step` then only advances the schedule."""
+    handles = []
+
+    def hook_for(group: dict[str, Any]) -> Callable[[Any], None]:
+        import torch
+
+        def step(param: Any) -> None:
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([param], max_grad_norm)
+            groups = optimizer.param_groups
+            optimizer.param_groups = [{**group, "params": [param]}]
+            try:
+                optimizer.step()
+            finally:
+                optimizer.param_groups = groups
+            param.grad = None
+
+        return step
+
+    try:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                handles.append(p.register_post_accumulate_grad_hook(hook_for(group)))
+        optimizer.steps_in_backward = True
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        optimizer.steps_in_backward = False

@@ -1,8 +1,9 @@
 """Everything the loop needs set up on the live model, and put back exactly afterwards.
 
-One ExitStack: freeze the base (requires_grad snapshot), keep eval mode, SDP attention,
-non-reentrant block checkpointing, the LoRA network injected, and the VAE / a frozen text encoder
-moved off the accelerator once their outputs are cached. The checklist in webui-internals.md §10.
+One ExitStack: freeze the base (requires_grad snapshot), FP8 storage when asked (model/fp8.py),
+keep eval mode, SDP attention, non-reentrant block checkpointing, the LoRA network injected, and
+the VAE / a frozen text encoder moved off the accelerator once their outputs are cached.
+The checklist in webui-internals.md §10.
 """
 
 from __future__ import annotations
@@ -117,13 +118,17 @@ class Session:
 
 def open_session(sd_model: Any, config: TrainConfig) -> Session:
     """Freeze the base, inject a fresh (or continued) LoRA, patch attention and checkpointing."""
+    from lora_forge.model import fp8
     from lora_forge.model.unet import frozen, sdp_attention, training_unet, unet_of
     from lora_forge.train import fastlora
+    from lora_forge.train.optim import PER_TENSOR
 
     stack = contextlib.ExitStack()
     try:
         unet = unet_of(sd_model)
         stack.enter_context(frozen(sd_model))
+        if config.fp8_base:
+            stack.enter_context(fp8.fp8_storage(unet))  # a no-op when the host's weights are FP8 already
         network = _seeded_network(sd_model, config)
         if config.network_weights:
             from lora_forge.lora.fileformat import load_lora
@@ -134,11 +139,14 @@ def open_session(sd_model: Any, config: TrainConfig) -> Session:
         groups = network.param_groups(config.unet_learning_rate, config.te_learning_rate)
         fast = None
         if fastlora.supported(network, config):
-            fast = fastlora.FastLora(network, groups, passes=2 if config.gradient_checkpointing else 1)
+            passes = 2 if config.gradient_checkpointing else 1
+            fast = fastlora.FastLora(network, groups, passes, flat=config.optimizer_type not in PER_TENSOR)
             stack.enter_context(fast.installed())
             groups = fast.groups
         else:
             stack.enter_context(network.injected())
+        if fp8.stored_fp8(unet):  # the other FP8 layers upcast per op, keeping only FP8 for backward
+            stack.enter_context(fp8.upcast_forwards(unet, skip={id(m.target.module) for m in network.loras}))
         if config.sdpa:
             stack.enter_context(sdp_attention())
         stack.enter_context(training_unet(unet, config.gradient_checkpointing))
