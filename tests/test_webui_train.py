@@ -88,7 +88,8 @@ def weights_hash(sd_model) -> str:
     h = hashlib.sha256()
     for k, v in sorted(sd_model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        v = v.detach().cpu().contiguous()
+        h.update(str(v.dtype).encode() + v.view(torch.uint8).numpy().tobytes())  # raw bytes, FP8 too
     return h.hexdigest()
 
 
@@ -379,10 +380,6 @@ def test_bad_input_is_refused_with_a_message_and_nothing_changes(webui, runs, da
     with pytest.raises(ForgeError, match="--lowvram"):
         runs.start(host(), str(dataset), "custom", FAST)
     monkeypatch.setattr(shared.cmd_opts, "lowvram", False)
-    monkeypatch.setattr(devices, "fp8", True)
-    with pytest.raises(ForgeError, match="FP8"):
-        runs.start(host(), str(dataset), "custom", FAST)
-    monkeypatch.setattr(devices, "fp8", False)
     model = shared.sd_model
     shared.sd_model = None
     try:
@@ -434,6 +431,37 @@ def test_loadback_check_fires_after_the_first_save_when_the_webui_applies_the_fi
     assert report["save_checks"] == status.warnings
     assert "LOAD-BACK CHECK FAILED" in render_status(status)[4]
     # (with the real name rules the same run passes: the run test above)
+
+
+def test_the_webuis_fp8_weight_setting_trains_over_its_fp8_weights(webui, runs, dataset):
+    """1.10.1 with Settings → FP8 weight: every Linear/Conv2d outside the VAE is float8_e4m3fn and
+    `devices.fp8` is set. The run trains over those weights and leaves them bit-identical."""
+    from modules import devices, shared
+
+    model = shared.sd_model
+    vae = model.first_stage_model
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    layers = [m for m in layers if not any(m is v for v in vae.modules())]
+    originals = {id(p): p.data for m in layers for p in m.parameters(recurse=False)}
+    for m in layers:
+        m.to(torch.float8_e4m3fn)  # what load_model_weights does with the setting on
+    devices.fp8 = True
+    try:
+        before = snapshot()
+        status = run_to_end(runs, dataset, mixed_precision="bf16", max_train_epochs=1, sample_every_n_steps=2)
+        assert status.state == "finished", status.error
+        print("fp8 load-back:", status.warnings)
+        assert len(status.losses) == 4 and all(np.isfinite(status.losses)) and status.sample_path
+        config = (Path(status.run_dir) / "config.toml").read_text(encoding="utf-8")
+        assert "fp8_base = true" in config
+        assert snapshot()[0] == before[0]  # FP8 weights, flags and modes as they were
+        assert np.array_equal(snapshot()[1], before[1])
+        assert all(p.dtype == torch.float8_e4m3fn for m in layers for p in m.parameters(recurse=False))
+    finally:
+        devices.fp8 = False
+        for m in layers:
+            for p in m.parameters(recurse=False):
+                p.data = originals[id(p)]
 
 
 def test_clip_skip_and_medvram_come_from_the_webui(webui):

@@ -297,7 +297,7 @@ class WebUIHost(WebUITraining, Host):
     def training_overrides(self) -> dict[str, Any]:
         from lora_forge.host import webui_train
 
-        return webui_train.medvram_overrides()
+        return {**webui_train.medvram_overrides(), **webui_train.fp8_overrides()}
 
     def txt2img(self, requests: Sequence[RenderRequest], progress: ProgressFn = no_progress) -> list[Any]:
         """One process_images per group of requests alike but for the seed (the Lora extension reads

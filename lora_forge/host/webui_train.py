@@ -1,11 +1,11 @@
 """Training inside the WebUI on its loaded model, leaving the model exactly as it was.
 
 The engine (lora_forge.train.loop) trains on whatever `host.sd_model()` returns; this module is
-what the WebUI needs around it (webui-internals.md §10): refuse what cannot train (--lowvram, fp8
-weights, SDXL for now; Forge 2 is refused by WebUIHost.sd_model), hold `queue_lock` for the whole
-run so generations and checkpoint switches wait, take the model to a pristine state (the Lora
-extension's merged weights restored, hypernetworks, tiling and alternative UNets off, eval mode)
-and put every piece of it back in a `finally`, and check each file right after it is saved
+what the WebUI needs around it (webui-internals.md §10): refuse what cannot train (--lowvram,
+SDXL for now; Forge 2 is refused by WebUIHost.sd_model; FP8 weights train as they are), hold
+`queue_lock` for the whole run so generations and checkpoint switches wait, take the model to a
+pristine state (the Lora extension's merged weights restored, hypernetworks, tiling and
+alternative UNets off, eval mode) and put every piece of it back in a `finally`, and check each file right after it is saved
 through the Lora extension's own loader. Like webui.py, every `modules.*` import is inside a function.
 """
 
@@ -61,7 +61,7 @@ def clip_skip() -> int:
 
 def training_refusal(sd_model: Any) -> str | None:
     """What in-process training cannot work on, with what to do instead; None when it can."""
-    from modules import devices, shared
+    from modules import shared
 
     from lora_forge.host.ldm_build import REFUSED
     from lora_forge.model.family import model_family
@@ -71,11 +71,6 @@ def training_refusal(sd_model: Any) -> str | None:
         return (
             "the WebUI runs with --lowvram, which keeps the model in pieces on the CPU; restart it without "
             "--lowvram (use --medvram on 6-8 GB cards), or train headless with `python -m lora_forge train`"
-        )
-    if getattr(devices, "fp8", False):
-        return (
-            "the model's weights are stored in FP8 (Settings → Optimizations → FP8 weight), which cannot "
-            "be trained; set it to Disable, apply, then start again"
         )
     family = model_family(sd_model)
     if family in REFUSED:
@@ -94,6 +89,14 @@ def _medvram() -> bool:
 
     opts = shared.cmd_opts
     return bool(getattr(opts, "medvram", False) or getattr(opts, "medvram_sdxl", False))
+
+
+def fp8_overrides() -> dict[str, Any]:
+    """The WebUI's FP8 weight setting (Settings → Optimizations): its weights are FP8 already, so the
+    LoRA trains over them as they are (model/fp8.py), and the estimate counts them at 1 byte."""
+    from modules import devices
+
+    return {"fp8_base": True} if getattr(devices, "fp8", False) else {}
 
 
 def medvram_overrides() -> dict[str, Any]:

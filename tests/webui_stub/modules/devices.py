@@ -22,6 +22,8 @@ def torch_gc() -> None:
 
 
 def autocast(disable: bool = False) -> contextlib.AbstractContextManager:
+    if not disable and fp8 and device == cpu:  # 1.10.1: FP8 weights on the CPU compute in bf16
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=True)
     # fp32 (--no-half / CPU) takes the WebUI's nullcontext branch
     return contextlib.nullcontext()
 

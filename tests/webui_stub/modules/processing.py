@@ -160,11 +160,13 @@ def _sample_batch(
         raise ValueError(f"bad sampler name: {p.sampler_name}")
     from modules.prompt_parser import SdConditioning
 
-    # as 1.10.1's setup_conds: the render size travels with the prompts (SDXL conditions on it)
-    cond = model.get_learned_conditioning(SdConditioning(prompts, width=p.width, height=p.height))
-    uncond = model.get_learned_conditioning(
-        SdConditioning(negatives, is_negative_prompt=True, width=p.width, height=p.height)
-    )
+    # as 1.10.1's setup_conds, under devices.autocast() as process_images_inner: the render size
+    # travels with the prompts (SDXL conditions on it)
+    with devices.autocast():
+        cond = model.get_learned_conditioning(SdConditioning(prompts, width=p.width, height=p.height))
+        uncond = model.get_learned_conditioning(
+            SdConditioning(negatives, is_negative_prompt=True, width=p.width, height=p.height)
+        )
     timesteps, sigmas = sampling.schedule(model.alphas_cumprod_original, p.steps, p.sampler_name)
     noise, generators = sampling.seeded_noise(seeds, (4, p.height // 8, p.width // 8))
     denoise = sampling.make_denoiser(model, cond, uncond, p.cfg_scale, devices.dtype_unet)
@@ -175,7 +177,9 @@ def _sample_batch(
         if shared.state.interrupted or shared.state.skipped:
             raise InterruptedError_
 
-    latent = sampling.sample(denoise, noise.to(devices.device), generators, timesteps, sigmas, p.sampler_name, on_step)
+    with devices.autocast():
+        latent = sampling.sample(denoise, noise.to(devices.device), generators, timesteps, sigmas, p.sampler_name,
+                                 on_step)  # fmt: skip
     devices.test_for_nans(latent, "unet")  # as 1.10.1's process_images / decode_latent_batch do
     pixels = model.decode_first_stage(latent.float())
     for sample in pixels:
