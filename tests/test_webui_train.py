@@ -362,7 +362,7 @@ def test_start_while_a_generation_runs_waits_and_says_so(webui, runs, dataset):
 
 
 def test_bad_input_is_refused_with_a_message_and_nothing_changes(webui, runs, dataset, tmp_path, monkeypatch):
-    from modules import devices, shared
+    from modules import shared
 
     before = snapshot()
     empty = tmp_path / "empty"
