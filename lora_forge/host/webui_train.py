@@ -6,7 +6,8 @@ SDXL for now; Forge 2 is refused by WebUIHost.sd_model; FP8 weights train as the
 `queue_lock` for the whole run so generations and checkpoint switches wait, take the model to a
 pristine state (the Lora extension's merged weights restored, hypernetworks, tiling and
 alternative UNets off, eval mode) and put every piece of it back in a `finally`, and check each
-file right after it is saved through the Lora extension's own loader. Like webui.py, every `modules.*` import is inside a function.
+file right after it is saved through the Lora extension's own loader. Like webui.py, every
+`modules.*` import is inside a function.
 """
 
 from __future__ import annotations
