@@ -1,23 +1,33 @@
-"""Peak resident memory of UNet-only LoRA training steps vs the frozen-UNet floor, SD1.5 at 512 px.
+"""Peak resident memory of UNet-only LoRA training steps vs the frozen-UNet floor.
 
-Each measurement runs in a fresh process (peak RSS = the kernel's VmHWM): SD1.5's full UNet with
-random weights built directly in bf16 (norms fp32), latents 64×64 (512×512 px), batch 1, bf16
-autocast, our SDP attention and non-reentrant block checkpointing. The floor process runs
-forward + backward with gradients for the input only; ours runs full training steps (rank-32
-LoRA on every UNet target, AdamW, clipping) and, before them, prints the memory plan's estimate.
-Floor and ours alternate for `--rounds` rounds; medians are compared.
+Each measurement runs in a fresh process (peak RSS = the kernel's VmHWM) with one variant:
+- the floor: the same frozen UNet (same storage, bf16 autocast, our SDP attention and non-reentrant
+  block checkpointing) running forward + backward with gradients for the input latents only;
+- ours: full training steps of lora_forge.train.loop (LoRA on every UNet target, the optimizer,
+  clipping), after printing the memory plan's pre-training estimate.
+Conditioning is cached (random tensors of the text encoders' output shapes; no text encoder or VAE
+in the process), batch 1.
+
+Models (`--model`):
+- sd15: SD1.5's UNet, 512² (64² latents), rank 32: AdamW (fp32 state), AdamW8bit (bitsandbytes,
+  when installed) and Adafactor with the fused backward pass, each against the floor.
+- sdxl: SDXL's UNet, 1024² (128² latents), rank 16, Adafactor + fused backward: bf16 base weights
+  against the floor, and FP8 base weights (float8_e4m3fn storage, upcast per layer) in absolute GiB.
+  Slow on a CPU (several minutes per process): `--steps 1`.
+Variants run one after another (never two processes at once), for `--rounds` rounds; medians.
 
 Both children run with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_): by
 default glibc raises the threshold after the first large free, so later activations land in the
 heap and their freed pages stay resident; the high-water mark then measures allocator history
 more than tensors. `--default-malloc` measures with glibc's defaults instead.
 
-    python bench/train_memory.py [--rounds 1] [--steps 2] [--side 64] [--default-malloc]
+    python bench/train_memory.py [--model sd15|sdxl] [--rounds 1] [--steps 2] [--default-malloc]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -28,36 +38,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 
+# name: (storage, optimizer, fused backward, fp8_base)
+VARIANTS = {
+    "sd15": {
+        "floor": ("bf16", "", False, False),
+        "adamw": ("bf16", "AdamW", False, False),
+        "adamw8bit": ("bf16", "AdamW8bit", False, False),
+        "adafactor_fused": ("bf16", "Adafactor", True, False),
+    },
+    "sdxl": {
+        "floor": ("bf16", "", False, False),
+        "bf16": ("bf16", "Adafactor", True, False),
+        "fp8": ("fp8", "Adafactor", True, True),
+    },
+}
+SIDE = {"sd15": 64, "sdxl": 128}
+RANK = {"sd15": 32, "sdxl": 16}
 
-def child(mode: str, side: int, steps: int, rank: int = 32) -> dict:
-    sys.path.insert(0, str(ROOT))
+
+def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> dict:
+    sys.path.insert(0, str(ROOT / "bench"))
     import torch
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from torch import nn
+    from unets import CONTEXT, Bare, WithVector, build_unet
 
     from lora_forge.train import memory
 
-    torch.set_num_threads(1)
-    with torch.device("meta"):
-        unet = UNetModel(
-            image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
-            num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True,
-            transformer_depth=1, context_dim=768, use_checkpoint=False, legacy=False,
-        )  # fmt: skip
-    for m in unet.modules():
-        keep32 = isinstance(m, (nn.GroupNorm, nn.LayerNorm))
-        for name, p in list(m.named_parameters(recurse=False)):
-            dtype = torch.float32 if keep32 else torch.bfloat16
-            setattr(m, name, nn.Parameter(torch.empty(p.shape, dtype=dtype).normal_(0, 0.02), requires_grad=False))
-    unet.eval()
-
-    class Bare(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = nn.Module()
-            self.model.diffusion_model = unet
-            self.is_sd2 = False
-            self.is_sdxl = False
+    torch.set_num_threads(int(os.environ.get("LF_BENCH_THREADS", "1")))
+    storage, optimizer_type, fused, fp8_base = VARIANTS[model_kind][variant]
+    sdxl = model_kind == "sdxl"
+    unet = build_unet(model_kind, storage)
+    model = Bare(unet, sdxl)
 
     from lora_forge.model.schedule import NoiseSchedule
     from lora_forge.train.config import TrainConfig
@@ -68,40 +78,38 @@ def child(mode: str, side: int, steps: int, rank: int = 32) -> dict:
     config = TrainConfig(
         network_dim=rank, network_alpha=rank / 2, network_train_unet_only=True, mixed_precision="bf16",
         gradient_checkpointing=True, resolution=str(side * 8), max_bucket_reso=max(1024, side * 8),
+        optimizer_type=optimizer_type or "AdamW", fused_backward_pass=fused, fp8_base=fp8_base,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(1, 4, side, side, generator=gen)
-    cond = torch.randn(1, 77, 768, generator=gen)
+    cond = torch.randn(1, 77, CONTEXT[model_kind], generator=gen)
+    net = WithVector(unet, torch.randn(1, 2816, generator=gen)) if sdxl else unet
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     schedule = NoiseSchedule(torch.cumprod(1 - betas, 0).float(), "eps")
-    model = Bare()
-    out: dict = {"mode": mode}
-    if mode == "floor":
+    out: dict = {"variant": variant}
+    if variant == "floor":
         from lora_forge.model.unet import sdp_attention, training_unet
 
         with sdp_attention(), training_unet(unet, True):
             for _ in range(steps):
                 x = x0.clone().requires_grad_(True)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    pred = unet(x, timesteps=torch.tensor([500]), context=cond)
+                    pred = net(x, timesteps=torch.tensor([500]), context=cond)
                 torch.nn.functional.mse_loss(pred.float(), x0).backward()
                 del x, pred
     else:
         session = open_session(model, config)
         try:
-            if os.environ.get("LF_BENCH_NO_ESTIMATE"):
-                out["estimate"] = {"total": 0}
-            else:
-                est = memory.estimate(model, session.network, config, None, torch.device("cpu"))
-                out["estimate"] = est.as_dict()
-            out["rss_before_steps"] = memory.current_bytes(torch.device("cpu"))
+            est = memory.estimate(model, session.network, config, None, torch.device("cpu"))
+            out["estimate"] = est.as_dict()
+            out["verdict"] = est.verdict
             prec = precision_for(config, torch.device("cpu"), torch.bfloat16)
             optimizer, params = optimizer_for(session, config)
             scheduler = make_scheduler(optimizer, config, 100)
             out["lora_params"] = sum(p.numel() for p in params)
             for _ in range(steps):
                 session.begin_step(prec.autocast_dtype)
-                loss = diffusion_loss(unet, x0, lambda: cond, schedule, config, prec, gen)
+                loss = diffusion_loss(net, x0, lambda: cond, schedule, config, prec, gen)
                 backward(loss, config, prec)
                 optimizer_step(optimizer, scheduler, params, config, prec)
                 session.end_step()
@@ -112,49 +120,69 @@ def child(mode: str, side: int, steps: int, rank: int = 32) -> dict:
     return out
 
 
-def run_child(mode: str, side: int, steps: int, rank: int, default_malloc: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--side", str(side), "--steps", str(steps), "--rank", str(rank)]
+def run_child(model: str, variant: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--side", str(args.side),
+           "--steps", str(args.steps), "--rank", str(args.rank)]  # fmt: skip
     env = dict(os.environ)
-    if not default_malloc:
+    if not args.default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
-        raise SystemExit(f"{mode} child failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{model} {variant} child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=sorted(VARIANTS), default="sd15")
+    ap.add_argument("--variants", default="", help="comma-separated subset, e.g. floor,adamw")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--side", type=int, default=64)
-    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--side", type=int, default=0, help="latent side (default: 64 for sd15, 128 for sdxl)")
+    ap.add_argument("--rank", type=int, default=0, help="LoRA rank (default: 32 for sd15, 16 for sdxl)")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold")
     ap.add_argument("--child")
     args = ap.parse_args()
+    args.side = args.side or SIDE[args.model]
+    args.rank = args.rank or RANK[args.model]
     if args.child:
-        print(json.dumps(child(args.child, args.side, args.steps, args.rank)))
+        print(json.dumps(child(args.model, args.child, args.side, args.steps, args.rank)))
         return 0
-    floors, ours = [], []
+    names = [v for v in (args.variants.split(",") if args.variants else VARIANTS[args.model]) if v]
+    if "adamw8bit" in names and importlib.util.find_spec("bitsandbytes") is None:
+        print("adamw8bit skipped: bitsandbytes is not installed")
+        names.remove("adamw8bit")
+    results: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
-        order = ("floor", "ours") if r % 2 == 0 else ("ours", "floor")
-        for mode in order:
-            result = run_child(mode, args.side, args.steps, args.rank, args.default_malloc)
-            (floors if mode == "floor" else ours).append(result)
-            print(f"round {r + 1} {mode:5s} peak {result['peak'] / GIB:.3f} GiB", flush=True)
-    floor = statistics.median(r["peak"] for r in floors)
-    mine = statistics.median(r["peak"] for r in ours)
-    est = ours[-1]["estimate"]
-    print(
-        f"UNet weights (bf16, norms fp32): {ours[-1]['weights'] / GIB:.3f} GiB; LoRA params {ours[-1]['lora_params']:,}"
-    )
-    print("estimate breakdown (GiB): " + ", ".join(f"{k} {v / GIB:.3f}" for k, v in est.items()))
-    print(f"floor {floor / GIB:.3f} GiB, ours {mine / GIB:.3f} GiB, extra {(mine - floor) / 2**20:.0f} MiB")
-    err = est["total"] / mine - 1
-    print(
-        f"RESULT train_memory ratio={mine / floor:.3f} peak_gib={mine / GIB:.3f} floor_gib={floor / GIB:.3f} "
-        f"estimate_gib={est['total'] / GIB:.3f} estimate_error={err:+.3f}"
-    )
+        for name in names if r % 2 == 0 else names[::-1]:
+            result = run_child(args.model, name, args)
+            results[name].append(result)
+            print(f"round {r + 1} {args.model} {name:16s} peak {result['peak'] / GIB:.3f} GiB", flush=True)
+    peaks = {n: statistics.median(r["peak"] for r in rs) for n, rs in results.items()}
+    floor = peaks.get("floor")
+    fields = [f"model={args.model}", f"side={args.side}", f"rank={args.rank}"]
+    if floor:
+        fields.append(f"floor_gib={floor / GIB:.3f}")
+    worst_err = 0.0
+    for name in names:
+        if name == "floor":
+            continue
+        last = results[name][-1]
+        est = last["estimate"]
+        err = est["total"] / peaks[name] - 1
+        worst_err = max(worst_err, abs(err))
+        print(
+            f"{name}: peak {peaks[name] / GIB:.3f} GiB, estimate {est['total'] / GIB:.3f} GiB ({err:+.1%}), "
+            f"verdict '{last['verdict']}', UNet weights {last['weights'] / GIB:.3f} GiB, "
+            f"LoRA params {last['lora_params']:,}"
+        )
+        print("  estimate breakdown (GiB): " + ", ".join(f"{k} {v / GIB:.3f}" for k, v in est.items() if v))
+        if floor and results[name][-1]["weights"] == results["floor"][-1]["weights"]:
+            fields.append(f"{name}_ratio={peaks[name] / floor:.3f}")
+        fields.append(f"{name}_gib={peaks[name] / GIB:.3f}")
+        fields.append(f"{name}_est_err={err:+.3f}")
+    fields.append(f"worst_est_err={worst_err:.3f}")
+    print("RESULT train_memory " + " ".join(fields))
     return 0
 
 

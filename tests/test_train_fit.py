@@ -247,3 +247,96 @@ def test_fp8_storage_puts_back_the_original_tensors_exactly():
         assert p.dtype == raw[n].dtype and torch.equal(p, raw[n]), n
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
     assert digest == hashlib.sha256(b"".join(t.numpy().tobytes() for t in raw.values())).hexdigest()
+
+
+# ------------------------------------------------------------------------------- the estimate
+
+GB = 1024**3
+
+
+def _estimate(total_gb: float, fp8_gb: float, card_gb: float = 0.0):
+    from lora_forge.train import memory
+
+    est = memory.Estimate(0, 0, 0, 0, int(total_gb * GB), int(fp8_gb * GB), int(card_gb * GB))
+    est.verdict = memory.verdict(est)
+    return est
+
+
+@pytest.mark.parametrize(
+    "total, fp8, card, said",
+    [
+        (7.2, 4.9, 8, "fits 8 GB"),
+        (7.2, 4.9, 6, "needs FP8 for 6 GB"),
+        (10.3, 7.9, 6, "needs 10.3 GB"),
+        (7.2, 7.2, 0, "fits 8 GB"),  # no card known (CPU): the smallest common card
+        (7.2, 5.3, 0, "fits 8 GB; needs FP8 for 6 GB"),
+        (90.0, 60.0, 0, "needs 90.0 GB"),
+    ],
+)
+def test_the_estimate_says_whether_the_run_fits_the_card(total, fp8, card, said):
+    est = _estimate(total, fp8, card)
+    assert est.verdict == said
+    assert est.summary().endswith("; " + said)
+
+
+def test_a_run_that_cannot_fit_the_card_is_refused_with_what_would_make_it_fit():
+    from lora_forge.train.fit import check_fits
+
+    check_fits(_estimate(7.2, 4.9, 8), TrainConfig())  # fits: nothing to say
+    with pytest.raises(ForgeError, match=r"about 7\.2 GB .* the card has 6\.0 GB; turn on FP8 .* about 4\.9 GB"):
+        check_fits(_estimate(7.2, 4.9, 6), TrainConfig())
+    with pytest.raises(ForgeError, match=r"about 10\.3 GB .* lower the resolution"):
+        check_fits(_estimate(10.3, 7.9, 6), TrainConfig())
+
+
+def test_a_run_over_the_cards_memory_stops_before_any_work(tiny_host, dataset, tmp_path, monkeypatch):  # noqa: F811
+    from lora_forge.train import fit
+
+    model = tiny_host.sd_model()
+    before = state_hash(model)
+    monkeypatch.setattr(fit, "capacity", lambda device: 64 * 1024**2)  # a 64 MiB "card"
+    with pytest.raises(ForgeError, match=r"GB of graphics memory but the card has 0\.1 GB"):
+        run(tiny_host, dataset, tmp_path, max_train_steps=2)
+    assert not list(Path(tmp_path).iterdir()) and state_hash(model) == before
+
+
+def _session_estimate(model, config):
+    from lora_forge.train import memory
+    from lora_forge.train.session import open_session
+
+    session = open_session(model, config)
+    try:
+        return memory.estimate(model, session.network, config, None, torch.device("cpu"))
+    finally:
+        session.close()
+
+
+def test_the_estimate_counts_fp8_weights_adafactor_state_and_the_fused_backward(tiny_host):
+    from lora_forge.model.fp8 import fp8_weight_bytes
+
+    model = tiny_host.sd_model()
+    unet = model.model.diffusion_model
+    config = TrainConfig(**{**BASE, "mixed_precision": "bf16"}, resolution="64", max_bucket_reso=128)
+    plain = _session_estimate(model, config)
+    fp8 = _session_estimate(model, config.replace(fp8_base=True))
+    unet_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    assert fp8.frozen_weights == plain.frozen_weights - unet_bytes + fp8_weight_bytes(unet)
+    assert plain.fp8_total - plain.total == fp8_weight_bytes(unet) - unet_bytes < 0
+    adamw = plain.trainable
+    adafactor = _session_estimate(model, config.replace(optimizer_type="Adafactor")).trainable
+    fused = _session_estimate(model, config.replace(optimizer_type="Adafactor", fused_backward_pass=True)).trainable
+    assert fused < adafactor < adamw
+
+
+def test_the_adafactor_state_estimate_is_what_adafactor_keeps(tiny_host):
+    from lora_forge.train.memory import optimizer_state_bytes
+    from lora_forge.train.optim import make_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in [(4, 96), (320, 4), (8, 64, 1, 1), (40,)]]
+    optimizer = make_optimizer("Adafactor", [{"params": params, "lr": 1e-3}])
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    kept = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    kept -= sum(s["RMS"].numel() * 4 if torch.is_tensor(s.get("RMS")) else 0 for s in optimizer.state.values())
+    assert optimizer_state_bytes(params, "Adafactor") == kept

@@ -450,7 +450,7 @@ def test_the_webuis_fp8_weight_setting_trains_over_its_fp8_weights(webui, runs, 
         before = snapshot()
         status = run_to_end(runs, dataset, mixed_precision="bf16", max_train_epochs=1, sample_every_n_steps=2)
         assert status.state == "finished", status.error
-        print("fp8 load-back:", status.warnings)
+        assert status.warnings == []  # the load-back check ran on each file, within FP8's rounding
         assert len(status.losses) == 4 and all(np.isfinite(status.losses)) and status.sample_path
         config = (Path(status.run_dir) / "config.toml").read_text(encoding="utf-8")
         assert "fp8_base = true" in config

@@ -286,8 +286,14 @@ def loadback_check(host: WebUIHost, sd_model: Any, path: Path, muted: Any) -> st
         return ""
     from modules import devices
 
+    from lora_forge.model.fp8 import is_fp8
+
     device = host.device
-    dtype = next(sd_model.model.diffusion_model.parameters()).dtype
+    weight = next(sd_model.model.diffusion_model.parameters())
+    # FP8 weights (the WebUI's setting): inputs in the UNet's compute dtype; the Lora extension
+    # merges the file into the FP8 weights, so FP8's rounding bounds the agreement
+    dtype = devices.dtype_unet if is_fp8(weight) else weight.dtype
+    rounding = torch.finfo(weight.dtype).eps
     x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(20240727)).to(device, dtype)
     t = torch.tensor([500], device=device)
 
@@ -330,7 +336,7 @@ def loadback_check(host: WebUIHost, sd_model: Any, path: Path, muted: Any) -> st
     if effect == 0:
         return f"LOAD-BACK CHECK: {path.name} changes nothing even in our own modules"
     diff = float((theirs - ours).norm())
-    floor = LOADBACK_EPS * torch.finfo(dtype).eps * float(base.norm())
+    floor = LOADBACK_EPS * rounding * float(base.norm())
     if diff > max(LOADBACK_TOLERANCE * effect, floor):
         return (
             f"LOAD-BACK CHECK FAILED: the WebUI's Lora loader applies {path.name} differently from the trained "

@@ -18,7 +18,7 @@ from typing import Any
 from lora_forge.errors import ForgeError
 from lora_forge.events import Progress, ProgressFn, StopFlag, no_progress
 from lora_forge.host.base import Host
-from lora_forge.train import data, fit, outputs
+from lora_forge.train import data, outputs
 from lora_forge.train.conditioning import Conditioner
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.presets import StepPlan, plan_steps
@@ -92,7 +92,7 @@ def train(
     import torch
 
     from lora_forge.train import losses, memory, state
-    from lora_forge.train.fit import check_before_work
+    from lora_forge.train.fit import check_before_work, check_fits
     from lora_forge.train.optim import make_scheduler
     from lora_forge.train.session import offloaded, open_session, precision_for
 
@@ -109,7 +109,7 @@ def train(
         try:
             estimate = memory.estimate(sd_model, session.network, config, dataset)
             progress(Progress(0, plan.total_steps, "memory plan: " + estimate.summary(), data=estimate.as_dict()))
-            fit.check_fits(estimate.total, device)
+            check_fits(estimate, config)
             run_dir = outputs.new_run_dir(out_dir, config.output_name)
             outputs.write_config(run_dir, config)
             conds = Conditioner(sd_model, config, dataset, device, precision)

@@ -16,6 +16,7 @@ keeps a JIT-compiled kernel per convolution shape, and three extra shapes stayed
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from lora_forge.train.config import TrainConfig
 
 GIB = 1024**3
 CUDA_CONTEXT = 400 * 1024**2  # the CUDA context and kernels; not in torch's allocator counters
+CARDS_GB = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 80)  # the card sizes a verdict names ("fits 8 GB")
 
 
 @dataclass
@@ -33,6 +35,13 @@ class Estimate:
     activations: int
     runtime: int  # process / CUDA context overhead
     total: int
+    fp8_total: int = 0  # the same run with FP8 base weights (= total when they are FP8 already)
+    card: int = 0  # the accelerator's memory; 0 when unknown (CPU)
+    verdict: str = ""  # "fits 8 GB", "needs FP8 for 6 GB", "needs 10.3 GB"
+
+    @property
+    def fits(self) -> bool:
+        return not self.card or self.total <= self.card
 
     def summary(self) -> str:
         parts = (
@@ -41,13 +50,41 @@ class Estimate:
             f"activations {self.activations / GIB:.2f}",
             f"runtime {self.runtime / GIB:.2f}",
         )
-        return f"≈ {self.total / GIB:.2f} GiB peak (" + ", ".join(parts) + " GiB)"
+        text = f"≈ {self.total / GIB:.2f} GiB peak (" + ", ".join(parts) + " GiB)"
+        return f"{text}; {self.verdict}" if self.verdict else text
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
-OPTIMIZER_STATE = {"AdamW": 2.0, "AdamW8bit": 0.5, "Lion": 1.0, "Prodigy": 4.0}
+OPTIMIZER_STATE = {"AdamW": 2.0, "AdamW8bit": 0.5, "Lion": 1.0, "Prodigy": 4.0}  # × the fp32 weights
+
+
+def optimizer_state_bytes(params: list[Any], name: str) -> int:
+    """What the optimizer keeps per trained tensor. Adafactor (kohya's settings: no first moment)
+    keeps a row and a column statistic for a matrix, the full second moment for a vector; a 1×1
+    conv's 4-d LoRA tensor factors over its last two dims, which saves nothing."""
+    if name != "Adafactor":
+        return int(_bytes(params) * OPTIMIZER_STATE.get(name, 2.0))
+    total = 0
+    for p in params:
+        shape = tuple(p.shape)
+        if len(shape) < 2:
+            total += p.numel() * 4
+            continue
+        rows = math.prod(shape[:-1])
+        cols = math.prod(shape[:-2]) * shape[-1]
+        total += (rows + cols) * 4
+    return total
+
+
+def trainable_bytes(params: list[Any], config: TrainConfig) -> int:
+    """LoRA weights, their gradients (one tensor at a time with a fused backward pass), the step's
+    low-precision copy of them under mixed precision, and the optimizer state."""
+    weights = _bytes(params)
+    grads = max((p.numel() * 4 for p in params), default=0) if config.fused_backward_pass else weights
+    step_copy = weights // 2 if config.mixed_precision != "no" else 0
+    return weights + grads + step_copy + optimizer_state_bytes(params, config.optimizer_type)
 
 
 def _bytes(params: Any) -> int:
@@ -71,23 +108,56 @@ def estimate(sd_model: Any, network: Any, config: TrainConfig, dataset: Any, dev
     te = getattr(sd_model, "cond_stage_model", None)
     vae = getattr(sd_model, "first_stage_model", None)
     te_stays = config.train_text_encoder or captions_vary(config) or not config.cache_text_encoder_outputs
-    frozen = _bytes(unet.parameters())
+    from lora_forge.model.fp8 import fp8_weight_bytes
+
+    frozen = _bytes(unet.parameters())  # the session has converted them already when fp8_base is on
+    extra = 0  # frozen bytes besides the UNet's
     if te is not None and (on_cpu or te_stays):
-        frozen += _bytes(te.parameters())
+        extra += _bytes(te.parameters())
     if vae is not None and on_cpu:
-        frozen += _bytes(vae.parameters())
+        extra += _bytes(vae.parameters())
     trained = [m for m in network.loras if config.train_text_encoder or m.target.part == "unet"]
     idle = [m for m in network.loras if m not in trained]  # untrained TE modules: weights only
-    per_weight = 2 + OPTIMIZER_STATE.get(config.optimizer_type, 2.0)  # weight + grad + state
-    trainable = int(_bytes(p for m in trained for p in m.parameters()) * per_weight)
+    trainable = trainable_bytes([p for m in trained for p in m.parameters()], config)
     trainable += _bytes(p for m in idle for p in m.parameters())
     buckets = dataset.bucket_counts() if dataset is not None else {config.resolution_wh: 1}
     w, h = max(buckets, key=lambda wh: wh[0] * wh[1])
     acts = activation_bytes(unet, (h // 8, w // 8), config)
     # On CPU the process itself (Python, torch, the rest of the model) is part of the resident set.
-    runtime = max(0, current_bytes(device) - frozen - _bytes(network.parameters())) if on_cpu else CUDA_CONTEXT
-    total = frozen + trainable + acts + runtime
-    return Estimate(frozen, trainable, acts, runtime, total)
+    runtime = max(0, current_bytes(device) - frozen - extra - _bytes(network.parameters())) if on_cpu else CUDA_CONTEXT
+    total = frozen + extra + trainable + acts + runtime
+    fp8_total = total - frozen + fp8_weight_bytes(unet)
+    est = Estimate(frozen + extra, trainable, acts, runtime, total, fp8_total, _card(device))
+    est.verdict = verdict(est)
+    return est
+
+
+def _card(device: Any) -> int:
+    from lora_forge.train.fit import capacity
+
+    return capacity(device) or 0
+
+
+def verdict(est: Estimate) -> str:
+    """Will it fit: "fits 8 GB", "needs FP8 for 6 GB", "needs 10.3 GB". With a known card, about
+    that card; without one, the smallest common card that fits, and a smaller one FP8 would reach."""
+
+    def card_for(total: int) -> int:
+        return next((gb for gb in CARDS_GB if total <= gb * GIB), 0)
+
+    if est.card:
+        card_gb = round(est.card / GIB)
+        if est.total <= est.card:
+            return f"fits {card_gb} GB"
+        if est.fp8_total <= est.card:
+            return f"needs FP8 for {card_gb} GB"
+        return f"needs {est.total / GIB:.1f} GB"
+    plain, fp8 = card_for(est.total), card_for(est.fp8_total)
+    if not plain:
+        return f"needs {est.total / GIB:.1f} GB"
+    if fp8 and fp8 < plain:
+        return f"fits {plain} GB; needs FP8 for {fp8} GB"
+    return f"fits {plain} GB"
 
 
 def activation_bytes(unet: Any, latent_hw: tuple[int, int], config: TrainConfig) -> int:
@@ -144,6 +214,8 @@ def _probe(unet: Any, latent_hw: tuple[int, int], config: TrainConfig) -> dict[s
         hooks += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
     wrappers = {id(b): b.__dict__.pop("forward") for b in blocks if "forward" in b.__dict__}
     dtype = next(unet.parameters()).dtype
+    if dtype.itemsize == 1:  # FP8 storage: inputs in a compute dtype (the layers upcast to it)
+        dtype = torch.bfloat16
     device = next(unet.parameters()).device
     ctx_dim = _context_dim(unet)
     autocast = (

@@ -237,7 +237,9 @@ def _merge(net: Network) -> None:
             )
             if module not in _backups:
                 _backups[module] = w.detach().clone()
-            w.add_((delta * scale * mult).to(w.dtype))
+            # as 1.10.1's network_apply_weights: added in the delta's dtype, stored in the weight's
+            # (FP8 weights with the FP8 weight setting: the merged weight is rounded to FP8)
+            w.copy_((w.to(delta.dtype) + delta * scale * mult).to(w.dtype))
     if unmatched:
         logging.debug(f"Network {net.network_on_disk.filename} didn't match keys: {unmatched}")
 
