@@ -3,12 +3,15 @@
 The floor is what no LoRA trainer can beat: the same UNet, batch, precision, attention (our SDP
 forward) and checkpointing, with gradients for the input latents only. Ours is the whole training
 step of lora_forge.train.loop (noise, timesteps, LoRA forward/backward, min-SNR loss, grad clip,
-AdamW step). Cases: the tiny test UNet and SD1.5's full UNet (random weights), latents 16² and
-32², fp32 and bf16 (bf16 frozen weights + bf16 autocast). Rounds interleave floor and ours after
-a warm-up, alternating which goes first; the figure is median(ours) / median(floor) of the process CPU
-time with one intra-op thread (wall time on this shared 2-core machine swings ±50 % with the neighbours).
+AdamW step). Cases: the tiny test UNet, SD1.5's and SDXL's full UNets (random weights; SDXL is
+sgm's UNetModel as sd_xl_base.yaml builds it, through host/sgm_compat, rank 16, its `vector`
+input cached like the text), latents 16² and 32², fp32 and bf16 (bf16 frozen weights + bf16
+autocast). Rounds interleave floor and ours after a warm-up, alternating which goes first; the
+figure is median(ours) / median(floor) of the process CPU time with one intra-op thread (wall time
+on this shared 2-core machine swings ±50 % with the neighbours). SDXL in fp32 holds ~10 GB of RAM
+and takes minutes per case on 2 cores: run it alone (`--only sdxl`).
 
-    python bench/train_step.py [--rounds 5] [--only tiny|sd15] [--no-checkpointing] [--bound]
+    python bench/train_step.py [--rounds 5] [--only tiny|sd15|sdxl] [--case sdxl_16] [--no-checkpointing] [--bound]
 
 --bound also times a third step: the floor with the LoRA-targeted layers' own weights requiring
 gradients, i.e. what a merged-form LoRA would cost if merging were free. It shows how much of the
@@ -33,6 +36,7 @@ from torch import nn
 UNET = {
     "sd15": dict(model_channels=320, context_dim=768, num_heads=8, rank=32),
     "tiny": dict(model_channels=32, context_dim=32, num_heads=8, rank=8),
+    "sdxl": dict(context_dim=2048, rank=16),  # sgm's UNetModel as sd_xl_base.yaml builds it (bench/unets.py)
 }
 
 
@@ -47,7 +51,12 @@ class Bare(nn.Module):
         self.is_sdxl = False
 
 
-def build_unet(kind: str) -> nn.Module:
+def build_unet(kind: str, precision: str) -> nn.Module:
+    if kind == "sdxl":  # 2.6 B parameters: made straight in the storage dtype, tensor by tensor
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from unets import build_unet as build_full
+
+        return build_full("sdxl", precision)
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     p = UNET[kind]
@@ -87,10 +96,11 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
     from lora_forge.train.optim import make_scheduler
     from lora_forge.train.session import open_session, precision_for
 
-    unet = build_unet(kind)
-    if precision == "bf16":
+    unet = build_unet(kind, precision)
+    if precision == "bf16" and kind != "sdxl":
         to_bf16(unet)
     model = Bare(unet)
+    model.is_sdxl = kind == "sdxl"
     config = TrainConfig(
         network_dim=UNET[kind]["rank"],
         network_alpha=UNET[kind]["rank"] / 2,
@@ -108,13 +118,18 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(1, 4, side, side, generator=gen)
     cond = torch.randn(1, 77, UNET[kind]["context_dim"], generator=gen)
+    net = unet
+    if kind == "sdxl":  # the cached `vector` (pooled text + size conditioning) rides along
+        from unets import WithVector
+
+        net = WithVector(unet, torch.randn(1, 2816, generator=gen))
     with torch.no_grad():  # a non-zero LoRA, as after the first steps (zero `up` would skip nothing anyway)
         for p in lora_params:
             p.normal_(0, 0.01, generator=gen)
 
     def ours() -> None:
         session.begin_step(prec.autocast_dtype)
-        loss = diffusion_loss(unet, x0, lambda: cond, schedule, config, prec, gen)
+        loss = diffusion_loss(net, x0, lambda: cond, schedule, config, prec, gen)
         backward(loss, config, prec)
         optimizer_step(optimizer, scheduler, params, config, prec)
         session.end_step()
@@ -123,7 +138,7 @@ def make_case(kind: str, side: int, precision: str, checkpointing: bool):
         x = x0.clone().requires_grad_(True)
         t = torch.randint(0, 1000, (1,), generator=gen)
         with prec.autocast():
-            pred = unet(x, timesteps=t, context=cond)
+            pred = net(x, timesteps=t, context=cond)
         torch.nn.functional.mse_loss(pred.float(), x0).backward()
 
     def floor_without_lora() -> None:
@@ -167,7 +182,7 @@ def timed(fn) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--only", choices=["tiny", "sd15"])
+    ap.add_argument("--only", choices=["tiny", "sd15", "sdxl"])
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--case", default="", help="run only cases whose name contains this, e.g. sd15_32")
     ap.add_argument("--threads", type=int, default=2)
@@ -175,7 +190,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ckpt = not args.no_checkpointing
-    kinds = [args.only] if args.only else ["tiny", "sd15"]
+    kinds = [args.only] if args.only else ["tiny", "sd15", "sdxl"]
     ratios = {}
     for kind in kinds:
         for side in (16, 32):

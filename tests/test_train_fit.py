@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -340,3 +342,19 @@ def test_the_adafactor_state_estimate_is_what_adafactor_keeps(tiny_host):
     kept = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
     kept -= sum(s["RMS"].numel() * 4 if torch.is_tensor(s.get("RMS")) else 0 for s in optimizer.state.values())
     assert optimizer_state_bytes(params, "Adafactor") == kept
+
+
+def test_cli_fp8_flag_trains_over_fp8_weights_and_says_so_in_the_plan(tiny_files, dataset, tmp_path, capsys):  # noqa: F811
+    from lora_forge.cli import main
+
+    args = ["train", "--ckpt", str(tiny_files.checkpoint), "--data", str(dataset), "--name", "cli8", "--out",
+            str(tmp_path), "--fp8-base", "--json"]  # fmt: skip
+    sets = [f"{k}={v}" for k, v in {**FAST, "max_train_steps": 2, "mixed_precision": "bf16"}.items()]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"memory plan: ≈ .*; fits \d+ GB", printed)  # the verdict, before the first step
+    out = json.loads(printed.strip().splitlines()[-1])
+    assert out["steps"] == 2 and "fp8_base = true" in (Path(out["run_dir"]) / "config.toml").read_text("utf-8")
+    sets[sets.index("mixed_precision=bf16")] = "mixed_precision=no"
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 2
+    assert "fp8_base needs mixed_precision" in capsys.readouterr().err

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     choice = {"choices": ("auto", "true", "false"), "type": str.lower}
     p.add_argument("--v-parameterization", **choice, help="v-prediction (auto: as the model loads)")
     p.add_argument("--zero-terminal-snr", **choice, help="rescale the noise schedule to zero terminal SNR (kohya's)")
+    p.add_argument("--fp8-base", action="store_true", help="frozen weights stored as FP8, upcast per layer (fp8_base)")
+    p.add_argument("--fused-backward-pass", action="store_true",
+                   help="Adafactor steps each tensor during backward (fused_backward_pass)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads on --device cpu (default: half the cores)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan, do not train")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -65,7 +68,7 @@ def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[st
     if args.trigger is not None:
         overrides["trigger_word"] = args.trigger
     overrides["output_name"] = args.name
-    for key in ("v_parameterization", "zero_terminal_snr"):
+    for key in ("v_parameterization", "zero_terminal_snr", "fp8_base", "fused_backward_pass"):
         if getattr(args, key, None):
             overrides[key] = getattr(args, key)
     family = checkpoint_family(safetensors_shapes(args.ckpt))  # "" for a .ckpt: the SD1/SD2 values
@@ -94,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
     host = StandaloneHost(args.ckpt, vae=args.vae, clip_folder=args.clip_folder, device=args.device)
     if args.dry_run:
         from lora_forge.train import memory
+        from lora_forge.train.fit import check_before_work
         from lora_forge.train.session import open_session
 
+        check_before_work(prepared.config, host.device)
         session = open_session(host.sd_model(), prepared.config)
         try:
             est = memory.estimate(host.sd_model(), session.network, prepared.config, prepared.dataset)
