@@ -31,7 +31,8 @@ values on top, chosen by `preset_config(..., family=)` / `model_preset_config(ho
   presets and the Civitai Illustrious guides use 32; 16 is the middle, half-alpha as our SD1 presets.
 - UNet learning rate 1e-4 with AdamW8bit on CUDA: kohya_ss's SDXL AdamW preset ("AI_Now") and
   the Illustrious guides' "0.0001 keeps image quality"; kohya recommends an 8-bit optimizer or
-  Adafactor for 8 GB. AdamW8bit needs bitsandbytes on CUDA, so other devices get AdamW.
+  Adafactor for 8 GB. At rank 16 Adam's fp32 state is only some hundred MB, so AdamW8bit is picked
+  only where bitsandbytes is already installed and on CUDA (its only device); elsewhere AdamW.
 - noise offset 0.0357 for style/product (kohya_ss's SDXL presets: SDXL was trained with it).
 - clip skip 1: kohya's SDXL scripts warn that clip_skip does not apply to SDXL; inside the WebUI the
   user's own setting is used anyway.
