@@ -111,7 +111,8 @@ def _cuda_autocast(f: Any) -> Any:
 
         if not torch.cuda.is_available():
             return f(*args, **kwargs)
-        dtype = torch.get_autocast_dtype("cuda")
+        get_dtype = getattr(torch, "get_autocast_dtype", None)  # torch ≥ 2.4; older: the GPU-only getter
+        dtype = get_dtype("cuda") if get_dtype else torch.get_autocast_gpu_dtype()
         with torch.autocast("cuda", dtype=dtype, cache_enabled=torch.is_autocast_cache_enabled()):
             return f(*args, **kwargs)
 
