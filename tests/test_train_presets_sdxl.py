@@ -91,7 +91,7 @@ def test_the_command_line_picks_sdxl_values_from_the_checkpoint_file(tiny_sdxl_f
     (data / "a.txt").write_text("a", encoding="utf-8")
 
     def config_for(ckpt: Path, *flags: str) -> TrainConfig:
-        from lora_forge.train.cli import build_config
+        from lora_forge.cli.train import build_config
 
         given = ["--ckpt", str(ckpt), "--data", str(data), "--name", "n", "--out", str(tmp_path), "--preset", "style"]
         args = build_parser().parse_args(["train", *given, *flags])

@@ -1,5 +1,5 @@
 """The epoch × strength grid for every face: plan it, fetch the tagger when scores are wanted,
-render and score it — one app.jobs.Job the 测试 section follows (grid/cli.py runs the same steps
+render and score it — one app.jobs.Job the 测试 section follows (cli/grid.py runs the same steps
 in the foreground). Rendering holds the host's job lock (the WebUI's queue); Stop ends it after
 the cell (or batched column) in hand, and a stopped grid is shown and saved as partial.
 """

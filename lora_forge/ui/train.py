@@ -64,7 +64,7 @@ def _preset_values(preset: str, host: Host | None = None) -> list[Any]:
 
 
 def _overrides(values: list[Any], extra: str) -> dict[str, Any]:
-    from lora_forge.train.cli import parse_sets
+    from lora_forge.cli.train import parse_sets
 
     out: dict[str, Any] = {}
     for (key, _, kind), v in zip(MAIN_FIELDS + ADVANCED_FIELDS, values, strict=True):

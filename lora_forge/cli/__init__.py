@@ -1,7 +1,8 @@
 """`python -m lora_forge <command>`: the headless face of every stage.
 
-Each command lives in the room that owns it and exposes `add_arguments(parser)` and
-`run(args) -> int`. Commands whose module is not there are not offered.
+Each command is a thin face in this package (cli/<command>.py) that exposes `add_arguments(parser)`
+and `run(args) -> int`: it reads its flags, calls the stage (or app) function that does the work and
+renders the result. Commands whose module is not there are not offered.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from lora_forge.errors import ForgeError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "inspect": ("lora_forge.inspect.cli", "say what a model file is (checkpoint, LoRA, VAE, embedding, ...)"),
-    "preprocess": ("lora_forge.dataset.cli", "ingest images, face-focus crop, buckets, face crops"),
-    "tag": ("lora_forge.tagger.cli", "caption a dataset with a WD14 tagger"),
-    "tags": ("lora_forge.dataset.editor_cli", "edit the captions of a dataset (add, remove, replace, ...)"),
-    "train": ("lora_forge.train.cli", "train a LoRA on a checkpoint file"),
-    "grid": ("lora_forge.grid.cli", "render the epoch x strength grid and recommend an epoch"),
+    "inspect": ("lora_forge.cli.inspect", "say what a model file is (checkpoint, LoRA, VAE, embedding, ...)"),
+    "preprocess": ("lora_forge.cli.preprocess", "ingest images, face-focus crop, buckets, face crops"),
+    "tag": ("lora_forge.cli.tag", "caption a dataset with a WD14 tagger"),
+    "tags": ("lora_forge.cli.tags", "edit the captions of a dataset (add, remove, replace, ...)"),
+    "train": ("lora_forge.cli.train", "train a LoRA on a checkpoint file"),
+    "grid": ("lora_forge.cli.grid", "render the epoch x strength grid and recommend an epoch"),
     "ui": ("lora_forge.ui.app", "open the 炼丹 tab in a browser without the WebUI (headless servers)"),
     "selftest": ("lora_forge.selftest", "build a tiny model and run every stage end to end on CPU"),
 }
