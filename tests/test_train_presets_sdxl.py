@@ -103,3 +103,33 @@ def test_the_command_line_picks_sdxl_values_from_the_checkpoint_file(tiny_sdxl_f
     flagged = config_for(tiny_sdxl_files.checkpoint, "--v-parameterization", "TRUE", "--zero-terminal-snr", "true")
     assert (flagged.v_parameterization, flagged.zero_terminal_snr) == ("true", "true")
     assert config_for(tiny_files.checkpoint).v_parameterization == "auto"
+
+
+def test_opening_train_shows_sdxl_values_once_and_keeps_what_the_user_typed(tiny_sdxl_files, tiny_host, tmp_path):
+    """The form is built before any model is known (SD1 numbers); opening 训练 with an SDXL model
+    loaded shows the preset's SDXL values, opening it again keeps the user's edits, and a switch
+    back to an SD1 checkpoint shows SD1 values again."""
+    from lora_forge.host.ldm_build import instantiate, load_config
+    from lora_forge.settings import Settings
+    from lora_forge.ui import tab
+    from lora_forge.ui.context import UiContext
+    from lora_forge.ui.train import PRESET_LABELS
+    from tests.blocks_support import by_id, handler
+
+    loaded: list = [_Holds(instantiate(load_config(tiny_sdxl_files.config), on_meta=True))]
+    settings = Settings(models_dir=tmp_path / "models", dataset_dir=tmp_path / "datasets")
+    blocks = tab.build(UiContext(host=lambda: loaded[0], settings=lambda: settings))
+    on_model = handler(blocks, "on_model")
+    anime = PRESET_LABELS["anime"]
+
+    def open_train(kind: str) -> tuple[dict, str]:
+        answer = on_model.fn(anime, kind)
+        return by_id(on_model, [*answer[:-1], None]), answer[-1]
+
+    shown, kind = open_train("sd")  # as built
+    assert (shown["lora_forge_train_resolution"]["value"], kind) == ("1024", "sdxl")
+    shown, kind = open_train("sdxl")  # opened again, same model: the user's values stay
+    assert "value" not in shown["lora_forge_train_resolution"] and kind == "sdxl"
+    loaded[0] = tiny_host  # the WebUI switched to an SD1 checkpoint
+    shown, kind = open_train("sdxl")
+    assert (shown["lora_forge_train_resolution"]["value"], kind) == ("512", "sd")

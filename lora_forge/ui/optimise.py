@@ -138,5 +138,5 @@ def build(ctx: UiContext, train: TrainHandles | None = None) -> None:
         again_btn.click(on_again, [project_state, pending], outputs)
     else:
         again_btn.click(
-            on_again, [project_state, pending, train.preset], [*outputs, *train.fields.values(), train.extra]
+            on_again, [project_state, pending, train.preset], [*outputs, *train.form]
         )

@@ -104,7 +104,7 @@ def wire_opening(ctx: UiContext, blocks: Any, bar: BarHandles, sections: Section
 
     outputs = [*bar.status_outputs, bar.choice, bar.message, dataset_dir, sections.tabs]
     outputs += [prepare.out] if prepare is not None else []
-    outputs += [*train.fields.values(), train.extra, train.status] if train is not None else []
+    outputs += [*train.form, train.status] if train is not None else []
     outputs += [grid.run] if grid is not None else []
     outputs += trigger_boxes
 

@@ -117,6 +117,8 @@ def build(ctx: UiContext):
             add("lora_forge.ui.optimise", sections.train)  # "Train again" fills 训练's form
             add("lora_forge.ui.inspect")
         project_wiring.wire(ctx, blocks, bar, sections)
+        if sections.train is not None:  # SDXL values when an SDXL model is loaded (or was switched to)
+            sections.train.follow_model(sections.items["train"].select)
     guard.install(blocks, ctx)  # every input through the path policy (lora_forge.ui.guard)
     localize_handlers(blocks, ctx)  # messages leave in the user's language (lora_forge.ui.translate)
     return blocks

@@ -63,6 +63,15 @@ def _preset_values(preset: str, host: Host | None = None) -> list[Any]:
     return values
 
 
+def _preset_kind(host: Host | None) -> str:
+    """Which preset values the loaded model wants: "sdxl" for the SDXL family, "sd" otherwise (also
+    when no model is loaded yet, as the form is built)."""
+    from lora_forge.model.family import base_family
+    from lora_forge.train.presets import loaded_family
+
+    return "sdxl" if host is not None and base_family(loaded_family(host)[0]) == "sdxl" else "sd"
+
+
 def _overrides(values: list[Any], extra: str) -> dict[str, Any]:
     from lora_forge.cli.train import parse_sets
 
@@ -162,6 +171,9 @@ class TrainHandles:
     run_ended: list[Any] = field(default_factory=list)  # Start, Resume, Show progress: done when their run is
     _follow: Any = None
     _outputs: list[Any] = field(default_factory=list)
+    filled_for: Any = None  # gr.State: the kind of model ("sd"/"sdxl") the form's preset values are for
+    _for_model: Any = None  # (event) -> None: refill the preset's values when the loaded model's kind changed
+    _kind: Any = None  # () -> the kind of the model loaded now
 
     def follow_after(self, event: Any) -> Any:
         """Show the run whose id is in run_id once `event` is done (e.g. the bar's Resume), as this
@@ -169,6 +181,12 @@ class TrainHandles:
         followed = event.then(self._follow, [self.run_id], self._outputs)
         self.run_ended.append(followed)
         return followed
+
+    def follow_model(self, event: Any) -> None:
+        """After `event` (opening this section), show the preset's values for the model loaded now
+        when they were filled for another kind (SD1 numbers on an SDXL model, or after a checkpoint
+        switch); values the user typed for the same kind of model stay."""
+        self._for_model(event)
 
     def fill(self, values: dict[str, Any], more: str | None) -> dict[Any, Any]:
         """Updates that show `values` (config keys) in the form; `more` for the more-settings box
@@ -178,7 +196,13 @@ class TrainHandles:
         out: dict[Any, Any] = {comp: gr.update(value=values[k]) for k, comp in self.fields.items() if k in values}
         if more is not None:
             out[self.extra] = more
+        out[self.filled_for] = self._kind()  # a filled form is the user's for this model: keep it
         return out
+
+    @property
+    def form(self) -> list[Any]:
+        """The components `fill` may update: list them as the outputs of an event that fills."""
+        return [*self.fields.values(), self.extra, self.filled_for]
 
 
 def build(ctx: UiContext) -> TrainHandles:
@@ -229,6 +253,7 @@ def build(ctx: UiContext) -> TrainHandles:
         )
     result_md = gr.Markdown("", elem_id="lora_forge_train_result")
     run_id = gr.State("")
+    filled_for = gr.State("sd")  # the kind of model the preset's values in the form are for
     outputs = [status_md, bar, chart, sample, result_md, memory_md]
 
     def follow(run: str):
@@ -278,17 +303,41 @@ def build(ctx: UiContext) -> TrainHandles:
         yield from follow(active.id)
 
     def on_preset(name: str) -> list[Any]:
-        values = _preset_values(name, ctx.host())
-        return [gr.update(value=v) for v in values[2:]]  # name and trigger word stay the user's
+        host = ctx.host()
+        values = _preset_values(name, host)
+        # name and trigger word stay the user's
+        return [*(gr.update(value=v) for v in values[2:]), _preset_kind(host)]
+
+    def on_model(name: str, kind: str) -> list[Any]:
+        host = ctx.host()
+        if _preset_kind(host) == kind:
+            return [*(gr.update() for _ in components[2:]), kind]
+        return on_preset(name)
+
+    def for_model(event: Any) -> None:
+        event(on_model, inputs=[preset, filled_for], outputs=[*components[2:], filled_for])
 
     inputs = [dataset_dir, preset, *components, extra]
-    preset.change(on_preset, inputs=[preset], outputs=components[2:])
+    preset.change(on_preset, inputs=[preset], outputs=[*components[2:], filled_for])
     check.click(lambda *a: estimate_memory(ctx, a[0], a[1], *a[2:]), inputs=inputs, outputs=[memory_md])
     started = start.click(on_start, inputs=inputs, outputs=[run_id, *outputs])
     resumed = resume.click(on_resume, inputs=[dataset_dir], outputs=[run_id, *outputs])
     stop.click(on_stop, outputs=[memory_md])
     watched = watch.click(on_watch, outputs=outputs)
-    handles = TrainHandles(preset, fields, extra, status_md, run_id, [started, resumed], [watched], follow, outputs)
+    handles = TrainHandles(
+        preset,
+        fields,
+        extra,
+        status_md,
+        run_id,
+        [started, resumed],
+        [watched],
+        follow,
+        outputs,
+        filled_for,
+        for_model,
+        lambda: _preset_kind(ctx.host()),
+    )
     handles.follow_after(started)
     handles.follow_after(resumed)
     return handles
