@@ -162,3 +162,18 @@ def test_a_taken_port_is_said_in_one_line_naming_port(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: port {port} is taken") and "--port" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_set_without_equals_is_a_user_mistake_named_in_both_languages(tmp_path, capsys):
+    """The CLI's --set and the 训练 tab's extra-settings box share one parser (train.layering)."""
+    from lora_forge import i18n
+    from lora_forge.errors import ForgeError
+    from lora_forge.train.layering import parse_sets
+
+    given = ["--ckpt", str(tmp_path / "m.safetensors"), "--data", str(tmp_path), "--name", "n", "--out", str(tmp_path)]
+    assert main(["train", *given, "--set", "network_dim"]) == 2
+    assert "--set needs KEY=VALUE, got 'network_dim'" in capsys.readouterr().err
+    assert parse_sets(["network_dim = 8", "unet_lr=1e-4"]) == {"network_dim": "8", "unet_lr": "1e-4"}
+    with pytest.raises(ForgeError) as e:
+        parse_sets(["=8"])
+    assert i18n.translate(str(e.value), "zh_CN") == "--set 需要 KEY=VALUE 的写法，收到的是 '=8'"

@@ -48,21 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ForgeError(f"--set needs KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[str]]:
     """(config, keys the user set, warnings from importing a foreign config): the flags as
     overrides on the one config layering (train.layering)."""
     from lora_forge.model.family import checkpoint_family, safetensors_shapes
-    from lora_forge.train.layering import layer_config
+    from lora_forge.train.layering import layer_config, parse_sets
 
     overrides: dict[str, Any] = dict(parse_sets(args.set))
     if args.trigger is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_forge.errors import ForgeError
 from lora_forge.rundir import RunDir
 from lora_forge.train.config import TrainConfig
 
@@ -27,6 +28,18 @@ class Layered:
     config: TrainConfig
     user_keys: frozenset[str]
     warnings: list[str] = field(default_factory=list)  # from importing a foreign config file
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE lines (the CLI's `--set`, the 训练 tab's extra-settings box) as overrides; the
+    values stay text, TrainConfig converts them when the layers are applied."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ForgeError(f"--set needs KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def layer_config(

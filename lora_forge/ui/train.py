@@ -73,7 +73,7 @@ def _preset_kind(host: Host | None) -> str:
 
 
 def _overrides(values: list[Any], extra: str) -> dict[str, Any]:
-    from lora_forge.cli.train import parse_sets
+    from lora_forge.train.layering import parse_sets
 
     out: dict[str, Any] = {}
     for (key, _, kind), v in zip(MAIN_FIELDS + ADVANCED_FIELDS, values, strict=True):
