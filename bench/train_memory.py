@@ -176,7 +176,8 @@ def main() -> int:
             f"verdict '{last['verdict']}', UNet weights {last['weights'] / GIB:.3f} GiB, "
             f"LoRA params {last['lora_params']:,}"
         )
-        print("  estimate breakdown (GiB): " + ", ".join(f"{k} {v / GIB:.3f}" for k, v in est.items() if isinstance(v, int) and v))
+        parts = [f"{k} {v / GIB:.3f}" for k, v in est.items() if isinstance(v, int) and v]
+        print("  estimate breakdown (GiB): " + ", ".join(parts))
         if floor and results[name][-1]["weights"] == results["floor"][-1]["weights"]:
             fields.append(f"{name}_ratio={peaks[name] / floor:.3f}")
         fields.append(f"{name}_gib={peaks[name] / GIB:.3f}")
