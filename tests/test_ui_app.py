@@ -83,14 +83,16 @@ def test_ui_command_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
 
 
 def test_the_host_is_loaded_once_on_first_use(tiny_files) -> None:
-    from lora_forge.ui.app import standalone_host_factory
+    from lora_forge.ui.app import StandaloneHosts
 
-    host = standalone_host_factory(tiny_files.checkpoint, clip_folder=tiny_files.clip_folder)
+    host = StandaloneHosts(tiny_files.checkpoint, clip_folder=tiny_files.clip_folder)
+    assert host.loaded() is None  # what a page shows never loads the checkpoint
     first = host()
+    assert host.loaded() is first
     assert first.sd_model().is_sd1
     assert host() is first
     with pytest.raises(ForgeError, match="--ckpt"):
-        standalone_host_factory(None)()
+        StandaloneHosts(None)()
 
 
 def test_ui_command_serves_the_tab(tiny_files, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def weights_hash(sd_model) -> str:
     h = hashlib.sha256()
     for k, v in sorted(sd_model.state_dict().items()):
         h.update(k.encode())
-        v = v.detach().cpu().contiguous()
+        v = v.detach().cpu().contiguous().reshape(-1)  # a 0-dim buffer cannot be viewed as bytes
         h.update(str(v.dtype).encode() + v.view(torch.uint8).numpy().tobytes())  # raw bytes, FP8 too
     return h.hexdigest()
 

@@ -54,28 +54,36 @@ def page_assets(root: Path = EXTENSION_ROOT) -> tuple[str, str]:
     return css, "\n".join([WEBUI_JS_SHIMS, *scripts])
 
 
-def standalone_host_factory(
-    ckpt: Path | None,
-    vae: Path | None = None,
-    clip_folder: Path | None = None,
-    device: str = "cpu",
-    lora_dir: Path | None = None,
-) -> Callable[[], Host]:
-    """A callable that loads the checkpoint on first use and then keeps returning the same host."""
-    cache: dict[str, Host] = {}
-    lock = threading.Lock()
+class StandaloneHosts:
+    """The page's host: the checkpoint is loaded on first use, then the same host is returned."""
 
-    def host() -> Host:
-        with lock:  # two sections starting work at once must not load the model twice
-            if "host" not in cache:
+    def __init__(
+        self,
+        ckpt: Path | None,
+        vae: Path | None = None,
+        clip_folder: Path | None = None,
+        device: str = "cpu",
+        lora_dir: Path | None = None,
+    ) -> None:
+        self._args = (ckpt, vae, clip_folder, device, lora_dir)
+        self._host: Host | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Host:
+        with self._lock:  # two sections starting work at once must not load the model twice
+            if self._host is None:
+                ckpt, vae, clip_folder, device, lora_dir = self._args
                 if ckpt is None:
                     raise ForgeError("no model loaded: start the UI with --ckpt FILE (a .safetensors checkpoint)")
                 from lora_forge.host.standalone import StandaloneHost
 
-                cache["host"] = StandaloneHost(ckpt, vae=vae, clip_folder=clip_folder, device=device, lora_dir=lora_dir)
-            return cache["host"]
+                self._host = StandaloneHost(ckpt, vae=vae, clip_folder=clip_folder, device=device, lora_dir=lora_dir)
+            return self._host
 
-    return host
+    def loaded(self) -> Host | None:
+        """The host if the checkpoint is loaded already; showing a page must not load it."""
+        return self._host
+
 
 
 def standalone_policy(
@@ -119,8 +127,10 @@ def build_app(
 
     css, js = page_assets()
     uploads = UploadLedger()
+    hosts = StandaloneHosts(ckpt, vae, clip_folder, device, lora_dir)
     ctx = UiContext(
-        host=standalone_host_factory(ckpt, vae, clip_folder, device, lora_dir),
+        host=hosts,
+        peek=hosts.loaded,
         settings=settings,
         paths=standalone_policy(settings, listen, ckpt, lora_dir, uploads),
         language=(lambda: language) if language else i18n.env_language,

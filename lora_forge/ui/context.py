@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_forge import i18n
+from lora_forge.errors import ForgeError
 from lora_forge.host.base import Host
 from lora_forge.safety import PathPolicy
 from lora_forge.settings import Settings
@@ -29,6 +30,19 @@ class UiContext:
     # The user's language ("zh_CN", "None", …): the WebUI's Localization setting, or --lang /
     # LORA_FORGE_LANG for `python -m lora_forge ui`. Read per use, like the settings.
     language: Callable[[], str] = i18n.env_language
+    # The host only if its model is loaded already, else None: for what a page merely shows (which
+    # preset values fit the model), which must never load a checkpoint. None here: ask host().
+    peek: Callable[[], Host | None] | None = None
+
+    def loaded_host(self) -> Host | None:
+        """The host when a model is loaded, None when none is (the standalone page without --ckpt,
+        or before its first work); never loads one where `peek` says how to look."""
+        if self.peek is not None:
+            return self.peek()
+        try:
+            return self.host()
+        except ForgeError:
+            return None
 
     def tr(self, text: str) -> str:
         """A message built at run time, in the user's language (lora_forge.i18n)."""
