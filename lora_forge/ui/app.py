@@ -85,7 +85,6 @@ class StandaloneHosts:
         return self._host
 
 
-
 def standalone_policy(
     settings: Callable[[], Settings], listen: bool, ckpt: Path | None, lora_dir: Path | None, uploads: Any = None
 ) -> Callable[[], Any]:

@@ -137,6 +137,4 @@ def build(ctx: UiContext, train: TrainHandles | None = None) -> None:
     if train is None:
         again_btn.click(on_again, [project_state, pending], outputs)
     else:
-        again_btn.click(
-            on_again, [project_state, pending, train.preset], [*outputs, *train.form]
-        )
+        again_btn.click(on_again, [project_state, pending, train.preset], [*outputs, *train.form])
