@@ -3,7 +3,6 @@ from each image's real sizes, safe latents, kohya SDXL files the WebUI's Lora lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,43 +14,19 @@ from PIL import Image
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.loop import prepare, train
 from lora_forge.train.sdxl_sizes import Origin, size_cond
+from tests.train_support import FAST, squares, weights_hash
 
 torch = pytest.importorskip("torch")
-
-FAST = {
-    "resolution": "64",
-    "min_bucket_reso": 64,
-    "max_bucket_reso": 128,
-    "sample_every_n_steps": 0,
-    "cache_latents_to_disk": False,
-    "mixed_precision": "no",
-    "num_repeats": 1,
-}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("sdxl-data")
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(["red", "green", "blue", "white"]):
-        arr = rng.integers(0, 60, (64, 64 + 16 * (i % 2), 3)).astype(np.uint8)
-        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220), (250, 250, 250)][i]
-        Image.fromarray(arr).save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"zkw, {name} square, noise", encoding="utf-8")
-    return folder
+    return squares(tmp_path_factory.mktemp("sdxl-data"), widen=True)
 
 
 def run(host, data_dir, out, **changes):
     config = TrainConfig.from_dict({**FAST, **changes})
     return train(host, prepare(config, data_dir, frozenset(changes) | {"num_repeats"}), out)
-
-
-def state_hash(module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ conditioning
@@ -139,11 +114,11 @@ def test_sdxl_latents_never_run_the_vae_in_fp16(tiny_sdxl_host):
 
 def test_training_writes_a_kohya_sdxl_file_and_leaves_the_model_as_it_was(tiny_sdxl_host, dataset, tmp_path):
     model = tiny_sdxl_host.sd_model()
-    before = state_hash(model)
+    before = weights_hash(model)
     flags = [p.requires_grad for p in model.parameters()]
     result = run(tiny_sdxl_host, dataset, tmp_path, max_train_steps=2, network_train_unet_only=False,
                  text_encoder_lr=1e-4, cache_text_encoder_outputs=False)  # fmt: skip
-    assert state_hash(model) == before
+    assert weights_hash(model) == before
     assert [p.requires_grad for p in model.parameters()] == flags and not model.training
     from safetensors import safe_open
 
@@ -180,12 +155,12 @@ def test_the_webuis_lora_loader_takes_every_key_and_renders_the_same(tiny_sdxl_f
     lora_dir.mkdir(parents=True, exist_ok=True)
     (lora_dir / "mine.safetensors").write_bytes(Path(result.final_file).read_bytes())
     networks = sys.modules["networks"]
-    before = state_hash(model)
+    before = weights_hash(model)
     try:
         with caplog.at_level(logging.DEBUG):
             networks.load_networks(["mine"], [1.0], [1.0])
         assert not [r for r in caplog.records if "didn't match keys" in r.getMessage()]
-        assert networks.loaded_networks and state_hash(model) != before
+        assert networks.loaded_networks and weights_hash(model) != before
         # every module of the file reached a layer: bigG's q/k/v (3 file modules) share one fused layer
         from safetensors import safe_open
 
@@ -194,7 +169,7 @@ def test_the_webuis_lora_loader_takes_every_key_and_renders_the_same(tiny_sdxl_f
         assert len(networks._backups) == len(file_modules) - 2 * 32
     finally:
         networks.load_networks([])
-    assert state_hash(model) == before
+    assert weights_hash(model) == before
     assert str(STUB_DIR) in sys.path
 
 
@@ -222,10 +197,10 @@ def test_a_run_the_card_cannot_hold_is_refused_before_anything_is_written(
 
     monkeypatch.setattr(fit, "capacity", lambda device: 6 * 1024**2)  # a 6 MB "card"
     model = tiny_sdxl_host.sd_model()
-    before = state_hash(model)
+    before = weights_hash(model)
     with pytest.raises(ForgeError, match=r"needs about [\d.]+ GB of graphics memory but the card has 0.0 GB"):
         run(tiny_sdxl_host, dataset, tmp_path / "out", max_train_steps=2)
-    assert state_hash(model) == before
+    assert weights_hash(model) == before
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from lora_forge.train.config import TrainConfig
-from tests.test_train_loop import FAST, dataset, run, state_hash  # noqa: F401  (dataset is a fixture)
+from tests.test_train_loop import dataset, run  # noqa: F401  (dataset is a fixture)
+from tests.train_support import FAST, weights_hash
 
 torch = pytest.importorskip("torch")
 
@@ -200,11 +201,11 @@ def test_fp8_base_with_checkpointing_on_and_off_gives_the_same_gradients(tiny_ho
 
 def test_fp8_training_leaves_the_model_bit_identical(tiny_host, dataset, tmp_path):  # noqa: F811
     model = tiny_host.sd_model()
-    before = state_hash(model)
+    before = weights_hash(model)
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     result = run(tiny_host, dataset, tmp_path, max_train_steps=3, mixed_precision="bf16", fp8_base=True)
     assert result.steps == 3 and result.losses and all(loss == loss for loss in result.losses)
-    assert state_hash(model) == before
+    assert weights_hash(model) == before
     assert {n: p.dtype for n, p in model.named_parameters()} == dtypes
     assert not any("forward" in m.__dict__ for m in model.modules())
 
@@ -229,12 +230,12 @@ def test_fp8_layers_keep_only_fp8_weights_for_backward(tiny_host):
 
 def test_fp8_on_a_torch_without_float8_is_refused_before_work(tiny_host, dataset, tmp_path, monkeypatch):  # noqa: F811
     model = tiny_host.sd_model()
-    before = state_hash(model)
+    before = weights_hash(model)
     monkeypatch.delattr(torch, "float8_e4m3fn")
     with pytest.raises(ForgeError, match=r"FP8 base weights need torch 2\.1"):
         run(tiny_host, dataset, tmp_path, max_train_steps=2, mixed_precision="bf16", fp8_base=True)
     assert not list(Path(tmp_path).iterdir())  # no run folder: refused before any work
-    assert state_hash(model) == before
+    assert weights_hash(model) == before
 
 
 def test_fp8_storage_puts_back_the_original_tensors_exactly():
@@ -295,11 +296,11 @@ def test_a_run_over_the_cards_memory_stops_before_any_work(tiny_host, dataset, t
     from lora_forge.train import fit
 
     model = tiny_host.sd_model()
-    before = state_hash(model)
+    before = weights_hash(model)
     monkeypatch.setattr(fit, "capacity", lambda device: 64 * 1024**2)  # a 64 MiB "card"
     with pytest.raises(ForgeError, match=r"GB of graphics memory but the card has 0\.1 GB"):
         run(tiny_host, dataset, tmp_path, max_train_steps=2)
-    assert not list(Path(tmp_path).iterdir()) and state_hash(model) == before
+    assert not list(Path(tmp_path).iterdir()) and weights_hash(model) == before
 
 
 def _session_estimate(model, config):

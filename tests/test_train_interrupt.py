@@ -10,21 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from tests.train_support import FAST as TRAIN_FAST
+from tests.train_support import noise_pictures
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {
-    "resolution": "64",
-    "min_bucket_reso": 64,
-    "max_bucket_reso": 128,
-    "sample_every_n_steps": 0,
-    "cache_latents_to_disk": False,
-    "mixed_precision": "no",
-    "num_repeats": 1,
-    "max_train_steps": 5000,  # far more than the test waits for
-}
+FAST = {**TRAIN_FAST, "max_train_steps": 5000}  # far more than the test waits for
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals; on Windows Ctrl-C arrives as a console event")
@@ -36,10 +28,7 @@ def test_a_signal_during_training_saves_a_usable_lora_and_state_and_exits_130(ti
 
     data = tmp_path / "data"
     data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)).save(data / f"{i}.png")
-        (data / f"{i}.txt").write_text(f"zkw, item {i}", encoding="utf-8")
+    noise_pictures(data)
     out = tmp_path / "out"
     sets = [x for k, v in FAST.items() for x in ("--set", f"{k}={v}")]
     args = ["train", "--ckpt", str(tiny_files.checkpoint), "--data", str(data), "--name", "cut", "--out", str(out)]

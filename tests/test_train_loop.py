@@ -2,57 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import StopFlag
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.loop import prepare, train
 from lora_forge.train.presets import PRESETS, preset_config
+from tests.train_support import FAST, squares, weights_hash
 
 torch = pytest.importorskip("torch")
-
-FAST = {
-    "resolution": "64",
-    "min_bucket_reso": 64,
-    "max_bucket_reso": 128,
-    "sample_every_n_steps": 0,
-    "cache_latents_to_disk": False,
-    "mixed_precision": "no",
-    "num_repeats": 1,
-}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("train-data")
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(["red", "green", "blue", "white"]):
-        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
-        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220), (250, 250, 250)][i]
-        Image.fromarray(arr).save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"zkw, {name} square, noise", encoding="utf-8")
-    return folder
+    return squares(tmp_path_factory.mktemp("train-data"))
 
 
 def run(host, data_dir, out, stop=None, progress=None, **changes):
     config = TrainConfig.from_dict({**FAST, **changes})
     prepared = prepare(config, data_dir, frozenset(changes) | {"num_repeats"})
     return train(host, prepared, out, stop=stop, **({"progress": progress} if progress else {}))
-
-
-def state_hash(module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def tensor_bytes(path: Path) -> bytes:
@@ -75,14 +49,14 @@ def tensors(path: Path) -> dict:
 
 def test_training_leaves_the_base_model_exactly_as_it_was(tiny_host, dataset, tmp_path):
     model = tiny_host.sd_model()
-    before = state_hash(model)
+    before = weights_hash(model)
     flags = [p.requires_grad for p in model.parameters()]
     forwards = [m for m in model.modules() if "forward" in m.__dict__]
     from ldm.modules.attention import CrossAttention
 
     attention = CrossAttention.forward
     result = run(tiny_host, dataset, tmp_path, max_train_steps=2, trigger_word="zkw")
-    assert state_hash(model) == before
+    assert weights_hash(model) == before
     assert [p.requires_grad for p in model.parameters()] == flags
     assert [m for m in model.modules() if "forward" in m.__dict__] == forwards
     assert CrossAttention.forward is attention

@@ -386,17 +386,9 @@ def test_a_kohya_config_brings_its_loss_options_over(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    import numpy as np
-    from PIL import Image
+    from tests.train_support import squares
 
-    folder = tmp_path_factory.mktemp("loss-data")
-    rng = np.random.default_rng(1)
-    for i, name in enumerate(["red", "blue"]):
-        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
-        arr[16:48, 16:48] = [(230, 20, 20), (30, 40, 220)][i]
-        Image.fromarray(arr).save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"zkw, {name} square", encoding="utf-8")
-    return folder
+    return squares(tmp_path_factory.mktemp("loss-data"), ("red", "blue"), seed=1, caption="zkw, {name} square")
 
 
 def test_a_v_pred_ztsnr_run_trains_and_marks_its_file_as_kohya_does(tiny_host, dataset, tmp_path):

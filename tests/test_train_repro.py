@@ -9,24 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lora_forge.train.config import TrainConfig
+from tests.train_support import FAST as TRAIN_FAST
+from tests.train_support import noise_pictures
 
 torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {
-    "resolution": "64",
-    "min_bucket_reso": 64,
-    "max_bucket_reso": 128,
-    "sample_every_n_steps": 0,
-    "cache_latents_to_disk": False,
-    "mixed_precision": "no",
-    "num_repeats": 1,
-    "max_train_steps": 2,
-}
+FAST = {**TRAIN_FAST, "max_train_steps": 2}
 # Metadata that must differ between two runs: when each trained (kohya and modelspec clocks).
 CLOCK_KEYS = {"ss_training_started_at", "ss_training_finished_at", "modelspec.date"}
 
@@ -56,10 +47,7 @@ def test_initial_lora_comes_from_the_seed_and_leaves_the_global_generator_alone(
 def test_two_fresh_processes_with_the_same_seed_write_the_same_tensors(tiny_files, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)).save(data / f"{i}.png")
-        (data / f"{i}.txt").write_text(f"zkw, item {i}", encoding="utf-8")
+    noise_pictures(data)
     sets = [x for k, v in {**FAST, "seed": 4242}.items() for x in ("--set", f"{k}={v}")]
     procs = []
     for run in ("a", "b"):

@@ -13,6 +13,7 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from tests.test_webui_train import FAST, host, snapshot, start_stub
+from tests.train_support import SYNTAX_CAPTION, squares
 
 torch = pytest.importorskip("torch")
 
@@ -21,16 +22,7 @@ SDXL = {**FAST, "sample_every_n_steps": 4, "max_train_epochs": 1, "learning_rate
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("webui-sdxl-data")
-    rng = np.random.default_rng(1)
-    for i, name in enumerate(["red", "green", "blue", "white"]):
-        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
-        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220), (250, 250, 250)][i]
-        Image.fromarray(arr).save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"zkw, {name} square, (noise:1.5), [bg]", encoding="utf-8")
-    return folder
+    return squares(tmp_path_factory.mktemp("webui-sdxl-data"), seed=1, caption=SYNTAX_CAPTION)
 
 
 @pytest.fixture

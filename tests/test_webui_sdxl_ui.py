@@ -10,6 +10,7 @@ import pytest
 
 from tests.test_webui_train import start_stub
 from tests.test_webui_train_ui import EXTRA, _fill
+from tests.train_support import squares
 
 
 @pytest.fixture
@@ -25,18 +26,7 @@ def webui(tmp_path: Path, tiny_sdxl_files):
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    folder = tmp_path / "data"
-    folder.mkdir()
-    rng = np.random.default_rng(2)
-    for i, name in enumerate(["red", "green", "blue"]):
-        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
-        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220)][i]
-        Image.fromarray(arr).save(folder / f"{name}.png")
-        (folder / f"{name}.txt").write_text(f"zkw, {name} square", encoding="utf-8")
-    return folder
+    return squares(tmp_path / "data", ("red", "green", "blue"), seed=2, caption="zkw, {name} square")
 
 
 @pytest.mark.browser

@@ -17,6 +17,7 @@ from PIL import Image
 
 from lora_forge.errors import ForgeError
 from lora_forge.host.base import RenderRequest
+from tests.train_support import SYNTAX_CAPTION, squares, weights_hash
 
 torch = pytest.importorskip("torch")
 
@@ -43,15 +44,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("webui-train-data")
-    rng = np.random.default_rng(1)
-    for i, name in enumerate(["red", "green", "blue", "white"]):
-        arr = rng.integers(0, 60, (64, 64, 3)).astype(np.uint8)
-        arr[16:48, 16:48] = [(230, 20, 20), (20, 200, 30), (30, 40, 220), (250, 250, 250)][i]
-        Image.fromarray(arr).save(folder / f"{name}.png")
-        # tag text with the WebUI's prompt syntax in it: must be read literally
-        (folder / f"{name}.txt").write_text(f"zkw, {name} square, (noise:1.5), [bg]", encoding="utf-8")
-    return folder
+    return squares(tmp_path_factory.mktemp("webui-train-data"), seed=1, caption=SYNTAX_CAPTION)
 
 
 def start_stub(root: Path, sd_model, argv: list[str] | None = None):
@@ -82,15 +75,6 @@ def runs():
     from lora_forge.app.train import Runs
 
     return Runs()
-
-
-def weights_hash(sd_model) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(sd_model.state_dict().items()):
-        h.update(k.encode())
-        v = v.detach().cpu().contiguous().reshape(-1)  # a 0-dim buffer cannot be viewed as bytes
-        h.update(str(v.dtype).encode() + v.view(torch.uint8).numpy().tobytes())  # raw bytes, FP8 too
-    return h.hexdigest()
 
 
 def model_hash(sd_model) -> str:
