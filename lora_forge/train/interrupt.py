@@ -25,8 +25,12 @@ SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREA
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: StopFlag) -> Iterator[list[str]]:
-    """For the block, the signals above request `stop`; yields the names of those received."""
+def stop_on_signals(stop: StopFlag, abort_on_second: bool = True) -> Iterator[list[str]]:
+    """For the block, the signals above request `stop`; yields the names of those received.
+
+    `abort_on_second=False` under torchrun: its agent passes a Ctrl-C on to every process (which
+    the console already signalled) and sends SIGTERM when a peer failed, then SIGKILL after 30 s
+    itself, so a second signal is no user asking to abort."""
     received: list[str] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield received
@@ -34,13 +38,15 @@ def stop_on_signals(stop: StopFlag) -> Iterator[list[str]]:
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if received:
+        if received and abort_on_second:
             raise KeyboardInterrupt
         received.append(name)
+        if len(received) > 1:
+            return
         stop.request(f"interrupted ({name})")
+        again = " (press Ctrl-C again to abort without saving)" if abort_on_second else ""
         print(
-            f"\n{name}: finishing this step, then saving the LoRA and the resumable state "
-            "(press Ctrl-C again to abort without saving)",
+            f"\n{name}: finishing this step, then saving the LoRA and the resumable state{again}",
             file=sys.stderr,
             flush=True,
         )

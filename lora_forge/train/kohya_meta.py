@@ -68,14 +68,18 @@ def file_fields(
     optimizer: Any,
     checkpoint: Any,
     config_hash: str,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Keyword arguments for `lora.fileformat.lora_metadata` describing this run at `step`.
 
     `checkpoint` is the loaded model's `sd_checkpoint_info` (or None), `optimizer` the live
     optimizer (its class path is kohya's `ss_optimizer`), `config_hash` what stays the same over
-    a run and its resumes (kohya's `ss_session_id` groups the files of one run)."""
+    a run and its resumes (kohya's `ss_session_id` groups the files of one run); `world_size` the
+    processes of a data-parallel run (kohya's total batch counts them)."""
     fields: dict[str, Any] = {
-        "training": training_keys(config, dataset, plan, step=step, epoch=epoch, optimizer=optimizer),
+        "training": training_keys(
+            config, dataset, plan, step=step, epoch=epoch, optimizer=optimizer, world_size=world_size
+        ),
         "dataset_dirs": dataset_dirs(dataset),
         "tag_frequency": dataset.tag_frequency(),
         "bucket_info": bucket_info(dataset),
@@ -86,7 +90,14 @@ def file_fields(
 
 
 def training_keys(
-    config: TrainConfig, dataset: data.Dataset, plan: Any, *, step: int, epoch: int, optimizer: Any
+    config: TrainConfig,
+    dataset: data.Dataset,
+    plan: Any,
+    *,
+    step: int,
+    epoch: int,
+    optimizer: Any,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """kohya's `ss_*` run keys (without the prefix), values as kohya's arguments hold them."""
     c = config
@@ -95,7 +106,7 @@ def training_keys(
     out.update({k: values[k] for k in KOHYA_ARG_KEYS if k in values})
     out.update({key: values[arg] for arg, key in RENAMED.items() if arg in values})
     w, h = c.resolution_wh
-    batches = len(data.epoch_batches(dataset, c.train_batch_size, c.seed, 0))
+    batches = len(data.epoch_batches(dataset, c.train_batch_size * world_size, c.seed, 0))
     out.update(
         {
             "num_train_images": sum(max(1, it.repeats) for it in dataset.items),
@@ -109,7 +120,7 @@ def training_keys(
             "lr_warmup_steps": c.warmup_steps(plan.total_steps),
             "optimizer": class_path(optimizer),
             "batch_size_per_device": c.train_batch_size,
-            "total_batch_size": c.train_batch_size * c.gradient_accumulation_steps,
+            "total_batch_size": c.train_batch_size * world_size * c.gradient_accumulation_steps,
             "resolution": f"({w}, {h})",  # kohya's args.resolution is a tuple
             "network_dropout": c.network_dropout or None,
             "training_comment": c.training_comment or None,

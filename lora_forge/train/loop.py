@@ -34,6 +34,11 @@ class Prepared:
     dataset: data.Dataset
     plan: StepPlan
     resume_from: Path | None = None
+    world_size: int = 1  # processes of a data-parallel run (train/distributed.py); batches are global
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.train_batch_size * self.world_size
 
 
 @dataclass
@@ -49,24 +54,33 @@ class TrainResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare(config: TrainConfig, data_dir: str | Path, user_keys: frozenset[str] = frozenset()) -> Prepared:
-    """Validate the config and the dataset and plan the steps; no model, no torch needed."""
+def prepare(
+    config: TrainConfig, data_dir: str | Path, user_keys: frozenset[str] = frozenset(), world_size: int = 1
+) -> Prepared:
+    """Validate the config and the dataset and plan the steps; no model, no torch needed.
+
+    `train_batch_size` is per process: with `world_size` processes, steps and the learning-rate
+    schedule are planned on the global batch (world_size × train_batch_size)."""
     config.validate()
     dataset = data.scan_dataset(data_dir, config)
     folders = [(n, r) for _, n, r in dataset.folders]
-    plan = plan_steps(config, folders, user_keys)
+    global_batch = config.train_batch_size * world_size
+    planning = config if world_size == 1 else config.replace(train_batch_size=global_batch)
+    plan = plan_steps(planning, folders, user_keys)
     data.apply_repeats(dataset, plan.repeats_for_plain)
-    batches = len(data.epoch_batches(dataset, config.train_batch_size, 0, 0))
+    batches = len(data.epoch_batches(dataset, global_batch, 0, 0))
     per_epoch = -(-batches // config.gradient_accumulation_steps)
     total = config.max_train_steps or per_epoch * plan.epochs
     epochs = -(-total // per_epoch)
     plan = plan.with_steps(epochs, per_epoch, total)
     resume = None
     if config.resume:
-        from lora_forge.train.state import find_state
+        from lora_forge.train.state import check_world_size, find_state
 
         resume = find_state(config.resume)
-    return Prepared(config.replace(max_train_epochs=epochs, num_repeats=plan.repeats_for_plain), dataset, plan, resume)
+        check_world_size(resume, world_size)
+    config = config.replace(max_train_epochs=epochs, num_repeats=plan.repeats_for_plain)
+    return Prepared(config, dataset, plan, resume, world_size)
 
 
 def _config_hash(config: TrainConfig) -> str:
@@ -82,13 +96,16 @@ def train(
     progress: ProgressFn = no_progress,
     stop: StopFlag | None = None,
     on_saved: Callable[[Path, Any], str] | None = None,
+    dist: Any = None,
 ) -> TrainResult:
     """Train a LoRA on the host's loaded model; returns where the files went.
 
     `on_saved(path, session)` runs right after each file is written, while the live modules are
     still injected (in eval mode, samplers' RNG untouched, offloaded parts back on the device):
     a host checks the file against them there (`session.muted()` turns them off). What it returns,
-    when not empty, is a problem with that file; the run's report lists them as `save_checks`."""
+    when not empty, is a problem with that file; the run's report lists them as `save_checks`.
+
+    `dist`: this process's part of a data-parallel run (train/distributed.Ranks), None alone."""
     import torch
 
     from lora_forge.train import losses, memory, state
@@ -110,10 +127,14 @@ def train(
             estimate = memory.estimate(sd_model, session.network, config, dataset)
             progress(Progress(0, plan.total_steps, "memory plan: " + estimate.summary(), data=estimate.as_dict()))
             check_fits(estimate, config)
-            run_dir = outputs.new_run_dir(out_dir, config.output_name)
-            outputs.write_config(run_dir, config)
+            if dist is None:
+                run_dir = outputs.new_run_dir(out_dir, config.output_name)
+                outputs.write_config(run_dir, config)
+            else:
+                run_dir = dist.new_run_dir(out_dir, config)
             conds = Conditioner(sd_model, config, dataset, device, precision)
-            latents = _cache_latents(sd_model, dataset, config, device, progress, stop, conds)
+            cache = _cache_latents if dist is None else dist.cache_latents
+            latents = cache(sd_model, dataset, config, device, progress, stop, conds)
             # Their outputs are cached: the VAE and a frozen text encoder leave the accelerator.
             idle = [sd_model.first_stage_model] + ([conds.encoder.module] if conds.cache else [])
             for module in idle:
@@ -127,7 +148,10 @@ def train(
                 if not state.same_config(saved, config, prepared.resume_from) or saved.total_steps != plan.total_steps:
                     raise ForgeError("the config differs from the saved run's; resume with its config.toml")
                 pos = state.load_state(prepared.resume_from, session.network, optimizer, scheduler)
-            loop = _Loop(host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir)
+                if dist is not None:
+                    dist.restore_rng(prepared.resume_from)
+            loop_class = _Loop if dist is None else dist.loop_class()
+            loop = loop_class(host, config, dataset, plan, session, conds, latents, schedule, precision, run_dir)
             loop.offloaded, loop.on_saved = idle, on_saved
             return loop.run(optimizer, scheduler, pos, progress, stop, estimate)
         finally:
@@ -208,6 +232,7 @@ class _Loop:
         self.on_saved: Callable[[Path, Any], str] | None = None
         self.save_checks: list[str] = []
         self.optimizer: Any = None
+        self.world_size, self.batch_size = 1, config.train_batch_size  # batch: global in a data-parallel run
         first_tags = [c.split(",")[0].strip() for c in (it.caption for it in dataset.items) if c]
         self.prompts = outputs.default_prompts(config, first_tags)
 
@@ -236,11 +261,10 @@ class _Loop:
     # ------------------------------------------------------------------ the loop
     def run(self, optimizer: Any, scheduler: Any, pos: Any, progress: ProgressFn, stop: StopFlag, estimate: Any):
         from lora_forge.train import memory
-        from lora_forge.train.state import save_state
 
         c, plan = self.config, self.plan
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        log_file = outputs.LossLog(self.run_dir)
+        log_file = self._loss_log()
         smoother, clock = outputs.Smoother(plan.steps_per_epoch), outputs.Clock()
         losses: list[float] = []
         stopped, start, first_step = "", time.perf_counter(), pos.step
@@ -248,12 +272,13 @@ class _Loop:
         accum = c.gradient_accumulation_steps
         try:
             for epoch in range(pos.epoch, plan.epochs):
-                batches = data.epoch_batches(self.dataset, c.train_batch_size, c.seed, epoch)
+                batches = data.epoch_batches(self.dataset, self.batch_size, c.seed, epoch)
                 batches = batches[: plan.steps_per_epoch * accum]
                 k = pos.batch if epoch == pos.epoch else 0
                 while k < len(batches) and pos.step < plan.total_steps and not stopped:
                     group = batches[k : k + accum]
                     loss = sum(float(self.micro_step(ids, pos.step * accum + j)) for j, ids in enumerate(group))
+                    loss = self._synced(loss, params, stop)
                     optimizer_step(optimizer, scheduler, params, c, self.precision)
                     self.session.end_step()
                     k += len(group)
@@ -263,15 +288,14 @@ class _Loop:
                     self._report(progress, log_file, pos, epoch, losses[-1], smoother.add(losses[-1]), scheduler, clock)
                     if c.sample_every_n_steps and pos.step % c.sample_every_n_steps == 0:
                         self._samples(pos.step, progress)
-                    if stop.requested or self.host.interrupted():
-                        stopped = stop.reason or "interrupted"
+                    stopped = self._stop_reason(stop)
                 if k >= len(batches):
                     pos.epoch, pos.batch = epoch + 1, 0
                     every = c.save_every_n_epochs
                     if every and ((epoch + 1) % every == 0 or epoch + 1 == plan.epochs):
                         self._save_epoch(epoch + 1, pos.step)
                         if c.save_state and pos.step < plan.total_steps:  # a run killed later resumes here
-                            save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
+                            self._save_state(optimizer, scheduler, pos)
                 if stopped or pos.step >= plan.total_steps:
                     break
         except _NonFinite:
@@ -283,7 +307,7 @@ class _Loop:
         epochs_done = pos.epoch + (1 if pos.batch else 0)  # a run stopped mid-epoch is in its next one
         final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step, epochs_done)
         if c.save_state:
-            save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
+            self._save_state(optimizer, scheduler, pos)
         done = pos.step - first_step
         report = {
             "steps": pos.step,
@@ -299,12 +323,33 @@ class _Loop:
             "files": [p.name for p in [*self.epoch_files, final]],
             "save_checks": self.save_checks,
         }
-        outputs.write_report(self.run_dir, report)
+        self._write_report(report)
         if stopped.startswith("loss became"):
             raise ForgeError(stopped + f" (the last good weights are in {final})")
         return TrainResult(
             self.run_dir, final, self.epoch_files, pos.step, plan.total_steps, seconds, stopped, losses, report
         )
+
+    # ------------------------------------------------------------------ hooks (train/distributed.py)
+    def _synced(self, loss: float, params: list[Any], stop: StopFlag) -> float:
+        """The step's loss once every process's gradients are in (alone: as it is)."""
+        return loss
+
+    def _stop_reason(self, stop: StopFlag) -> str:
+        if stop.requested or self.host.interrupted():
+            return stop.reason or "interrupted"
+        return ""
+
+    def _loss_log(self) -> Any:
+        return outputs.LossLog(self.run_dir)
+
+    def _save_state(self, optimizer: Any, scheduler: Any, pos: Any) -> None:
+        from lora_forge.train.state import save_state
+
+        save_state(self.run_dir, self.session.network, optimizer, scheduler, pos)
+
+    def _write_report(self, report: dict[str, Any]) -> None:
+        outputs.write_report(self.run_dir, report)
 
     def _report(
         self,
@@ -363,7 +408,7 @@ class _Loop:
         dtype = save_dtype("fp32" if c.save_precision == "float" else c.save_precision)
         info = getattr(self.session.sd_model, "sd_checkpoint_info", None)
         fields = file_fields(c, self.dataset, self.plan, step=step, epoch=epoch, optimizer=self.optimizer,
-                             checkpoint=info, config_hash=_config_hash(c))  # fmt: skip
+                             checkpoint=info, config_hash=_config_hash(c), world_size=self.world_size)  # fmt: skip
         meta = lora_metadata(
             net,
             output_name=c.output_name,

@@ -74,7 +74,9 @@ def same_config(saved: Position, config: Any, folder: Path) -> bool:
     return saved.config_hash == config_hash(config, old_keys)
 
 
-def save_state(run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos: Position) -> Path:
+def save_state(
+    run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos: Position, ranks_rng: list[Any] | None = None
+) -> Path:
     """Commit the state as one unit: all files go to a fresh folder, then `state.json` (the commit
     record: position plus every file's size and sha256), then the folder replaces `state/`.
 
@@ -82,6 +84,9 @@ def save_state(run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos:
     one), or - in the instant of the swap - one in `.state-previous/` or `.state-incoming/`, which
     `find_state` falls back to. Before this, a crash before `state.json` resumed step 12 with
     step-18 weights.
+
+    `ranks_rng`: every process's torch generator state in a data-parallel run (rank order); the
+    record then holds the world size, which a resume must match.
     """
     import io
 
@@ -99,7 +104,7 @@ def save_state(run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos:
         blobs = {
             "weights": save(weights),
             "optimizer": buf.getvalue(),
-            "rng": json.dumps({"torch": torch.get_rng_state().tolist()}).encode("utf-8"),
+            "rng": json.dumps(_rng_record(ranks_rng)).encode("utf-8"),
         }
         files = {}
         for kind, data in blobs.items():
@@ -107,6 +112,8 @@ def save_state(run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos:
             atomic_write_bytes(target, data)
             files[target.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         record = {**asdict(pos), "format": FORMAT, "files": files}
+        if ranks_rng:
+            record["world_size"] = len(ranks_rng)
         atomic_write_text(state_file(incoming, "position", new=True), json.dumps(record, indent=2))
         _sync_dir(incoming)
     except Exception:  # a full disk, a write error: the new state is dropped, `state/` is untouched
@@ -114,6 +121,43 @@ def save_state(run_dir: Path, network: Any, optimizer: Any, scheduler: Any, pos:
         raise
     _swap_in(run)
     return run.state
+
+
+def _rng_record(ranks_rng: list[Any] | None) -> dict[str, Any]:
+    import torch
+
+    if not ranks_rng:
+        return {"torch": torch.get_rng_state().tolist()}
+    return {"torch": ranks_rng[0].tolist(), "ranks": [r.tolist() for r in ranks_rng]}
+
+
+def saved_world_size(folder: Path) -> int:
+    """How many processes trained the state in `folder` (1 for a single-process run)."""
+    record = json.loads(state_file(folder, "position").read_text(encoding="utf-8"))
+    return int(record.get("world_size", 1))
+
+
+def check_world_size(folder: Path, world_size: int) -> None:
+    """A data-parallel state resumes on the world size it was saved with: the batches and the
+    schedule were planned on its global batch, and each process continues its own shard."""
+    saved = saved_world_size(folder)
+    if saved == world_size:
+        return
+    how = f"torchrun --nproc_per_node {saved} -m lora_forge train … (or --gpus {saved})" if saved > 1 else "one process"
+    raise ForgeError(
+        f"this state was saved by a run on {saved} process(es) and this one has {world_size}; "
+        f"resume it on the same number: {how}",
+        path=folder,
+    )
+
+
+def load_rank_rng(folder: Path, rank: int) -> None:
+    """Set this process's torch generator to what `rank` saved (a data-parallel resume)."""
+    import torch
+
+    rng = json.loads(state_file(folder, "rng").read_text(encoding="utf-8"))
+    ranks = rng.get("ranks") or [rng["torch"]]
+    torch.set_rng_state(torch.tensor(ranks[rank], dtype=torch.uint8))
 
 
 def _swap_in(run: RunDir) -> None:
