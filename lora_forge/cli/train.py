@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(config, args.data, user_keys, size)
     if first:
         print(f"plan: {prepared.plan.note}", flush=True)
+    if world is None and size > 1:  # a --gpus dry run
+        print(f"data-parallel plan for {size} processes: global batch {prepared.global_batch}; "
+              "the memory plan below is per process", flush=True)  # fmt: skip
     if not args.ckpt.is_file():
         raise ForgeError("checkpoint file not found", path=args.ckpt)
     from lora_forge import cpu_threads

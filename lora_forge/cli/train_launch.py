@@ -53,8 +53,13 @@ def launch(args: argparse.Namespace) -> int:
         env.setdefault("USE_LIBUV", "0")
     print("starting:", subprocess.list2cmdline(command) if os.name == "nt" else " ".join(command), flush=True)
     proc = subprocess.Popen(command, env=env)
+    interrupted = False
     while True:
         try:
-            return proc.wait()
+            code = proc.wait()
         except KeyboardInterrupt:  # the processes got it too: they finish the step and save
+            interrupted = True
             continue
+        # torchrun reports a Ctrl-C as its own failure (a traceback, exit 1); the run saved and
+        # printed its resume command, so the exit code is the CLI's for a stop: 130
+        return 130 if interrupted else code
