@@ -20,7 +20,7 @@ import pytest
 from tests import train_support
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups and /proc; Windows: see README")
+posix_kill = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds and kills the job's processes via /proc")
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {
@@ -130,6 +130,7 @@ def test_two_processes_train_what_one_process_trains_with_the_doubled_batch(tiny
     assert [p.name for p in Path(whole["run_dir"]).parent.iterdir()] == ["ddp"]
 
 
+@posix_kill
 def test_a_killed_job_resumes_on_two_processes_to_the_same_bytes(tiny_files, dataset, whole, tmp_path, capsys):
     from lora_forge.cli import main
 
@@ -162,7 +163,9 @@ def test_a_killed_job_resumes_on_two_processes_to_the_same_bytes(tiny_files, dat
 
 def job_pids(marker: str, rank: int | None = None) -> list[int]:
     """The processes of the job started with `marker` (the one of `rank` only, when given)."""
-    found = []
+    found: list[int] = []
+    if not Path("/proc").is_dir():  # Windows: the job ended by itself (finish) or the test is skipped
+        return found
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -182,6 +185,7 @@ def kill_job(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@posix_kill
 def test_a_killed_rank_ends_the_job_with_a_message_and_the_saved_epoch_stays_usable(tiny_files, dataset, tmp_path):
     from safetensors.torch import load_file
 
@@ -207,3 +211,31 @@ def test_a_killed_rank_ends_the_job_with_a_message_and_the_saved_epoch_stays_usa
     epochs = sorted(run_dir.glob("ddp-*.safetensors"))
     assert epochs and any("lora_down" in k for k in load_file(str(epochs[-1])))
     assert check_state(find_state(run_dir)).step >= 2
+
+
+def test_gpus_relaunches_the_command_as_typed_and_a_stray_world_size_is_one_process(monkeypatch):
+    from lora_forge.cli import build_parser
+    from lora_forge.cli.train_launch import torchrun_command
+    from lora_forge.train.distributed import world_from_env
+
+    typed = ["train", "--ckpt", "m 1.safetensors", "--data", "d", "--name", "zkw", "--out", "runs", "--preset",
+             "person", "--set", "network_dim=8", "--set", "seed=4", "--fp8-base", "--threads", "2"]  # fmt: skip
+    args = build_parser().parse_args(["-v", *typed, "--gpus", "2"])
+    command = torchrun_command(args)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--gpus" not in command
+    assert command[command.index("--nproc_per_node") + 1] == "2"
+    tail = command[command.index("lora_forge") + 1 :]
+    assert tail[:2] == ["-v", "train"]
+    assert sorted(tail[2:]) == sorted([*typed[1:], "--device", "cuda"])  # --gpus means CUDA unless told
+    assert tail[tail.index("--set") : tail.index("--set") + 4] == ["--set", "network_dim=8", "--set", "seed=4"]
+
+    monkeypatch.setenv("WORLD_SIZE", "4")  # set for something else, without torchrun's other variables
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert world_from_env("cpu") is None
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    world = world_from_env("cuda:0")
+    assert (world.rank, world.world_size, world.device) == (3, 4, "cuda:1")  # one GPU per process

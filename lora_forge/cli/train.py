@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
 
     args.device = device_of(args)
     world = None
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # under torchrun
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # under torchrun (or a stray variable)
         from lora_forge.train.distributed import world_from_env
 
         world = world_from_env(args.device)
-    elif args.gpus and args.gpus > 1 and not args.dry_run:
+    if world is None and args.gpus and args.gpus > 1 and not args.dry_run:
         from lora_forge.cli.train_launch import launch
 
         return launch(args)

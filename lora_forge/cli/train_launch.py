@@ -42,7 +42,8 @@ def free_port() -> int:
 def torchrun_command(args: argparse.Namespace) -> list[str]:
     head = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(args.gpus)]
     head += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "lora_forge"]
-    return [*head, *(["-v"] if getattr(args, "verbose", False) else []), "train", *forwarded_args(args)]
+    device = [] if args.device else ["--device", "cuda"]  # --gpus means CUDA unless --device says otherwise
+    return [*head, *(["-v"] if getattr(args, "verbose", False) else []), "train", *forwarded_args(args), *device]
 
 
 def launch(args: argparse.Namespace) -> int:
