@@ -133,6 +133,8 @@ def test_two_processes_train_what_one_process_trains_with_the_doubled_batch(tiny
 @posix_kill
 def test_a_killed_job_resumes_on_two_processes_to_the_same_bytes(tiny_files, dataset, whole, tmp_path, capsys):
     from lora_forge.cli import main
+    from lora_forge.rundir import state_file
+    from lora_forge.train.state import find_state
 
     marker = uuid.uuid4().hex
     proc = torchrun(train_argv(tiny_files.checkpoint, dataset, tmp_path / "killed", 1), marker)
@@ -143,9 +145,10 @@ def test_a_killed_job_resumes_on_two_processes_to_the_same_bytes(tiny_files, dat
         kill_job(marker)  # the whole job at once (a power cut): torchrun and its workers
     proc.communicate()
     assert not (run_dir / "ddp.safetensors").exists()  # killed mid-run
-    saved = json.loads((run_dir / "state" / "state.json").read_text())
+    folder = find_state(run_dir)  # state/, or the complete one a kill in mid-commit left beside it
+    saved = json.loads(state_file(folder, "position").read_text())
     assert saved["world_size"] == 2 and saved["step"] < 10
-    assert len(json.loads((run_dir / "state" / "rng.json").read_text())["ranks"]) == 2
+    assert len(json.loads(state_file(folder, "rng").read_text())["ranks"]) == 2
 
     # one process cannot continue it: it says so before loading the model
     one = train_argv(tiny_files.checkpoint, dataset, tmp_path / "one", 1, resume=run_dir)
