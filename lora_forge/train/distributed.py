@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,13 +233,7 @@ class RankLoop(_Loop):
         from lora_forge.train.losses import Drawn, draw_noise, loss_per_sample
 
         c = self.config
-        seed = c.seed * 1_000_003 + micro
-        rng = random.Random(seed)
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # LoRA dropout draws from the global generator
-        flips = [c.flip_aug and rng.random() < 0.5 for _ in ids]
-        x0 = torch.stack([self.latents.memory[(i, f)] for i, f in zip(ids, flips, strict=True)]).to(self.device)
-        captions = [data.caption_for_step(self.dataset.items[i].caption, c, rng) for i in ids]
+        gen, flips, x0, captions = self.draw(ids, micro)
         drawn = draw_noise(x0, gen, self.schedule, c)
         lo, hi = self.shard(len(ids))
         if lo == hi:

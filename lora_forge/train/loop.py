@@ -237,8 +237,10 @@ class _Loop:
         self.prompts = outputs.default_prompts(config, first_tags)
 
     # ------------------------------------------------------------------ one optimizer step
-    def micro_step(self, ids: list[int], micro: int) -> Any:
-        """Forward + backward of one batch; returns the (unscaled) loss tensor."""
+    def draw(self, ids: list[int], micro: int) -> tuple[Any, list[bool], Any, list[str]]:
+        """The micro-step's own generator (its noise and timesteps come from it), flips, latents
+        and captions: all from the micro-step's seed, so a resumed run and every process of a
+        data-parallel one (train/distributed.py) draw the same."""
         import torch
 
         c = self.config
@@ -249,6 +251,14 @@ class _Loop:
         flips = [c.flip_aug and rng.random() < 0.5 for _ in ids]
         x0 = torch.stack([self.latents.memory[(i, f)] for i, f in zip(ids, flips, strict=True)]).to(self.device)
         captions = [data.caption_for_step(self.dataset.items[i].caption, c, rng) for i in ids]
+        return gen, flips, x0, captions
+
+    def micro_step(self, ids: list[int], micro: int) -> Any:
+        """Forward + backward of one batch; returns the (unscaled) loss tensor."""
+        import torch
+
+        c = self.config
+        gen, flips, x0, captions = self.draw(ids, micro)
         self.session.begin_step(self.precision.autocast_dtype)
         loss = diffusion_loss(
             self.session.unet, x0, lambda: self.conds(ids, captions, flips), self.schedule, c, self.precision, gen
