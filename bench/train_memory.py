@@ -16,12 +16,18 @@ Models (`--model`):
   Slow on a CPU (several minutes per process): `--steps 1`.
 Variants run one after another (never two processes at once), for `--rounds` rounds; medians.
 
+`--compute fp32`: the same runs without bf16 autocast: bf16 storage becomes fp32 (floor and
+ours alike), FP8 weights upcast to fp32 per layer, activations fp32. For CPUs without bf16
+arithmetic (AVX2 only: there torch's bf16 matmul runs at ~1/50 of fp32, and one SDXL step at 128²
+takes hours); activations are then twice their bf16 size, so an FP8 peak measured so is an upper
+bound of the bf16 one, and the ratio is the fp32 run's against its own fp32 floor.
+
 Both children run with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_): by
 default glibc raises the threshold after the first large free, so later activations land in the
 heap and their freed pages stay resident; the high-water mark then measures allocator history
 more than tensors. `--default-malloc` measures with glibc's defaults instead.
 
-    python bench/train_memory.py [--model sd15|sdxl] [--rounds 1] [--steps 2] [--default-malloc]
+    python bench/train_memory.py [--model sd15|sdxl] [--rounds 1] [--steps 2] [--compute fp32] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ SIDE = {"sd15": 64, "sdxl": 128}
 RANK = {"sd15": 32, "sdxl": 16}
 
 
-def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> dict:
+def child(model_kind: str, variant: str, side: int, steps: int, rank: int, compute: str = "bf16") -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     import torch
     from unets import CONTEXT, Bare, WithVector, build_unet
@@ -65,6 +71,9 @@ def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> di
 
     torch.set_num_threads(int(os.environ.get("LF_BENCH_THREADS", "1")))
     storage, optimizer_type, fused, fp8_base = VARIANTS[model_kind][variant]
+    fp32 = compute == "fp32"
+    if fp32 and storage == "bf16":
+        storage = "fp32"
     sdxl = model_kind == "sdxl"
     unet = build_unet(model_kind, storage)
     model = Bare(unet, sdxl)
@@ -76,7 +85,8 @@ def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> di
     from lora_forge.train.session import open_session, precision_for
 
     config = TrainConfig(
-        network_dim=rank, network_alpha=rank / 2, network_train_unet_only=True, mixed_precision="bf16",
+        network_dim=rank, network_alpha=rank / 2, network_train_unet_only=True,
+        mixed_precision="no" if fp32 else "bf16",
         gradient_checkpointing=True, resolution=str(side * 8), max_bucket_reso=max(1024, side * 8),
         optimizer_type=optimizer_type or "AdamW", fused_backward_pass=fused, fp8_base=fp8_base,
     )  # fmt: skip
@@ -93,7 +103,7 @@ def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> di
         with sdp_attention(), training_unet(unet, True):
             for _ in range(steps):
                 x = x0.clone().requires_grad_(True)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not fp32):
                     pred = net(x, timesteps=torch.tensor([500]), context=cond)
                 torch.nn.functional.mse_loss(pred.float(), x0).backward()
                 del x, pred
@@ -103,7 +113,7 @@ def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> di
             est = memory.estimate(model, session.network, config, None, torch.device("cpu"))
             out["estimate"] = est.as_dict()
             out["verdict"] = est.verdict
-            prec = precision_for(config, torch.device("cpu"), torch.bfloat16)
+            prec = precision_for(config, torch.device("cpu"), torch.float32 if fp32 else torch.bfloat16)
             optimizer, params = optimizer_for(session, config)
             scheduler = make_scheduler(optimizer, config, 100)
             out["lora_params"] = sum(p.numel() for p in params)
@@ -122,7 +132,7 @@ def child(model_kind: str, variant: str, side: int, steps: int, rank: int) -> di
 
 def run_child(model: str, variant: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--side", str(args.side),
-           "--steps", str(args.steps), "--rank", str(args.rank)]  # fmt: skip
+           "--steps", str(args.steps), "--rank", str(args.rank), "--compute", args.compute]  # fmt: skip
     env = dict(os.environ)
     if not args.default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
@@ -141,12 +151,13 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=0, help="latent side (default: 64 for sd15, 128 for sdxl)")
     ap.add_argument("--rank", type=int, default=0, help="LoRA rank (default: 32 for sd15, 16 for sdxl)")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold")
+    ap.add_argument("--compute", choices=("bf16", "fp32"), default="bf16", help="fp32: no autocast (see above)")
     ap.add_argument("--child")
     args = ap.parse_args()
     args.side = args.side or SIDE[args.model]
     args.rank = args.rank or RANK[args.model]
     if args.child:
-        print(json.dumps(child(args.model, args.child, args.side, args.steps, args.rank)))
+        print(json.dumps(child(args.model, args.child, args.side, args.steps, args.rank, args.compute)))
         return 0
     names = [v for v in (args.variants.split(",") if args.variants else VARIANTS[args.model]) if v]
     if "adamw8bit" in names and importlib.util.find_spec("bitsandbytes") is None:
@@ -160,7 +171,7 @@ def main() -> int:
             print(f"round {r + 1} {args.model} {name:16s} peak {result['peak'] / GIB:.3f} GiB", flush=True)
     peaks = {n: statistics.median(r["peak"] for r in rs) for n, rs in results.items()}
     floor = peaks.get("floor")
-    fields = [f"model={args.model}", f"side={args.side}", f"rank={args.rank}"]
+    fields = [f"model={args.model}", f"side={args.side}", f"rank={args.rank}", f"compute={args.compute}"]
     if floor:
         fields.append(f"floor_gib={floor / GIB:.3f}")
     worst_err = 0.0
