@@ -215,7 +215,7 @@ def _probe(unet: Any, latent_hw: tuple[int, int], config: TrainConfig) -> dict[s
     wrappers = {id(b): b.__dict__.pop("forward") for b in blocks if "forward" in b.__dict__}
     dtype = next(unet.parameters()).dtype
     if dtype.itemsize == 1:  # FP8 storage: inputs in a compute dtype (the layers upcast to it)
-        dtype = torch.bfloat16
+        dtype = torch.float32 if config.mixed_precision == "no" else torch.bfloat16
     device = next(unet.parameters()).device
     ctx_dim = _context_dim(unet)
     autocast = (
