@@ -9,7 +9,7 @@ latest steps, the first step's warm-up excluded), so process start, model load a
 are not in it. Same global batch, so steps/s compare like samples/s. Rounds interleave the two
 sides, alternating which goes first; medians. Wall time, so run it on a quiet machine.
 
-    python bench/train_ddp.py [--rounds 3] [--steps 12] [--side 256] [--batch 4]
+    python bench/train_ddp.py [--rounds 4] [--steps 24] [--side 256] [--batch 4]
 
 Ends with `RESULT train_ddp ratio=<ddp/single> …` (goal ≥ 1.7 on a 2-core machine).
 """
@@ -88,8 +88,8 @@ def run_once(kind: str, ckpt: Path, data: Path, out: Path, args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (the first is warm-up)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per run (the rate is over the last 20)")
     parser.add_argument("--side", type=int, default=256, help="image side in px (latents side/8)")
     parser.add_argument("--batch", type=int, default=4, help="global batch (even)")
     args = parser.parse_args()
