@@ -80,10 +80,6 @@ class StandaloneHosts:
                 self._host = StandaloneHost(ckpt, vae=vae, clip_folder=clip_folder, device=device, lora_dir=lora_dir)
             return self._host
 
-    def loaded(self) -> Host | None:
-        """The host if the checkpoint is loaded already; showing a page must not load it."""
-        return self._host
-
 
 def standalone_policy(
     settings: Callable[[], Settings], listen: bool, ckpt: Path | None, lora_dir: Path | None, uploads: Any = None
@@ -126,10 +122,8 @@ def build_app(
 
     css, js = page_assets()
     uploads = UploadLedger()
-    hosts = StandaloneHosts(ckpt, vae, clip_folder, device, lora_dir)
     ctx = UiContext(
-        host=hosts,
-        peek=hosts.loaded,
+        host=StandaloneHosts(ckpt, vae, clip_folder, device, lora_dir),
         settings=settings,
         paths=standalone_policy(settings, listen, ckpt, lora_dir, uploads),
         language=(lambda: language) if language else i18n.env_language,

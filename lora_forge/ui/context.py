@@ -30,15 +30,10 @@ class UiContext:
     # The user's language ("zh_CN", "None", …): the WebUI's Localization setting, or --lang /
     # LORA_FORGE_LANG for `python -m lora_forge ui`. Read per use, like the settings.
     language: Callable[[], str] = i18n.env_language
-    # The host only if its model is loaded already, else None: for what a page merely shows (which
-    # preset values fit the model), which must never load a checkpoint. None here: ask host().
-    peek: Callable[[], Host | None] | None = None
 
-    def loaded_host(self) -> Host | None:
-        """The host when a model is loaded, None when none is (the standalone page without --ckpt,
-        or before its first work); never loads one where `peek` says how to look."""
-        if self.peek is not None:
-            return self.peek()
+    def host_or_none(self) -> Host | None:
+        """The host, or None where no model can be had (the standalone page without --ckpt): for
+        what a page shows whether or not a model is there, e.g. which preset values fit it."""
         try:
             return self.host()
         except ForgeError:

@@ -303,13 +303,13 @@ def build(ctx: UiContext) -> TrainHandles:
         yield from follow(active.id)
 
     def on_preset(name: str) -> list[Any]:
-        host = ctx.loaded_host()
+        host = ctx.host_or_none()
         values = _preset_values(name, host)
         # name and trigger word stay the user's
         return [*(gr.update(value=v) for v in values[2:]), _preset_kind(host)]
 
     def on_model(name: str, kind: str) -> list[Any]:
-        host = ctx.loaded_host()
+        host = ctx.host_or_none()
         if _preset_kind(host) == kind:
             return [*(gr.update() for _ in components[2:]), kind]
         return on_preset(name)
@@ -336,7 +336,7 @@ def build(ctx: UiContext) -> TrainHandles:
         outputs,
         filled_for,
         for_model,
-        lambda: _preset_kind(ctx.loaded_host()),
+        lambda: _preset_kind(ctx.host_or_none()),
     )
     handles.follow_after(started)
     handles.follow_after(resumed)
