@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from lora_forge.train.config import TrainConfig
+from tests.train_support import FAST, squares
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -386,8 +387,6 @@ def test_a_kohya_config_brings_its_loss_options_over(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from tests.train_support import squares
-
     return squares(tmp_path_factory.mktemp("loss-data"), ("red", "blue"), seed=1, caption="zkw, {name} square")
 
 
@@ -397,13 +396,7 @@ def test_a_v_pred_ztsnr_run_trains_and_marks_its_file_as_kohya_does(tiny_host, d
 
     config = TrainConfig.from_dict(
         {
-            "resolution": "64",
-            "min_bucket_reso": 64,
-            "max_bucket_reso": 128,
-            "sample_every_n_steps": 0,
-            "cache_latents_to_disk": False,
-            "mixed_precision": "no",
-            "num_repeats": 1,
+            **FAST,
             "max_train_steps": 3,
             "network_dim": 4,
             "network_alpha": 4,
