@@ -46,9 +46,9 @@ from typing import Any
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import ProgressFn, StopFlag, no_progress
-from lora_forge.train import data, outputs
+from lora_forge.train import outputs
 from lora_forge.train.config import TrainConfig
-from lora_forge.train.loop import _Loop, _NonFinite, backward
+from lora_forge.train.loop import _Loop, _NonFinite, backward, diffusion_loss, encode_latents
 
 TIMEOUT_S = 600  # a collective waiting longer than this (a hung process) ends the job
 
@@ -171,25 +171,15 @@ class Ranks:
             outputs.write_config(path, config)
         return Path(self.gather("the run folder", str(path) if path else "")[0])
 
-    def cache_latents(
-        self, sd_model: Any, dataset: Any, config: TrainConfig, device: Any, progress: ProgressFn, stop: StopFlag,
-        conds: Any,
-    ) -> Any:  # fmt: skip
+    def encode_latents(
+        self, sd_model: Any, dataset: Any, config: TrainConfig, device: Any, progress: ProgressFn, stop: StopFlag
+    ) -> Any:
         """Each rank encodes its shard into the disk cache, then all read everything (module doc)."""
-        from lora_forge.model.encode import encode_images
-
-        def encode(px: Any) -> Any:
-            return encode_images(sd_model, px.to(device))
-
-        vae_id = data.module_fingerprint(sd_model.first_stage_model)
-        shown = progress if self.writer else no_progress
         if config.cache_latents_to_disk:
             mine = dataclasses.replace(dataset, items=dataset.items[self.rank :: self.size])
-            data.cache_latents(mine, encode, vae_id, config, shown, stop)
+            encode_latents(sd_model, mine, config, device, progress if self.writer else no_progress, stop)
             self.barrier("the latent cache")
-        cache = data.cache_latents(dataset, encode, vae_id, config, no_progress, stop)
-        conds.fill_cache(dataset)
-        return cache
+        return encode_latents(sd_model, dataset, config, device, no_progress, stop)
 
     def restore_rng(self, folder: Path) -> None:
         from lora_forge.train.state import load_rank_rng
@@ -229,24 +219,20 @@ class RankLoop(_Loop):
         shard's share of the global batch mean."""
         import torch
 
-        from lora_forge.model.unet import predict
-        from lora_forge.train.losses import Drawn, draw_noise, loss_per_sample
-
-        c = self.config
         gen, flips, x0, captions = self.draw(ids, micro)
-        drawn = draw_noise(x0, gen, self.schedule, c)
         lo, hi = self.shard(len(ids))
         if lo == hi:
             return 0.0
         self.session.begin_step(self.precision.autocast_dtype)
-        mine = Drawn(drawn.noise[lo:hi], drawn.noisy[lo:hi], drawn.t[lo:hi])
-        with self.precision.autocast():
-            pred = predict(self.session.unet, mine.noisy, mine.t, self.conds(ids[lo:hi], captions[lo:hi], flips[lo:hi]))
-        loss = loss_per_sample(pred, x0[lo:hi], mine, self.schedule, c).sum() / len(ids)
+        mine = slice(lo, hi)
+        loss = diffusion_loss(
+            self.session.unet, x0, lambda: self.conds(ids[mine], captions[mine], flips[mine]), self.schedule,
+            self.config, self.precision, gen, mine,
+        ) * ((hi - lo) / len(ids))  # fmt: skip
         if not torch.isfinite(loss):
             self.flags[0] = 1.0  # every rank stops at this step's sync, before the optimizer
             return 0.0
-        backward(loss, c, self.precision)
+        backward(loss, self.config, self.precision)
         return loss.detach()
 
     def _synced(self, loss: float, params: list[Any], stop: StopFlag) -> float:

@@ -133,8 +133,9 @@ def train(
             else:
                 run_dir = dist.new_run_dir(out_dir, config)
             conds = Conditioner(sd_model, config, dataset, device, precision)
-            cache = _cache_latents if dist is None else dist.cache_latents
-            latents = cache(sd_model, dataset, config, device, progress, stop, conds)
+            encode = encode_latents if dist is None else dist.encode_latents
+            latents = encode(sd_model, dataset, config, device, progress, stop)
+            conds.fill_cache(dataset)  # every fixed caption, once
             # Their outputs are cached: the VAE and a frozen text encoder leave the accelerator.
             idle = [sd_model.first_stage_model] + ([conds.encoder.module] if conds.cache else [])
             for module in idle:
@@ -158,18 +159,19 @@ def train(
             session.close()
 
 
-def _cache_latents(
-    sd_model: Any, dataset: Any, config: TrainConfig, device: Any, progress: ProgressFn, stop: StopFlag, conds: Any
+def encode_latents(
+    sd_model: Any, dataset: Any, config: TrainConfig, device: Any, progress: ProgressFn, stop: StopFlag
 ) -> Any:
-    """Encode every image (and every fixed caption) once, before the first step."""
+    """Encode every image of `dataset` once, before the first step (from the disk cache where it
+    holds them)."""
     from lora_forge.model.encode import encode_images
 
     vae_id = data.module_fingerprint(sd_model.first_stage_model)
-    cache = data.cache_latents(
-        dataset, lambda px: encode_images(sd_model, px.to(device)), vae_id, config, progress, stop
-    )
-    conds.fill_cache(dataset)
-    return cache
+
+    def encode(px: Any) -> Any:
+        return encode_images(sd_model, px.to(device))
+
+    return data.cache_latents(dataset, encode, vae_id, config, progress, stop)
 
 
 def optimizer_for(session: Any, config: TrainConfig) -> tuple[Any, list[Any]]:
@@ -183,13 +185,24 @@ def optimizer_for(session: Any, config: TrainConfig) -> tuple[Any, list[Any]]:
 
 
 def diffusion_loss(
-    unet: Any, x0: Any, cond_fn: Any, schedule: Any, config: TrainConfig, precision: Any, gen: Any
+    unet: Any,
+    x0: Any,
+    cond_fn: Any,
+    schedule: Any,
+    config: TrainConfig,
+    precision: Any,
+    gen: Any,
+    part: slice = slice(None),
 ) -> Any:
-    """kohya's loss with kohya's options (train/losses.py): noise, t, UNet prediction, weighted loss."""
+    """kohya's loss with kohya's options (train/losses.py): noise, t, UNet prediction, weighted loss.
+
+    Noise and timesteps are drawn for all of `x0`; the UNet runs on, and the mean is over, the
+    samples in `part` (a data-parallel process's shard of the global batch; all of it alone)."""
     from lora_forge.model.unet import predict
-    from lora_forge.train.losses import draw_noise, loss_per_sample
+    from lora_forge.train.losses import Drawn, draw_noise, loss_per_sample
 
     drawn = draw_noise(x0, gen, schedule, config)
+    x0, drawn = x0[part], Drawn(drawn.noise[part], drawn.noisy[part], drawn.t[part])
     with precision.autocast():
         pred = predict(unet, drawn.noisy, drawn.t, cond_fn())
     return loss_per_sample(pred, x0, drawn, schedule, config).mean()
