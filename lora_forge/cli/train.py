@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +79,12 @@ def build_config(args: argparse.Namespace) -> tuple[Any, frozenset[str], list[st
 
 def run(args: argparse.Namespace) -> int:
     from lora_forge.events import StopFlag, cli_progress
+    from lora_forge.train.distributed import world_from_env
     from lora_forge.train.interrupt import stop_on_signals
     from lora_forge.train.loop import prepare, train
 
     args.device = device_of(args)
-    world = None
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # under torchrun (or a stray variable)
-        from lora_forge.train.distributed import world_from_env
-
-        world = world_from_env(args.device)
+    world = world_from_env(args.device)  # None alone, also for a stray WORLD_SIZE
     if world is None and args.gpus and args.gpus > 1 and not args.dry_run:
         from lora_forge.cli.train_launch import launch
 
@@ -165,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         **result.report,
     }
     if received:
-        summary["resume_command"] = resume_command(args, result.run_dir)
+        summary["resume_command"] = resume_command(args, result.run_dir, prepared.world_size)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
@@ -180,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+def resume_command(args: argparse.Namespace, run_dir: Path, world_size: int = 1) -> str:
     """The command that continues `run_dir`, quoted for this system's shell."""
     import shlex
     import subprocess
@@ -188,7 +184,6 @@ def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
 
     argv = ["python", "-m", "lora_forge", "train", "--resume", str(run_dir), "--ckpt", str(args.ckpt)]
     argv += ["--data", str(args.data), "--name", args.name, "--out", str(args.out), "--device", args.device]
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if size > 1:  # a data-parallel run resumes on as many processes
-        argv += ["--gpus", str(size)]
+    if world_size > 1:  # a data-parallel run resumes on as many processes
+        argv += ["--gpus", str(world_size)]
     return subprocess.list2cmdline(argv) if sys.platform == "win32" else shlex.join(argv)

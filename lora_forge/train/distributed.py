@@ -90,10 +90,10 @@ def world_from_env(device: str) -> World | None:
     """The World torchrun describes, or None for a single process (also a 1-process torchrun, and a
     stray WORLD_SIZE without the rest of torchrun's variables)."""
     env = os.environ
-    size = int(env.get("WORLD_SIZE", "1") or 1) if env.get("WORLD_SIZE", "").isdigit() else 1
+    size = int(env["WORLD_SIZE"]) if env.get("WORLD_SIZE", "").isdigit() else 1
     if size <= 1 or not all(env.get(k) for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
         return None
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         device = f"cuda:{local}"  # one device per process, whatever index --device named
     return World(rank, size, local, device)
