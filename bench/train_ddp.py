@@ -2,7 +2,7 @@
 
 Both sides are the real command line on the tiny real ldm model (lora_forge/host/tiny.py) at
 `--side` px: the baseline is `python -m lora_forge train --threads 1` with train_batch_size =
-global batch; the data-parallel side is `torchrun --nproc_per_node 2 -m lora_forge train` with
+global batch; the data-parallel side is `… train --gpus 2 --device cpu` (torchrun, 2 processes) with
 train_batch_size = global batch / 2, each process on one thread (gloo, CPU). The figure is the
 steady-state optimizer steps per second each run logs last (loss.jsonl's `it_s`: the rate over the
 latest steps, the first step's warm-up excluded), so process start, model load and latent encoding
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,12 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_inputs(folder: Path, side: int, images: int) -> tuple[Path, Path]:
@@ -72,11 +65,9 @@ def run_once(kind: str, ckpt: Path, data: Path, out: Path, args: argparse.Namesp
     }
     train = ["train", "--ckpt", str(ckpt), "--data", str(data), "--name", kind, "--out", str(out), "--json"]
     train += ["--threads", "1", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
-    if kind == "single":
-        command = [sys.executable, "-m", "lora_forge", *train]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "lora_forge", *train]
+    if kind == "ddp":  # the command a user types, which runs torchrun with 2 CPU processes
+        train += ["--gpus", "2", "--device", "cpu"]
+    command = [sys.executable, "-m", "lora_forge", *train]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_forge.cli.train_launch import free_port
 from tests import train_support
 
 torch = pytest.importorskip("torch")
@@ -36,12 +36,6 @@ FAST = {
     "shuffle_caption": "true",
     "noise_offset": 0.05,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def train_argv(ckpt: Path, data: Path, out: Path, batch: int, **changes) -> list[str]:
