@@ -366,3 +366,60 @@ def test_cli_rejects_a_bad_dataset_before_loading_the_model(tmp_path, capsys):
                  "--name", "x", "--out", str(tmp_path / "out")])  # fmt: skip
     assert code == 2 and "no images found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_step_gradients_equal_a_plain_cast_of_the_masters_over_two_micro_steps(tiny_host):
+    """The bf16 step's (down, up) come from buffers kept between steps (fastlora._CastBuffers):
+    the gradients the optimizer sees, over two accumulated micro-steps and two optimizer steps, are
+    bit for bit those of `master.to(bf16).split(...)` with autograd's own backward."""
+    from lora_forge.model.schedule import schedule_from_model
+    from lora_forge.train.loop import backward, diffusion_loss
+    from lora_forge.train.session import open_session, precision_for
+
+    model = tiny_host.sd_model()
+    config = TrainConfig(network_dim=4, network_alpha=2, gradient_checkpointing=True, mixed_precision="bf16",
+                         network_train_unet_only=True, gradient_accumulation_steps=2)  # fmt: skip
+    prec = precision_for(config, torch.device("cpu"), torch.float32)
+    schedule = schedule_from_model(model, "cpu")
+
+    def plain_begin_step(fast) -> None:  # what begin_step did before the buffers
+        views = []
+        for master, params in zip(fast.params, fast.layout, strict=True):
+            parts = master.to(torch.bfloat16).split([p.numel() for p in params])
+            views.append([part.view_as(p) for part, p in zip(parts, params, strict=True)])
+        fast.current = [(views[gd][pd], views[gu][pu], torch.bfloat16) for (gd, pd), (gu, pu) in fast.slots]
+
+    def grads(plain: bool) -> list[list]:
+        session = open_session(model, config)
+        try:
+            torch.manual_seed(0)
+            with torch.no_grad():
+                for lora in session.network.loras:
+                    lora.lora_up.weight.normal_(0, 0.1)
+                    lora.lora_down.weight.normal_(0, 0.1)
+            gen = torch.Generator().manual_seed(1)
+            seen = []
+            for _step in range(2):
+                for _micro in range(2):
+                    session.begin_step(torch.bfloat16)
+                    if plain:
+                        plain_begin_step(session.fast)
+                    x0 = torch.randn(1, 4, 8, 8, generator=gen)
+                    cond = torch.randn(1, 77, 32, generator=gen)
+                    loss = diffusion_loss(session.unet, x0, lambda c=cond: c, schedule, config, prec, gen)
+                    backward(loss, config, prec)
+                    session.end_step()
+                seen.append([p.grad.clone() for p in session.fast.params])
+                with torch.no_grad():  # a different point for the second step, as an optimizer step makes
+                    for p in session.fast.params:
+                        p.add_(p.grad, alpha=-0.01)
+                        p.grad = None
+            return seen
+        finally:
+            session.close()
+
+    ours, plain = grads(plain=False), grads(plain=True)
+    assert [g.abs().sum() > 0 for step in ours for g in step] == [True] * 2 * len(ours[0])
+    for a, b in zip(ours, plain, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
