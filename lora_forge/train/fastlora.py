@@ -155,19 +155,23 @@ class FastLora:
 
 
 class _CastBuffers:
-    """A flat fp32 master's copy in the step's compute dtype, and the master's gradient, kept from
-    step to step: casting into fresh tensors each step cost more than the cast itself on the CPU
-    (a 42.6M-element SDXL rank-16 master: ~170 ms per direction in new pages, ~8 ms into these)."""
+    """A flat fp32 master's copy in the step's compute dtype, kept from step to step (it lives
+    through every forward and backward anyway): casting into a fresh tensor each step cost more
+    than the cast itself on the CPU (a 42.6M-element SDXL rank-16 master: ~170 ms in new pages,
+    ~8 ms into this). The gradient is allocated in backward, as autograd would: kept, it would sit
+    in memory through the next forward, the step's peak."""
 
     def __init__(self, master: Any, params: list[Any], dtype: Any) -> None:
         import torch
 
         self.master, self.dtype = master, dtype
         self.low = torch.empty_like(master, dtype=dtype)
-        self.grad = torch.empty_like(master)
-        sizes = [p.numel() for p in params]
-        self.low_views = [part.view_as(p) for part, p in zip(self.low.split(sizes), params, strict=True)]
-        self.grad_views = [part.view_as(p) for part, p in zip(self.grad.split(sizes), params, strict=True)]
+        self.sizes = [p.numel() for p in params]
+        self.shapes = [p.shape for p in params]
+        self.low_views = [part.view(shape) for part, shape in zip(self.low.split(self.sizes), self.shapes, strict=True)]
+
+    def grad_views(self, grad: Any) -> list[Any]:
+        return [part.view(shape) for part, shape in zip(grad.split(self.sizes), self.shapes, strict=True)]
 
 
 @functools.cache
@@ -177,8 +181,9 @@ def _cast_function() -> Any:
 
     class Cast(torch.autograd.Function):
         """master → one view per LoRA tensor in the compute dtype; backward writes (or adds) each
-        view's gradient into the master's fp32 gradient in place: no cat of the parts, no new
-        full-size tensors. The values are those of `master.to(dtype).split(...)` and its backward."""
+        view's gradient into the master's fp32 gradient: no cat of the parts into a full-size
+        low-precision gradient first. The values are those of `master.to(dtype).split(...)` and its
+        backward."""
 
         @staticmethod
         def forward(ctx: Any, master: Any, buffers: _CastBuffers) -> tuple[Any, ...]:
@@ -189,16 +194,18 @@ def _cast_function() -> Any:
 
         @staticmethod
         def backward(ctx: Any, *grads: Any) -> tuple[Any, None]:
+            import torch
+
             buffers = ctx.buffers
             master = buffers.master
             fresh = master.grad is None  # else: a later micro-step of the same optimizer step adds
-            for view, g in zip(buffers.grad_views, grads, strict=True):
+            grad = torch.empty_like(master) if fresh else master.grad
+            for view, g in zip(buffers.grad_views(grad), grads, strict=True):
                 if fresh:
                     view.zero_() if g is None else view.copy_(g)
                 elif g is not None:
                     view.add_(g)
-            if fresh:
-                master.grad = buffers.grad
+            master.grad = grad
             return None, None
 
     return Cast
