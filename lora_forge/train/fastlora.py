@@ -77,7 +77,7 @@ class FastLora:
             self.groups.append({**group, "params": [torch.nn.Parameter(flat_param)]})
         self.slots = [(slot[id(m.lora_down.weight)], slot[id(m.lora_up.weight)]) for m in network.loras]
         self.current: list[tuple[Any, Any, Any]] = []
-        self.casts: list[_CastBuffers] = []  # per flat group: the step's low-precision copy and its gradient
+        self.casts: list[_CastBuffers] = []  # per flat group: the step's low-precision copy
         self.previous: list[tuple[Any, Any]] = []  # (target, its instance forward before ours), while installed
 
     @property
@@ -194,8 +194,6 @@ def _cast_function() -> Any:
 
         @staticmethod
         def backward(ctx: Any, *grads: Any) -> tuple[Any, None]:
-            import torch
-
             buffers = ctx.buffers
             master = buffers.master
             fresh = master.grad is None  # else: a later micro-step of the same optimizer step adds
