@@ -14,7 +14,7 @@ import pytest
 from lora_forge.errors import ForgeError
 from lora_forge.train.config import TrainConfig
 from tests.test_train_loop import dataset, run  # noqa: F401  (dataset is a fixture)
-from tests.train_support import FAST, weights_hash
+from tests.train_support import FAST, nonzero_lora, weights_hash
 
 torch = pytest.importorskip("torch")
 
@@ -28,11 +28,7 @@ def _step_once(model, config, steps: int = 2) -> dict[str, torch.Tensor]:
 
     session = open_session(model, config)
     try:
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for lora in session.network.loras:
-                lora.lora_up.weight.normal_(0, 0.1)
-                lora.lora_down.weight.normal_(0, 0.1)
+        nonzero_lora(session.network)
         optimizer, params = optimizer_for(session, config)
         scheduler = make_scheduler(optimizer, config, 10)
         prec = precision_for(config, torch.device("cpu"), torch.float32)

@@ -13,7 +13,7 @@ from lora_forge.events import StopFlag
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.loop import prepare, train
 from lora_forge.train.presets import PRESETS, preset_config
-from tests.train_support import FAST, squares, weights_hash
+from tests.train_support import FAST, nonzero_lora, squares, weights_hash
 
 torch = pytest.importorskip("torch")
 
@@ -172,11 +172,7 @@ def lora_grads(model, config, begin_step: bool, batch: int = 2, by_name: bool = 
 
     session = open_session(model, config)
     try:
-        torch.manual_seed(0)
-        with torch.no_grad():  # up starts at zero, which would hide every `down` gradient
-            for lora in session.network.loras:
-                lora.lora_up.weight.normal_(0, 0.1)
-                lora.lora_down.weight.normal_(0, 0.1)
+        nonzero_lora(session.network)
         gen = torch.Generator().manual_seed(1)
         x0 = torch.randn(batch, 4, 8, 8, generator=gen)
         cond = torch.randn(batch, 77, 32, generator=gen)
@@ -392,11 +388,7 @@ def test_bf16_step_gradients_equal_a_plain_cast_of_the_masters_over_two_micro_st
     def grads(plain: bool) -> list[list]:
         session = open_session(model, config)
         try:
-            torch.manual_seed(0)
-            with torch.no_grad():
-                for lora in session.network.loras:
-                    lora.lora_up.weight.normal_(0, 0.1)
-                    lora.lora_down.weight.normal_(0, 0.1)
+            nonzero_lora(session.network)
             gen = torch.Generator().manual_seed(1)
             seen = []
             for _step in range(2):

@@ -58,6 +58,18 @@ def noise_pictures(folder: Path, count: int = 3, seed: int = 0) -> Path:
     return folder
 
 
+def nonzero_lora(network: Any) -> None:
+    """Every LoRA tensor drawn from N(0, 0.1) after `torch.manual_seed(0)`: `up` starts at zero,
+    which would hide every `down` gradient, and one fixed start makes two sessions comparable."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for lora in network.loras:
+            lora.lora_up.weight.normal_(0, 0.1)
+            lora.lora_down.weight.normal_(0, 0.1)
+
+
 def weights_hash(module: Any) -> str:
     """Every tensor of the state dict, raw bytes and dtype (bf16, FP8 and 0-dim buffers too):
     equal before and after means the model is exactly as it was."""
