@@ -234,10 +234,9 @@ def _linear_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
     weight, bias = module.weight, module.bias
     scale = float(lora.alpha) / lora.rank
     n_out, n_in = weight.shape
-    rank = lora.rank
-    merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, rank, passes)
+    merged_cost, unmerged_cost, fixed = _costs(n_in, n_out, lora.rank, passes)
     stored_fp8 = fp8.is_fp8(weight)  # frozen FP8 storage: upcast for the op, never merged back into FP8
-    base = fp8.linear if stored_fp8 else F.linear
+    unmerged = _unmerged_linear()
 
     def forward(x: Any) -> Any:
         down, up, x_dtype = get(x)
@@ -248,14 +247,54 @@ def _linear_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
                 dtype = fp8.compute_dtype(x)
                 return F.linear(x.to(dtype), merged.to(dtype), None if bias is None else bias.to(dtype))
             return F.linear(x, merged.to(weight.dtype), bias)
-        if x_dtype is not None and x.dtype != x_dtype:
-            x = x.to(x_dtype)
-        # y + s·(x·downᵀ)·upᵀ with the up-projection and the add fused (no third full-size tensor)
-        y = base(x, weight, bias)
-        h = F.linear(x, down)
-        return torch.addmm(y.reshape(-1, n_out), h.reshape(-1, rank), up.t(), alpha=scale).view(y.shape)
+        dtype = fp8.compute_dtype(x) if x_dtype is None else x_dtype
+        return unmerged.apply(x.to(dtype), weight, bias, down.to(dtype), up.to(dtype), scale)
 
     return forward
+
+
+@functools.cache
+def _unmerged_linear() -> Any:
+    """The autograd Function of the unmerged form (made on first use: no torch at import)."""
+    import torch
+
+    class UnmergedLinear(torch.autograd.Function):
+        """y = x·Wᵀ + b + s·(x·downᵀ)·upᵀ as one autograd node, every tensor in x's dtype.
+
+        Built from separate ops, autograd makes ~10 nodes of it per call (views, transposes, the
+        scale, the add of the two input gradients), and at SDXL's 16–256 tokens per call their
+        dispatch costs more than the LoRA's arithmetic. Here the forward is three matmuls, the
+        backward four small ones plus the base's input gradient, which takes the LoRA's share in
+        place (addmm_). Only x and s·x·downᵀ (tokens × rank) go through save_for_backward, so a
+        checkpointed block still drops and recomputes them; W, b, down and up live through the
+        step anyway and are kept as they are (an FP8 W is upcast for each use, never kept upcast).
+        """
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, bias: Any, down: Any, up: Any, scale: float) -> Any:
+            dtype = x.dtype
+            x2 = x.reshape(-1, x.shape[-1])
+            h = torch.mm(x2, down.t()).mul_(scale)
+            w = weight.to(dtype)
+            y = torch.mm(x2, w.t()) if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+            y.addmm_(h, up.t())
+            ctx.save_for_backward(x2, h)
+            ctx.weight, ctx.down, ctx.up, ctx.scale, ctx.x_shape = weight, down, up, scale, x.shape
+            return y.view(*x.shape[:-1], y.shape[-1])
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
+            x2, h = ctx.saved_tensors
+            g = grad.reshape(-1, grad.shape[-1])
+            gh = torch.mm(g, ctx.up).mul_(ctx.scale)
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.mm(g, ctx.weight.to(g.dtype)).addmm_(gh, ctx.down).view(ctx.x_shape)
+            grad_down = torch.mm(gh.t(), x2) if ctx.needs_input_grad[3] else None
+            grad_up = torch.mm(g.t(), h) if ctx.needs_input_grad[4] else None
+            return grad_x, None, None, grad_down, grad_up, None
+
+    return UnmergedLinear
 
 
 def _conv_forward(module: Any, lora: Any, passes: int, get: Any) -> Any:
