@@ -267,7 +267,10 @@ def _unmerged_linear() -> Any:
         backward four small ones plus the base's input gradient, which takes the LoRA's share in
         place (addmm_). Only x and s·x·downᵀ (tokens × rank) go through save_for_backward, so a
         checkpointed block still drops and recomputes them; W, b, down and up live through the
-        step anyway and are kept as they are (an FP8 W is upcast for each use, never kept upcast).
+        step anyway and are kept as they are (an FP8 W is upcast for each use, never kept upcast);
+        backward lets go of them, as autograd frees saved tensors, so a finished step's graph (its
+        loss is often still referenced during the next forward) does not hold the per-tensor
+        optimizers' low-precision copies.
         """
 
         @staticmethod
@@ -285,11 +288,13 @@ def _unmerged_linear() -> Any:
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
             x2, h = ctx.saved_tensors
+            weight, down, up = ctx.weight, ctx.down, ctx.up
+            ctx.weight = ctx.down = ctx.up = None
             g = grad.reshape(-1, grad.shape[-1])
-            gh = torch.mm(g, ctx.up).mul_(ctx.scale)
+            gh = torch.mm(g, up).mul_(ctx.scale)
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = torch.mm(g, ctx.weight.to(g.dtype)).addmm_(gh, ctx.down).view(ctx.x_shape)
+                grad_x = torch.mm(g, weight.to(g.dtype)).addmm_(gh, down).view(ctx.x_shape)
             grad_down = torch.mm(gh.t(), x2) if ctx.needs_input_grad[3] else None
             grad_up = torch.mm(g.t(), h) if ctx.needs_input_grad[4] else None
             return grad_x, None, None, grad_down, grad_up, None
