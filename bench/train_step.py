@@ -7,9 +7,12 @@ AdamW step). Cases: the tiny test UNet, SD1.5's and SDXL's full UNets (random we
 sgm's UNetModel as sd_xl_base.yaml builds it, through host/sgm_compat, rank 16, its `vector`
 input cached like the text), latents 16² and 32², fp32 and bf16 (bf16 frozen weights + bf16
 autocast). Rounds interleave floor and ours after a warm-up, alternating which goes first; the
-figure is median(ours) / median(floor) of the process CPU time with one intra-op thread (wall time
-on this shared 2-core machine swings ±50 % with the neighbours). SDXL in fp32 holds ~10 GB of RAM
-and takes minutes per case on 2 cores: run it alone (`--only sdxl`).
+figure is median(ours) / median(floor) of the process CPU time (wall time on this shared 2-core
+machine swings ±50 % with the neighbours), with `--threads` intra-op threads, 2 by default. With 2,
+the CPU time also counts the second thread's spin-wait between ops, so a per-op overhead (the
+LoRA's small matmuls) weighs about twice what it does with `--threads 1` (SDXL 16² bf16, measured
+here). SDXL in fp32 holds ~10 GB of RAM and takes minutes per case on 2 cores: run it alone
+(`--only sdxl`).
 
     python bench/train_step.py [--rounds 5] [--only tiny|sd15|sdxl] [--case sdxl_16] [--no-checkpointing] [--bound]
 
