@@ -8,8 +8,8 @@ whichever costs fewer FLOPs at this call's shape:
 
 - merged:   y = layer(x; W + s·up·down)      one small matmul, then the layer's own op;
              backward adds the weight gradient of the layer (tokens·in·out).
-- unmerged: y = layer(x; W) + s·up(down(x))  three ops (the scale rides on the add);
-             costs ~(passes + 3)·tokens·rank·(in + out).
+- unmerged: y = layer(x; W) + s·up(down(x))  one autograd node for linear layers (the layer's
+             matmul and two small ones); costs ~(passes + 3)·tokens·rank·(in + out).
 
 Wide layers at many tokens (SD1.5's 1280-channel blocks) go unmerged; narrow ones and the
 77-token cross-attention keys/values go merged. The parameters are the network's own, so the
