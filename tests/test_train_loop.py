@@ -10,6 +10,7 @@ import pytest
 
 from lora_forge.errors import ForgeError
 from lora_forge.events import StopFlag
+from lora_forge.rundir import RunDir
 from lora_forge.train.config import TrainConfig
 from lora_forge.train.loop import prepare, train
 from lora_forge.train.presets import PRESETS, preset_config
@@ -97,6 +98,21 @@ def test_stop_then_resume_gives_the_same_lora_bytes(tiny_host, dataset, tmp_path
     assert metadata(resumed.final_file) == metadata(whole.final_file)
     a, b = tensors(whole.final_file), tensors(part.final_file)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the stopped file really is an earlier state
+
+
+def test_a_stop_after_the_last_step_is_a_finished_run(tiny_host, dataset, tmp_path):
+    """Stop pressed while the last step runs: the run is complete, so it says finished (not "press
+    Resume"), and its epoch files are all there."""
+    stop = StopFlag()
+
+    def progress(event):
+        if event.data.get("step") == 4:
+            stop.request("test stop")
+
+    result = run(tiny_host, dataset, tmp_path, max_train_steps=4, network_dim=4, train_batch_size=1,
+                 stop=stop, progress=progress)  # fmt: skip
+    assert stop.requested and result.steps == 4 and result.stopped == ""
+    assert json.loads(RunDir(result.run_dir).report.read_text(encoding="utf-8"))["stopped"] == ""
 
 
 def test_a_run_whose_state_has_the_old_file_names_still_resumes(tiny_host, dataset, tmp_path):

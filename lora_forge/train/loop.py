@@ -326,6 +326,8 @@ class _Loop:
             log.error(stopped)
         finally:
             log_file.close()
+        if stopped and pos.step >= plan.total_steps and not stopped.startswith("loss became"):
+            stopped = ""  # a stop that came after the last step: the run is complete, nothing to resume
         seconds = time.perf_counter() - start
         epochs_done = pos.epoch + (1 if pos.batch else 0)  # a run stopped mid-epoch is in its next one
         final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step, epochs_done)
