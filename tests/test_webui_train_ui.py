@@ -59,6 +59,24 @@ TRANSLATE_JS = """(d) => {
 }"""
 
 
+def _wait_result(page, text: str, timeout_ms: int) -> str:
+    """The result line once it shows `text`; on a timeout, what the section showed instead and the
+    run's own record, so a failure names its cause."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    from lora_forge.app import train
+
+    result = page.locator("div.prose#lora_forge_train_result")
+    try:
+        result.filter(has_text=text).wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        parts = ("status", "result", "memory")
+        shown = {k: page.locator(f"div.prose#lora_forge_train_{k}").inner_text() for k in parts}
+        runs = [(r.name, r.state, r.step, r.total, r.message, r.error) for r in train.RUNS.list()]
+        pytest.fail(f"no {text!r} in the result after {timeout_ms / 1000:.0f} s; the page showed {shown}; runs {runs}")
+    return result.inner_text()
+
+
 def _shot(page, name: str) -> None:
     """A small PNG of the section for the README (kept under 200 KB)."""
     from PIL import Image
@@ -92,7 +110,9 @@ def test_train_section_end_to_end(webui, serve_blocks, page, dataset) -> None:  
     for elem_id, value in {
         "lora_forge_train_output_name": "mychar",
         "lora_forge_train_trigger_word": "zkw",
-        "lora_forge_train_num_repeats": "1",
+        # 4 images × 2 repeats × 6 epochs = 48 steps: the Stop below lands well before the end even
+        # on a quick machine (a stop after the last step is a finished run, with nothing to resume)
+        "lora_forge_train_num_repeats": "2",
         "lora_forge_train_max_train_epochs": "6",
         "lora_forge_train_network_dim": "4",
         "lora_forge_train_network_alpha": "2",
@@ -119,11 +139,10 @@ def test_train_section_end_to_end(webui, serve_blocks, page, dataset) -> None:  
     assert page.locator("#lora_forge_train_pct").inner_text().endswith("%")
     _shot(page, "train-running.png")
     page.locator("#lora_forge_train_stop").click()
-    page.locator("div.prose#lora_forge_train_result", has_text="Stopped").wait_for(timeout=120_000)
+    _wait_result(page, "Stopped", 120_000)
 
     page.locator("#lora_forge_train_resume").click()
-    page.locator("div.prose#lora_forge_train_result", has_text="Finished").wait_for(timeout=300_000)
-    result = page.locator("div.prose#lora_forge_train_result").inner_text()
+    result = _wait_result(page, "Finished", 300_000)
     assert "<lora:mychar-2-000006:0.8>" in result and "Test grid" in result
     _shot(page, "train-finished.png")
 
