@@ -101,8 +101,8 @@ def test_stop_then_resume_gives_the_same_lora_bytes(tiny_host, dataset, tmp_path
 
 
 def test_a_stop_after_the_last_step_is_a_finished_run(tiny_host, dataset, tmp_path):
-    """Stop pressed while the last step runs: the run is complete, so it says finished (not "press
-    Resume"), and its epoch files are all there."""
+    """Stop pressed while the last step runs: the run is complete, so its result and report say
+    finished, not stopped (the app would offer Resume for a run with nothing left to train)."""
     stop = StopFlag()
 
     def progress(event):
