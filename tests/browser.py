@@ -10,7 +10,7 @@ tests/conftest.py imports the fixtures from here, so every test module can ask f
   is screenshotted into test-artifacts/<test name>.png when the test ends (pass or fail);
 - `tab_url`: the whole 炼丹 tab served on its own, as `python -m lora_forge ui` would.
 
-Helpers `wait_gradio(page)` and `js_errors(page)` keep the individual tests short.
+Helpers `wait_gradio(page)`, `js_errors(page)` and `train_result(page, …)` keep the individual tests short.
 """
 
 from __future__ import annotations
@@ -111,6 +111,29 @@ def webui_like_page(tabs: list[tuple[Any, str, str]]) -> Any:
             with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                 blocks.render()
     return demo
+
+
+def train_result(
+    page: Any, text: str, done: Callable[[], bool], timeout_s: float = 300, describe: Callable[[], str] = str
+) -> str:
+    """The 训练 section's result once it shows `text`. gradio 3.41 drops a generator's stream when
+    one websocket send takes over 1 s (a loaded machine; queueing.Queue.send_message), and the page
+    then keeps its last update; once the run is over (`done()`), "Show progress" re-attaches, as a
+    user would press it. On a timeout the failure says what the section showed, and `describe()`."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    result = page.locator("div.prose#lora_forge_train_result")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result.filter(has_text=text).wait_for(timeout=20_000)
+            return result.inner_text()
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                shown = {k: page.inner_text(f"div.prose#lora_forge_train_{k}") for k in ("status", "result")}
+                pytest.fail(f"no {text!r} in the result after {timeout_s:.0f} s; the page showed {shown}; {describe()}")
+            if done():
+                page.click("#lora_forge_train_watch")
 
 
 def js_errors(page: Any) -> list[str]:

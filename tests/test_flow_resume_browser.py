@@ -22,7 +22,7 @@ from PIL import Image
 
 from lora_forge import project as pj
 from lora_forge.train.config import read_config_file
-from tests.browser import free_port, js_errors, wait_gradio, wait_http
+from tests.browser import free_port, js_errors, train_result, wait_gradio, wait_http
 from tests.test_flow_browser import _fill, _scored_grid, _shot, _tab, _wait_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,19 +59,9 @@ FAST_EXTRA = "min_bucket_reso = 64\nmax_bucket_reso = 64"
 
 
 def _finished(page, run_dir: Path, timeout_s: float = 300) -> str:
-    """训练's result once the run's report is on disk. On a loaded machine gradio 3.41 stops
-    streaming a generator to a page whose websocket send took over 1 s (the page then freezes at
-    its last update); "Show progress" re-attaches, as a user would press it."""
-    deadline = time.monotonic() + timeout_s
-    while not (run_dir / "report.json").is_file():
-        assert time.monotonic() < deadline, f"{run_dir} did not finish"
-        time.sleep(0.2)
-    for _ in range(3):
-        try:
-            return _wait_text(page, "#lora_forge_train_result", "Finished", timeout=20_000)
-        except Exception:  # playwright's TimeoutError: the stream froze
-            page.click("#lora_forge_train_watch")
-    return _wait_text(page, "#lora_forge_train_result", "Finished", timeout=20_000)
+    """训练's result once it shows "Finished" (re-attaching once the run's report is on disk)."""
+    report = run_dir / "report.json"
+    return train_result(page, "Finished", report.is_file, timeout_s, lambda: f"{report} exists: {report.is_file()}")
 
 
 class Server:

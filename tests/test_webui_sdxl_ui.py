@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_webui_train import start_stub
-from tests.test_webui_train_ui import EXTRA, _fill
+from tests.test_webui_train_ui import EXTRA, _fill, _result
 from tests.train_support import squares
 
 
@@ -56,8 +56,7 @@ def test_sdxl_train_then_grid_in_the_browser(webui, serve_blocks, page, dataset)
     page.locator("#lora_forge_train_advanced").click()
     _fill(page, "lora_forge_train_extra", EXTRA)
     page.locator("#lora_forge_train_start").click()
-    page.locator("div.prose#lora_forge_train_result", has_text="Finished").wait_for(timeout=600_000)
-    assert "<lora:xlchar" in page.locator("div.prose#lora_forge_train_result").inner_text()
+    assert "<lora:xlchar" in _result(page, "Finished", 600)
     run = Path(shared.cmd_opts.lora_dir) / "xlchar"
     assert (run / "xlchar.safetensors").is_file()
 

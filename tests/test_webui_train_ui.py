@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ARTIFACTS
+from tests.browser import ARTIFACTS, train_result
 from tests.test_webui_train import dataset, start_stub  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,22 +59,15 @@ TRANSLATE_JS = """(d) => {
 }"""
 
 
-def _wait_result(page, text: str, timeout_ms: int) -> str:
-    """The result line once it shows `text`; on a timeout, what the section showed instead and the
-    run's own record, so a failure names its cause."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
+def _result(page, text: str, timeout_s: float) -> str:
+    """The result once it shows `text` (re-attaching after a dropped stream), naming every run's
+    state, step, message and error if it never does."""
     from lora_forge.app import train
 
-    result = page.locator("div.prose#lora_forge_train_result")
-    try:
-        result.filter(has_text=text).wait_for(timeout=timeout_ms)
-    except PlaywrightTimeout:
-        parts = ("status", "result", "memory")
-        shown = {k: page.locator(f"div.prose#lora_forge_train_{k}").inner_text() for k in parts}
-        runs = [(r.name, r.state, r.step, r.total, r.message, r.error) for r in train.RUNS.list()]
-        pytest.fail(f"no {text!r} in the result after {timeout_ms / 1000:.0f} s; the page showed {shown}; runs {runs}")
-    return result.inner_text()
+    def runs() -> str:
+        return "runs " + repr([(r.name, r.state, r.step, r.total, r.message, r.error) for r in train.RUNS.list()])
+
+    return train_result(page, text, lambda: train.latest() is not None and train.latest().done, timeout_s, runs)
 
 
 def _shot(page, name: str) -> None:
@@ -139,10 +132,10 @@ def test_train_section_end_to_end(webui, serve_blocks, page, dataset) -> None:  
     assert page.locator("#lora_forge_train_pct").inner_text().endswith("%")
     _shot(page, "train-running.png")
     page.locator("#lora_forge_train_stop").click()
-    _wait_result(page, "Stopped", 120_000)
+    _result(page, "Stopped", 120)
 
     page.locator("#lora_forge_train_resume").click()
-    result = _wait_result(page, "Finished", 300_000)
+    result = _result(page, "Finished", 300)
     assert "<lora:mychar-2-000006:0.8>" in result and "Test grid" in result
     _shot(page, "train-finished.png")
 
