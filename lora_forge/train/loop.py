@@ -311,7 +311,8 @@ class _Loop:
                     self._report(progress, log_file, pos, epoch, losses[-1], smoother.add(losses[-1]), scheduler, clock)
                     if c.sample_every_n_steps and pos.step % c.sample_every_n_steps == 0:
                         self._samples(pos.step, progress)
-                    stopped = self._stop_reason(stop)
+                    if pos.step < plan.total_steps:  # a stop after the last step: complete, not stopped
+                        stopped = self._stop_reason(stop)
                 if k >= len(batches):
                     pos.epoch, pos.batch = epoch + 1, 0
                     every = c.save_every_n_epochs
@@ -326,8 +327,6 @@ class _Loop:
             log.error(stopped)
         finally:
             log_file.close()
-        if stopped and pos.step >= plan.total_steps and not stopped.startswith("loss became"):
-            stopped = ""  # a stop that came after the last step: the run is complete, nothing to resume
         seconds = time.perf_counter() - start
         epochs_done = pos.epoch + (1 if pos.batch else 0)  # a run stopped mid-epoch is in its next one
         final = self._save(outputs.final_file(self.run_dir, c.output_name), pos.step, epochs_done)
