@@ -67,7 +67,11 @@ def _result(page, text: str, timeout_s: float) -> str:
     def runs() -> str:
         return "runs " + repr([(r.name, r.state, r.step, r.total, r.message, r.error) for r in train.RUNS.list()])
 
-    return train_result(page, text, lambda: train.latest() is not None and train.latest().done, timeout_s, runs)
+    def done() -> bool:
+        last = train.latest()
+        return last is not None and last.done
+
+    return train_result(page, text, done, timeout_s, runs)
 
 
 def _shot(page, name: str) -> None:
