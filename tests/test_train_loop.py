@@ -431,3 +431,53 @@ def test_bf16_step_gradients_equal_a_plain_cast_of_the_masters_over_two_micro_st
     for a, b in zip(ours, plain, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("form", ["merged", "unmerged"])
+def test_per_tensor_bf16_step_casts_each_pair_in_use_with_the_same_gradients(tiny_host, monkeypatch, form):
+    """Adafactor and AdamW8bit keep per-tensor parameters, and their bf16 step hands the forwards
+    the fp32 masters, each pair cast where it is used (no low-precision copy of the network lives
+    through the step). The gradients they see over two accumulated micro-steps are bit for bit
+    those of casting every master once at the start of the step, in either fast form."""
+    from lora_forge.model.schedule import schedule_from_model
+    from lora_forge.train import fastlora
+    from lora_forge.train.loop import backward, diffusion_loss
+    from lora_forge.train.session import open_session, precision_for
+
+    huge = 1 << 60
+    monkeypatch.setattr(fastlora, "_costs", lambda *a: (0, huge, 0) if form == "merged" else (huge, 0, 0))
+    model = tiny_host.sd_model()
+    config = TrainConfig(network_dim=4, network_alpha=2, gradient_checkpointing=True, mixed_precision="bf16",
+                         network_train_unet_only=True, gradient_accumulation_steps=2,
+                         optimizer_type="Adafactor")  # fmt: skip
+    prec = precision_for(config, torch.device("cpu"), torch.float32)
+    schedule = schedule_from_model(model, "cpu")
+
+    def grads(cast_at_start: bool) -> list:
+        session = open_session(model, config)
+        try:
+            assert not session.fast.flat
+            nonzero_lora(session.network)
+            gen = torch.Generator().manual_seed(1)
+            for _micro in range(2):
+                session.begin_step(torch.bfloat16)
+                masters = [down for down, _, _ in session.fast.current]
+                if cast_at_start:
+                    session.fast.current = [(d.to(torch.bfloat16), u.to(torch.bfloat16), dt)
+                                            for d, u, dt in session.fast.current]  # fmt: skip
+                else:
+                    assert all(m.dtype == torch.float32 and m.requires_grad for m in masters)
+                x0 = torch.randn(1, 4, 8, 8, generator=gen)
+                cond = torch.randn(1, 77, 32, generator=gen)
+                loss = diffusion_loss(session.unet, x0, lambda c=cond: c, schedule, config, prec, gen)
+                backward(loss, config, prec)
+                session.end_step()
+            return [p.grad.clone() for p in session.fast.params]
+        finally:
+            session.close()
+
+    ours, at_start = grads(cast_at_start=False), grads(cast_at_start=True)
+    assert len(ours) > 300 and all(g.dtype == torch.float32 for g in ours)
+    assert sum(bool(g.abs().sum() > 0) for g in ours) > 0.95 * len(ours)  # a few underflow in bf16 here
+    for a, b in zip(ours, at_start, strict=True):
+        assert torch.equal(a, b)

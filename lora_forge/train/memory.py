@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lora_forge.train.config import TrainConfig
+from lora_forge.train.optim import PER_TENSOR
 
 GIB = 1024**3
 CUDA_CONTEXT = 400 * 1024**2  # the CUDA context and kernels; not in torch's allocator counters
@@ -80,10 +81,11 @@ def optimizer_state_bytes(params: list[Any], name: str) -> int:
 
 def trainable_bytes(params: list[Any], config: TrainConfig) -> int:
     """LoRA weights, their gradients (one tensor at a time with a fused backward pass), the step's
-    low-precision copy of them under mixed precision, and the optimizer state."""
+    low-precision copy of them under mixed precision (flat groups only: per-tensor optimizers'
+    forwards cast each pair as they use it, train/fastlora.py), and the optimizer state."""
     weights = _bytes(params)
     grads = max((p.numel() * 4 for p in params), default=0) if config.fused_backward_pass else weights
-    step_copy = weights // 2 if config.mixed_precision != "no" else 0
+    step_copy = weights // 2 if config.mixed_precision != "no" and config.optimizer_type not in PER_TENSOR else 0
     return weights + grads + step_copy + optimizer_state_bytes(params, config.optimizer_type)
 
 
