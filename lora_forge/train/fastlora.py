@@ -93,13 +93,13 @@ class FastLora:
         then not paying for a low-precision copy of the whole network that would live from the
         first forward to the end of backward (SD1.5 rank 32: 0.025 GiB of a 2.6 GiB step; SDXL
         rank 16: 0.08 GiB). The flat groups keep their one cast per step, which is cheaper per call."""
-        if not self.flat or dtype is None:
+        if not self.flat:
             views = self.layout
-            if self.flat:
-                views = []
-                for master, params in zip(self.params, self.layout, strict=True):
-                    parts = master.split([p.numel() for p in params])
-                    views.append([part.view_as(p) for part, p in zip(parts, params, strict=True)])
+        elif dtype is None:
+            views = []
+            for master, params in zip(self.params, self.layout, strict=True):
+                parts = master.split([p.numel() for p in params])
+                views.append([part.view_as(p) for part, p in zip(parts, params, strict=True)])
         else:
             if not self.casts or self.casts[0].dtype != dtype:
                 self.casts = [
@@ -278,9 +278,9 @@ def _unmerged_linear() -> Any:
         checkpointed block still drops and recomputes them; W, b, down and up live through the
         step anyway and are kept as they are (an FP8 W is upcast for each use, never kept upcast);
         backward lets go of them, as autograd frees saved tensors, so a finished step's graph (its
-        loss is often still referenced during the next forward) does not hold the per-tensor
-        optimizers' low-precision copies. down and up may come in fp32 (per-tensor masters): they
-        are cast here for each use and not kept, and their gradients go back in their own dtype.
+        loss is often still referenced during the next forward) holds none of them. down and up may
+        come in fp32 (per-tensor masters): they are cast here for each use and not kept, and their
+        gradients go back in their own dtype.
         """
 
         @staticmethod
