@@ -10,7 +10,8 @@ in the process), batch 1.
 
 Models (`--model`):
 - sd15: SD1.5's UNet, 512² (64² latents), rank 32: AdamW (fp32 state), AdamW8bit (bitsandbytes,
-  when installed) and Adafactor with the fused backward pass, each against the floor.
+  when installed; also with the fused backward pass) and Adafactor with the fused backward pass,
+  each against the floor.
 - sdxl: SDXL's UNet, 1024² (128² latents), rank 16, Adafactor + fused backward: bf16 base weights
   against the floor, and FP8 base weights (float8_e4m3fn storage, upcast per layer) in absolute GiB.
   Slow on a CPU (several minutes per process): `--steps 1`.
@@ -58,6 +59,7 @@ VARIANTS = {
         "adamw": ("bf16", "AdamW", False, False),
         "adamw8bit": ("bf16", "AdamW8bit", False, False),
         "adafactor_fused": ("bf16", "Adafactor", True, False),
+        "adamw8bit_fused": ("bf16", "AdamW8bit", True, False),
     },
     "sdxl": {
         "floor": ("bf16", "", False, False),
@@ -171,9 +173,10 @@ def main() -> int:
         print(json.dumps(child(args.model, args.child, args.side, args.steps, args.rank, args.compute)))
         return 0
     names = [v for v in (args.variants.split(",") if args.variants else VARIANTS[args.model]) if v]
-    if "adamw8bit" in names and importlib.util.find_spec("bitsandbytes") is None:
-        print("adamw8bit skipped: bitsandbytes is not installed")
-        names.remove("adamw8bit")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        for name in [n for n in names if n.startswith("adamw8bit")]:
+            print(f"{name} skipped: bitsandbytes is not installed")
+            names.remove(name)
     results: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:

@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zero-terminal-snr", **choice, help="rescale the noise schedule to zero terminal SNR (kohya's)")
     p.add_argument("--fp8-base", action="store_true", help="frozen weights stored as FP8, upcast per layer (fp8_base)")
     p.add_argument("--fused-backward-pass", action="store_true",
-                   help="Adafactor steps each tensor during backward (fused_backward_pass)")  # fmt: skip
+                   help="Adafactor or AdamW8bit steps each tensor during backward (fused_backward_pass)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads on --device cpu (default: half the cores)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan, do not train")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -17,6 +17,11 @@ from typing import Any
 from lora_forge.errors import ForgeError
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor")
+# The optimizers `fused_backward_pass` can step one tensor at a time in backward: they train the
+# LoRA's own tensors (train/optim.PER_TENSOR), and their update of one reads only its gradient and
+# state. AdamW, Lion and Prodigy train one flat buffer per group, whose gradient is complete only
+# when backward ends (and Prodigy's step size depends on every tensor).
+FUSED_OPTIMIZERS = ("Adafactor", "AdamW8bit")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # kohya says "float", our file format "fp32"
@@ -80,7 +85,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     sdpa: bool = True
     fp8_base: bool = False  # frozen Linear/Conv weights stored as float8_e4m3fn, upcast per layer (model/fp8.py)
-    fused_backward_pass: bool = False  # Adafactor steps each tensor in backward, its grad freed at once
+    fused_backward_pass: bool = False  # Adafactor/AdamW8bit step each tensor in backward, its grad freed at once
     # loss
     noise_offset: float = 0.0
     min_snr_gamma: float = 5.0
@@ -176,7 +181,8 @@ class TrainConfig:
         _check(self.lr_scheduler_num_cycles >= 1, "lr_scheduler_num_cycles", "must be at least 1")
         if self.fused_backward_pass:
             key = "fused_backward_pass"
-            _check(self.optimizer_type == "Adafactor", key, "works with optimizer_type Adafactor only")
+            only = f"works with optimizer_type {' or '.join(FUSED_OPTIMIZERS)} only"
+            _check(self.optimizer_type in FUSED_OPTIMIZERS, key, only)
             no_accumulation = "steps inside backward, so it cannot accumulate (set gradient_accumulation_steps 1)"
             _check(self.gradient_accumulation_steps == 1, key, no_accumulation)
             _check(self.mixed_precision != "fp16", key, "cannot use fp16's loss scaling (use bf16)")

@@ -123,7 +123,8 @@ def make_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any
 @contextlib.contextmanager
 def fused_backward(optimizer: Any, max_grad_norm: float) -> Iterator[None]:
     """Each parameter's optimizer step runs in backward, as soon as its gradient is complete, and
-    the gradient is freed at once (kohya's --fused_backward_pass): the gradients never exist all
+    the gradient is freed at once (kohya's --fused_backward_pass for Adafactor; for AdamW8bit, what
+    its --fused_optimizer_groups does with one group per tensor): the gradients never exist all
     together. The step is the optimizer's own, on a one-parameter view of the parameter's group,
     so it is the same update as after a full backward. Clipping is per tensor (the global norm
     is unknown until backward ends), as in kohya. The optimizer is marked `steps_in_backward`;
