@@ -17,11 +17,13 @@ from typing import Any
 from lora_forge.errors import ForgeError
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor")
-# The optimizers `fused_backward_pass` can step one tensor at a time in backward: they train the
-# LoRA's own tensors (train/optim.PER_TENSOR), and their update of one reads only its gradient and
-# state. AdamW, Lion and Prodigy train one flat buffer per group, whose gradient is complete only
-# when backward ends (and Prodigy's step size depends on every tensor).
-FUSED_OPTIMIZERS = ("Adafactor", "AdamW8bit")
+# Optimizers whose update depends on each tensor's own shape (Adafactor factors a matrix's second
+# moment into row and column statistics; bitsandbytes quantises state per tensor): they get the
+# LoRA's own tensors, not the training forward's flat buffers (train/fastlora.py). They are also the
+# ones `fused_backward_pass` can step one tensor at a time in backward: their update of a tensor
+# reads only its gradient and state. AdamW, Lion and Prodigy train one flat buffer per group, whose
+# gradient is complete only when backward ends (and Prodigy's step size depends on every tensor).
+PER_TENSOR = ("Adafactor", "AdamW8bit")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # kohya says "float", our file format "fp32"
@@ -181,8 +183,8 @@ class TrainConfig:
         _check(self.lr_scheduler_num_cycles >= 1, "lr_scheduler_num_cycles", "must be at least 1")
         if self.fused_backward_pass:
             key = "fused_backward_pass"
-            only = f"works with optimizer_type {' or '.join(FUSED_OPTIMIZERS)} only"
-            _check(self.optimizer_type in FUSED_OPTIMIZERS, key, only)
+            only = f"works with optimizer_type {' or '.join(PER_TENSOR)} only"
+            _check(self.optimizer_type in PER_TENSOR, key, only)
             no_accumulation = "steps inside backward, so it cannot accumulate (set gradient_accumulation_steps 1)"
             _check(self.gradient_accumulation_steps == 1, key, no_accumulation)
             _check(self.mixed_precision != "fp16", key, "cannot use fp16's loss scaling (use bf16)")

@@ -21,8 +21,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lora_forge.train.config import TrainConfig
-from lora_forge.train.optim import PER_TENSOR
+from lora_forge.train.config import PER_TENSOR, TrainConfig
 
 GIB = 1024**3
 CUDA_CONTEXT = 400 * 1024**2  # the CUDA context and kernels; not in torch's allocator counters

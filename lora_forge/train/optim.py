@@ -13,11 +13,6 @@ from typing import Any
 from lora_forge.errors import ForgeError
 from lora_forge.train.config import TrainConfig
 
-# Optimizers whose update depends on each tensor's own shape (Adafactor factors a matrix's second
-# moment into row and column statistics; bitsandbytes quantises state per tensor): they get the
-# LoRA's own tensors, not the training forward's flat buffers (train/fastlora.py).
-PER_TENSOR = ("Adafactor", "AdamW8bit")
-
 
 def check_optimizer(name: str, device_type: str) -> None:
     """Fail before any work when the optimizer cannot run here, saying what to install or pick."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_forge.errors import ForgeError
-from lora_forge.train.config import TrainConfig
+from lora_forge.train.config import PER_TENSOR, TrainConfig
 
 
 @dataclass
@@ -121,7 +121,6 @@ def open_session(sd_model: Any, config: TrainConfig) -> Session:
     from lora_forge.model import fp8
     from lora_forge.model.unet import frozen, sdp_attention, training_unet, unet_of
     from lora_forge.train import fastlora
-    from lora_forge.train.optim import PER_TENSOR
 
     stack = contextlib.ExitStack()
     try:
