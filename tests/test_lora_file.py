@@ -269,3 +269,20 @@ def test_a_diffusers_format_file_is_refused_in_words(sd_model, tmp_path):
     )
     with pytest.raises(ForgeError, match="diffusers/PEFT-format"):
         LoraNetwork.from_file(sd_model, path)
+
+
+def test_two_runs_with_the_same_weights_get_the_same_hashes_whatever_the_clock(sd_model, monkeypatch, tmp_path):
+    """sshs_legacy_hash reads the bytes at 1 MiB of a serialization whose header holds the training
+    times: two runs of one seed (same tensors, other start times) must still show the same hashes."""
+    from lora_forge.lora import fileformat
+
+    net = LoraNetwork.create(sd_model, rank=64, alpha=32.0)  # over 1 MiB: the hashed window is in the data
+    hashes = []
+    for i, started in enumerate((1_700_000_000.5, 1_700_000_123.123456)):  # str() gives 12 and 17 characters
+        monkeypatch.setattr(fileformat.time, "time", lambda s=started: s + 60.25)
+        meta = lora_metadata(net, output_name="same", timestamp=started)
+        path = save_lora(tmp_path / f"{i}.safetensors", net.kohya_state_dict(), meta)
+        assert path.stat().st_size > 0x110000
+        header, _ = read_header(path)
+        hashes.append((header["__metadata__"]["sshs_model_hash"], header["__metadata__"]["sshs_legacy_hash"]))
+    assert hashes[0] == hashes[1]

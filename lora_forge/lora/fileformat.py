@@ -120,8 +120,11 @@ def lora_metadata(
     key = _version_key(network.family)
     meta = minimal_metadata(network)
     meta["ss_output_name"] = output_name
-    meta["ss_training_started_at"] = str(now)
-    meta["ss_training_finished_at"] = str(time.time())
+    # fixed width (kohya writes str(time.time()), whose length varies with trailing digits): the
+    # header's length then does not depend on the clock, and neither does `sshs_legacy_hash`, which
+    # reads the bytes at 1 MiB of a serialization that includes these keys (save_lora)
+    meta["ss_training_started_at"] = f"{now:.6f}"
+    meta["ss_training_finished_at"] = f"{time.time():.6f}"
     for k, v in (training or {}).items():
         meta[k if k.startswith("ss_") else f"ss_{k}"] = meta_value(v)
     optional = {
