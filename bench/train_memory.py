@@ -34,7 +34,16 @@ default glibc raises the threshold after the first large free, so later activati
 heap and their freed pages stay resident; the high-water mark then measures allocator history
 more than tensors. `--default-malloc` measures with glibc's defaults instead.
 
+Both children also run with oneDNN's primitive cache off (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0). By
+default oneDNN keeps every primitive it built, up to 1024: the JIT-compiled kernel and its
+descriptor, about 260 KiB for one bf16 matmul (heaptrack, SD1.5). The floor's convolutions and
+linears fill part of that cache, and the LoRA's small matmuls add shapes of their own (rank-wide
+products, weight gradients), so ours would carry ~0.025 GiB more of it (SD1.5, measured here). That
+is host code a GPU's card never holds: on CUDA cuBLAS keeps its kernels in the CUDA context, which
+the estimate counts on its own. `--onednn-cache` measures with the cache on.
+
     python bench/train_memory.py [--model sd15|sdxl] [--rounds 1] [--steps 2] [--compute fp32] [--default-malloc]
+                                 [--onednn-cache]
 """
 
 from __future__ import annotations
@@ -149,6 +158,8 @@ def run_child(model: str, variant: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ)
     if not args.default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    if not args.onednn_cache:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "0"
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
         raise SystemExit(f"{model} {variant} child failed:\n{proc.stderr[-3000:]}")
@@ -164,6 +175,7 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=0, help="latent side (default: 64 for sd15, 128 for sdxl)")
     ap.add_argument("--rank", type=int, default=0, help="LoRA rank (default: 32 for sd15, 16 for sdxl)")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold")
+    ap.add_argument("--onednn-cache", action="store_true", help="keep oneDNN's primitive cache (see above)")
     ap.add_argument("--compute", choices=("bf16", "fp32"), default="bf16", help="fp32: no autocast (see above)")
     ap.add_argument("--child")
     args = ap.parse_args()
@@ -186,6 +198,7 @@ def main() -> int:
     peaks = {n: statistics.median(r["peak"] for r in rs) for n, rs in results.items()}
     floor = peaks.get("floor")
     fields = [f"model={args.model}", f"side={args.side}", f"rank={args.rank}", f"compute={args.compute}"]
+    fields.append(f"onednn_cache={'on' if args.onednn_cache else 'off'}")
     if floor:
         fields.append(f"floor_gib={floor / GIB:.3f}")
     worst_err = 0.0
